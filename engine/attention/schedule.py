@@ -1,0 +1,66 @@
+"""Which layers and denoising steps use radial attention, and what step we are on.
+
+One `AttentionSchedule` is shared by every processor of a transformer. A forward pre-hook on
+the transformer tells it the current timestep and token layout before the blocks run. The
+step is keyed on the timestep *value*: with classifier-free guidance the transformer runs
+twice per step with the same timestep, and a sampling run's timesteps strictly decrease, so
+a larger timestep than the last one means a new run started.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+
+@dataclass(frozen=True)
+class AttentionSettings:
+    pattern: str = "radial"  # "radial" | "dense"
+    dense_layers: int = 2  # the first N transformer blocks stay dense
+    dense_timesteps: int = 2  # the first N denoising steps stay dense (sampling only)
+    decay_factor: float = 0.2
+    block_size: int = 128
+    backend: str | None = None  # None: triton on CUDA, reference on CPU
+    sink: bool = True  # Wan attends to the first frame from everywhere
+
+    @classmethod
+    def from_preset(cls, preset: dict, **overrides) -> "AttentionSettings":
+        values = {k: v for k, v in preset["attention"].items() if k in {f.name for f in fields(cls)}}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class AttentionSchedule:
+    def __init__(self, settings: AttentionSettings, patch_size=(1, 2, 2)):
+        self.settings = settings
+        self.patch_size = tuple(patch_size)
+        self.training = False  # in training every step counts as "late": dense_timesteps do not apply
+        self.reset()
+
+    def reset(self) -> None:
+        self.step = -1
+        self._last_timestep: float | None = None
+        self.num_frames = 0
+        self.tokens_per_frame = 0
+
+    def observe(self, timestep: torch.Tensor, latent_shape) -> None:
+        """Called before each transformer forward with its timestep and latent input shape."""
+        value = float(timestep.detach().flatten().max()) if torch.is_tensor(timestep) else float(timestep)
+        if self._last_timestep is None or value > self._last_timestep:
+            self.step = 0
+        elif value < self._last_timestep:
+            self.step += 1
+        self._last_timestep = value
+        pt, ph, pw = self.patch_size
+        self.num_frames = latent_shape[2] // pt
+        self.tokens_per_frame = (latent_shape[3] // ph) * (latent_shape[4] // pw)
+
+    def use_radial(self, layer_index: int) -> bool:
+        s = self.settings
+        if s.pattern != "radial" or layer_index < s.dense_layers:
+            return False
+        return self.training or self.step >= s.dense_timesteps

@@ -1,0 +1,112 @@
+"""Text-to-video sampling: prompt -> frames + mp4, with dense or radial attention."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .attention.processor import install_radial_attention
+from .attention.schedule import AttentionSettings
+from .errors import InputError
+from .models import family, get_pipeline
+from .paths import outputs_dir
+from .presets import apply_overrides, load_preset
+from .validation import check_frame_count, check_size
+from .video import write_mp4
+
+ProgressFn = Callable[[int, int], None]  # (steps done, total steps)
+
+
+@dataclass
+class GenerationResult:
+    path: Path  # the mp4
+    frames: np.ndarray  # uint8 [F, H, W, 3]
+    seconds: float  # sampling + decoding wall time
+    settings: dict = field(default_factory=dict)
+
+
+def resolve_preset(preset: str | dict) -> dict:
+    return load_preset(preset) if isinstance(preset, str) else preset
+
+
+def _check_request(prompt, num_frames, height, width, steps, guidance_scale, seed):
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError("prompt is empty: describe the video to generate, e.g. 'a red ball bounces on a beach'.")
+    check_frame_count(num_frames)
+    check_size(height, width)
+    if not isinstance(steps, int) or steps < 1:
+        raise InputError(f"steps must be a positive integer, got {steps!r}.")
+    if guidance_scale < 0:
+        raise InputError(f"guidance_scale must be >= 0, got {guidance_scale}.")
+    if not isinstance(seed, int) or seed < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}.")
+
+
+def generate_video(
+    prompt: str,
+    *,
+    preset: str | dict = "tiny-wan",
+    negative_prompt: str | None = None,
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    seed: int | None = None,
+    fps: int | None = None,
+    out_path: str | Path | None = None,
+    attention: dict | None = None,
+    progress: ProgressFn | None = None,
+) -> GenerationResult:
+    """Generate one video. Unset arguments take the preset's defaults.
+
+    `attention` overrides the preset's attention settings (pattern, dense_layers,
+    dense_timesteps, decay_factor, block_size, backend).
+    """
+    preset = resolve_preset(preset)
+    gen = preset["generation"]
+    num_frames = gen["num_frames"] if num_frames is None else int(num_frames)
+    height = gen["height"] if height is None else int(height)
+    width = gen["width"] if width is None else int(width)
+    steps = gen["steps"] if steps is None else int(steps)
+    guidance_scale = gen["guidance_scale"] if guidance_scale is None else float(guidance_scale)
+    seed = gen["seed"] if seed is None else int(seed)
+    fps = gen["fps"] if fps is None else int(fps)
+    negative_prompt = gen["negative_prompt"] if negative_prompt is None else negative_prompt
+    _check_request(prompt, num_frames, height, width, steps, guidance_scale, seed)
+    if attention:
+        preset = apply_overrides(preset, "attention", attention)
+    settings = AttentionSettings.from_preset(preset)
+
+    pipe = get_pipeline(preset)
+    install_radial_attention(pipe.transformer, settings)
+
+    def on_step(pipeline, step, timestep, callback_kwargs):
+        if progress is not None:
+            progress(step + 1, steps)
+        return callback_kwargs
+
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        output = pipe(
+            prompt=prompt, negative_prompt=negative_prompt, height=height, width=width, num_frames=num_frames,
+            num_inference_steps=steps, guidance_scale=guidance_scale, generator=generator, output_type="np",
+            callback_on_step_end=on_step,
+        )
+    seconds = time.perf_counter() - start
+    frames = (np.clip(output.frames[0], 0, 1) * 255).round().astype(np.uint8)
+    if out_path is None:
+        out_path = outputs_dir() / f"generate-{time.strftime('%Y%m%d-%H%M%S')}-{seed}.mp4"
+    path = write_mp4(frames, out_path, fps=fps)
+    record = {
+        "preset": preset["name"], "prompt": prompt, "negative_prompt": negative_prompt, "num_frames": num_frames,
+        "height": height, "width": width, "steps": steps, "guidance_scale": guidance_scale, "seed": seed,
+        "fps": fps, "attention": settings.to_dict(), "family": family(preset).FAMILY,
+    }
+    return GenerationResult(path=Path(path), frames=frames, seconds=seconds, settings=record)

@@ -1,0 +1,41 @@
+"""Model families (one module each) and a small cache of loaded pipelines."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+
+import torch
+
+from . import wan
+
+FAMILIES = {"wan": wan}
+
+# Loading a real model takes minutes; keep the last one (a bounded cache, one entry by default).
+_MAX_PIPELINES = 1
+_pipelines: "OrderedDict[tuple, object]" = OrderedDict()
+
+
+def family(preset: dict):
+    return FAMILIES[preset["family"]]
+
+
+def get_pipeline(preset: dict, device: torch.device | None = None):
+    fam = family(preset)
+    device = device or fam.default_device()
+    key = (preset["family"], preset["source"], preset["revision"], preset["dtype"],
+           json.dumps(preset["tiny"], sort_keys=True), str(device))
+    if key in _pipelines:
+        _pipelines.move_to_end(key)
+        return _pipelines[key]
+    while len(_pipelines) >= _MAX_PIPELINES:
+        _pipelines.popitem(last=False)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    pipe = fam.load_pipeline(preset, device)
+    _pipelines[key] = pipe
+    return pipe
+
+
+def clear_pipelines() -> None:
+    _pipelines.clear()

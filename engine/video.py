@@ -1,0 +1,67 @@
+"""Read and write mp4 files (moviepy / ffmpeg). Frames are uint8 arrays [F, H, W, 3]."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+
+def to_uint8(frames) -> np.ndarray:
+    """Float frames in [0, 1] (or uint8) -> uint8 [F, H, W, 3]."""
+    arr = np.asarray(frames)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise InputError(f"frames must have shape [frames, height, width, 3], got {arr.shape}.")
+    return arr
+
+
+def write_mp4(frames, path: str | os.PathLike, fps: int = 16) -> Path:
+    """Write frames to an H.264 mp4 (yuv420p, plays in browsers). Written atomically."""
+    from moviepy import ImageSequenceClip
+
+    arr = to_uint8(frames)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".mp4", dir=path.parent, prefix=f".{path.stem}-")
+    os.close(fd)
+    try:
+        clip = ImageSequenceClip(list(arr), fps=fps)
+        clip.write_videofile(tmp, fps=fps, codec="libx264", audio=False, logger=None,
+                             ffmpeg_params=["-pix_fmt", "yuv420p", "-crf", "18"])
+        clip.close()
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def read_mp4(path: str | os.PathLike, max_frames: int | None = None) -> tuple[np.ndarray, float]:
+    """Decode a video file -> (uint8 frames [F, H, W, 3], fps). Clear error for missing/corrupt files."""
+    from moviepy import VideoFileClip
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"video file '{path}' does not exist.")
+    try:
+        clip = VideoFileClip(str(path), audio=False)
+    except Exception as err:  # moviepy raises OSError/KeyError/IndexError for broken files
+        raise InputError(f"video file '{path}' could not be decoded ({type(err).__name__}); is it a valid video?") from None
+    try:
+        frames = []
+        for frame in clip.iter_frames(dtype="uint8"):
+            frames.append(frame[..., :3])
+            if max_frames is not None and len(frames) >= max_frames:
+                break
+        fps = float(clip.fps)
+    finally:
+        clip.close()
+    if not frames:
+        raise InputError(f"video file '{path}' has no frames.")
+    return np.stack(frames), fps

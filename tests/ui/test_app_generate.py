@@ -1,0 +1,49 @@
+import socket
+
+import pytest
+from gradio_client import Client
+
+from engine.video import read_mp4
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def client():
+    from app import build_app
+    from engine.paths import outputs_dir
+
+    demo = build_app("tiny-wan")
+    port = _free_port()
+    demo.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port,
+                        allowed_paths=[str(outputs_dir())], quiet=True)
+    yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    demo.close()
+
+
+def test_generate_endpoint_returns_a_playable_mp4(client):
+    video, info = client.predict("tiny-wan", "a yellow star bounces", "", 9, 64, 64, 2, 5.0, 1, api_name="/generate")
+    path = video["video"] if isinstance(video, dict) else video
+    frames, _ = read_mp4(path)
+    assert frames.shape == (9, 64, 64, 3)
+    assert info["num_frames"] == 9 and info["preset"] == "tiny-wan"
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (("tiny-wan", "a cat", "", 16, 64, 64, 2, 5.0, 0), "13 or 17"),
+        (("tiny-wan", "a cat", "", 9, 100, 100, 2, 5.0, 0), "96 or 112"),
+        (("tiny-wan", "", "", 9, 64, 64, 2, 5.0, 0), "prompt is empty"),
+        (("no-such", "a cat", "", 9, 64, 64, 2, 5.0, 0), "no-such is not in the list of choices"),
+    ],
+)
+def test_bad_inputs_show_errors_and_app_stays_up(client, args, match):
+    with pytest.raises(Exception, match=match):
+        client.predict(*args, api_name="/generate")
+    video, _ = client.predict("tiny-wan", "still up", "", 5, 64, 64, 1, 5.0, 0, api_name="/generate")
+    assert read_mp4(video["video"] if isinstance(video, dict) else video)[0].shape[0] == 5

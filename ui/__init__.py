@@ -1,0 +1,1 @@
+"""Gradio tabs, one module each. They wire components to engine calls and hold no logic."""

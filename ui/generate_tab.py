@@ -1,0 +1,62 @@
+"""Generate tab: text-to-video with any preset (api_name="generate")."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from engine.generate import generate_video
+from engine.presets import list_presets, load_preset
+
+from .errors import user_errors_as_messages
+
+
+@user_errors_as_messages
+def run_generate(preset, prompt, negative_prompt, num_frames, height, width, steps, guidance_scale, seed,
+                 progress=gr.Progress()):
+    def report(done, total):
+        progress((done, total), desc="sampling", unit="steps")
+
+    result = generate_video(
+        prompt, preset=preset, negative_prompt=negative_prompt, num_frames=int(num_frames), height=int(height),
+        width=int(width), steps=int(steps), guidance_scale=float(guidance_scale), seed=int(seed), progress=report,
+    )
+    return str(result.path), {**result.settings, "seconds": round(result.seconds, 2)}
+
+
+def _preset_defaults(name: str):
+    gen = load_preset(name)["generation"]
+    return gen["num_frames"], gen["height"], gen["width"], gen["steps"], gen["guidance_scale"], gen["seed"]
+
+
+@user_errors_as_messages
+def on_preset_change(name):
+    return _preset_defaults(name)
+
+
+def build(default_preset: str) -> None:
+    frames0, height0, width0, steps0, guidance0, seed0 = _preset_defaults(default_preset)
+    with gr.Tab("Generate"):
+        with gr.Row():
+            with gr.Column():
+                preset = gr.Dropdown(list_presets(), value=default_preset, label="Preset")
+                prompt = gr.Textbox(label="Prompt", value="a red circle moves left on a black background", lines=2)
+                negative = gr.Textbox(label="Negative prompt", value="")
+                with gr.Row():
+                    num_frames = gr.Number(frames0, precision=0, label="Frames (4k+1)")
+                    height = gr.Number(height0, precision=0, label="Height")
+                    width = gr.Number(width0, precision=0, label="Width")
+                with gr.Row():
+                    steps = gr.Number(steps0, precision=0, label="Steps")
+                    guidance = gr.Number(guidance0, label="Guidance scale")
+                    seed = gr.Number(seed0, precision=0, label="Seed")
+                button = gr.Button("Generate", variant="primary")
+            with gr.Column():
+                video = gr.Video(label="Video", autoplay=True)
+                info = gr.JSON(label="Settings")
+        preset.change(on_preset_change, preset, [num_frames, height, width, steps, guidance, seed], api_name=False)
+        button.click(
+            run_generate,
+            [preset, prompt, negative, num_frames, height, width, steps, guidance, seed],
+            [video, info],
+            api_name="generate",
+        )
