@@ -40,12 +40,76 @@ def cmd_generate(args) -> int:
         result = generate_video(
             args.prompt, preset=args.preset, negative_prompt=args.negative_prompt, num_frames=args.num_frames,
             height=args.height, width=args.width, steps=args.steps, guidance_scale=args.guidance_scale,
-            seed=args.seed, fps=args.fps, out_path=args.out, attention=_attention_overrides(args), progress=progress,
+            seed=args.seed, fps=args.fps, out_path=args.out, attention=_attention_overrides(args),
+            lora_dir=args.lora_checkpoint_dir, progress=progress,
         )
     finally:
         bar.close()
     summary = {"video": str(result.path), "frames": int(result.frames.shape[0]), "seconds": round(result.seconds, 3),
                **result.settings}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per training setting (--lora_rank, --learning_rate, ...), default: preset/config."""
+    import dataclasses
+    import typing
+
+    from .train.config import TrainConfig
+
+    explicit = {"preset", "data_dir", "output_dir"}
+    hints = typing.get_type_hints(TrainConfig)
+    g = p.add_argument_group("training settings (default: the preset's, then --config's)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in explicit:
+            continue
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        base = next((a for a in args if a is not type(None)), hint) if args else hint
+        if base is bool:
+            g.add_argument(f"--{f.name}", type=lambda v: v.lower() in ("1", "true", "yes"), metavar="true|false")
+        elif typing.get_origin(base) is list or base is list:
+            item = (typing.get_args(base) or (str,))[0]
+            g.add_argument(f"--{f.name}", type=lambda v, item=item: [item(x) for x in v.split(",")], metavar="A,B")
+        else:
+            g.add_argument(f"--{f.name}", type=base)
+
+
+def cmd_train(args) -> int:
+    from tqdm import tqdm
+
+    from .train.config import TrainConfig, config_from_preset, read_config_file
+    from .train.trainer import train
+
+    values = read_config_file(args.config) if args.config else {}
+    preset = args.preset or values.pop("preset", None) or "tiny-wan"
+    values.pop("preset", None)
+    cli = {k: getattr(args, k) for k in TrainConfig.field_names() if k != "preset" and getattr(args, k, None) is not None}
+    config = config_from_preset(preset, **{**values, **cli})
+    bar = tqdm(desc="training", unit="step", disable=args.quiet)
+
+    def progress(status):
+        bar.total = status.get("total_steps")
+        bar.n = status.get("step", 0)
+        bar.set_postfix(loss=f"{status.get('loss', float('nan')):.4f}", it_s=f"{status.get('it_per_s') or 0:.2f}")
+        bar.refresh()
+
+    try:
+        status = train(config, resume=args.resume, progress=progress)
+    finally:
+        bar.close()
+    if status:
+        print(json.dumps({k: status.get(k) for k in ("state", "step", "total_steps", "best_val_loss", "error")}))
+    return 0 if status.get("state", "finished") in ("finished", "stopped") else 1
+
+
+def cmd_evaluate(args) -> int:
+    from .train.evaluate import evaluate_lora
+
+    summary = evaluate_lora(args.lora_checkpoint_dir, args.output_dir, base_frames=args.base_frames,
+                            extended_frames=args.extended_frames, prompts_file=args.prompts, preset=args.preset,
+                            steps=args.steps, seed=args.seed, attention=_attention_overrides(args))
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -75,9 +139,32 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--guidance_scale", type=float)
     g.add_argument("--seed", type=int)
     g.add_argument("--fps", type=int)
+    g.add_argument("--lora_checkpoint_dir", help="LoRA folder to apply (a run's final/ or best_model/)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_attention_flags(g)
     g.set_defaults(func=cmd_generate)
+
+    t = sub.add_parser("train", help="train a length-extension LoRA (runs in the foreground; the app runs it as a job)")
+    t.add_argument("--preset", default=None, help="default: the config's, else tiny-wan")
+    t.add_argument("--data_dir", help="dataset folder (metadata.json + videos/)")
+    t.add_argument("--output_dir", help="run folder: config, status, events, checkpoints, LoRA")
+    t.add_argument("--config", help="JSON training config (the original format is accepted)")
+    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output_dir")
+    t.add_argument("--quiet", action="store_true")
+    _add_train_flags(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="base (dense) vs base+LoRA (radial, extended) videos, side by side")
+    e.add_argument("--lora_checkpoint_dir", required=True)
+    e.add_argument("--output_dir", required=True)
+    e.add_argument("--base_frames", type=int, default=69)
+    e.add_argument("--extended_frames", type=int, default=161)
+    e.add_argument("--prompts", help=".txt (one per line) or .json list")
+    e.add_argument("--preset", help="default: the run's preset")
+    e.add_argument("--steps", type=int)
+    e.add_argument("--seed", type=int, default=0)
+    _add_attention_flags(e)
+    e.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("presets", help="list the presets")
     p.set_defaults(func=cmd_presets)

@@ -16,6 +16,7 @@ from .errors import InputError
 from .models import family, get_pipeline
 from .paths import outputs_dir
 from .presets import apply_overrides, load_preset
+from .train.lora import load_lora_into_pipeline
 from .validation import check_frame_count, check_size
 from .video import write_mp4
 
@@ -61,12 +62,14 @@ def generate_video(
     fps: int | None = None,
     out_path: str | Path | None = None,
     attention: dict | None = None,
+    lora_dir: str | Path | None = None,
     progress: ProgressFn | None = None,
 ) -> GenerationResult:
     """Generate one video. Unset arguments take the preset's defaults.
 
     `attention` overrides the preset's attention settings (pattern, dense_layers,
-    dense_timesteps, decay_factor, block_size, backend).
+    dense_timesteps, decay_factor, block_size, backend). `lora_dir` is an adapter folder
+    (diffusers format, e.g. a run's `final/`), applied for this call only.
     """
     preset = resolve_preset(preset)
     gen = preset["generation"]
@@ -85,6 +88,8 @@ def generate_video(
 
     pipe = get_pipeline(preset)
     install_radial_attention(pipe.transformer, settings)
+    if lora_dir is not None:
+        load_lora_into_pipeline(pipe, lora_dir)
 
     def on_step(pipeline, step, timestep, callback_kwargs):
         if progress is not None:
@@ -93,12 +98,16 @@ def generate_video(
 
     generator = torch.Generator(device="cpu").manual_seed(seed)
     start = time.perf_counter()
-    with torch.inference_mode():
-        output = pipe(
-            prompt=prompt, negative_prompt=negative_prompt, height=height, width=width, num_frames=num_frames,
-            num_inference_steps=steps, guidance_scale=guidance_scale, generator=generator, output_type="np",
-            callback_on_step_end=on_step,
-        )
+    try:
+        with torch.inference_mode():
+            output = pipe(
+                prompt=prompt, negative_prompt=negative_prompt, height=height, width=width, num_frames=num_frames,
+                num_inference_steps=steps, guidance_scale=guidance_scale, generator=generator, output_type="np",
+                callback_on_step_end=on_step,
+            )
+    finally:
+        if lora_dir is not None:  # the loaded model is shared between requests: leave it clean
+            pipe.unload_lora_weights()
     seconds = time.perf_counter() - start
     frames = (np.clip(output.frames[0], 0, 1) * 255).round().astype(np.uint8)
     if out_path is None:
@@ -108,5 +117,6 @@ def generate_video(
         "preset": preset["name"], "prompt": prompt, "negative_prompt": negative_prompt, "num_frames": num_frames,
         "height": height, "width": width, "steps": steps, "guidance_scale": guidance_scale, "seed": seed,
         "fps": fps, "attention": settings.to_dict(), "family": family(preset).FAMILY,
+        "lora_dir": str(lora_dir) if lora_dir is not None else None,
     }
     return GenerationResult(path=Path(path), frames=frames, seconds=seconds, settings=record)

@@ -65,3 +65,46 @@ def read_mp4(path: str | os.PathLike, max_frames: int | None = None) -> tuple[np
     if not frames:
         raise InputError(f"video file '{path}' has no frames.")
     return np.stack(frames), fps
+
+
+def _label_strip(text: str, width: int, height: int) -> np.ndarray:
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.new("RGB", (width, height), (20, 20, 20))
+    draw = ImageDraw.Draw(img)
+    try:
+        font = ImageFont.load_default(size=max(10, height * 2 // 3))
+    except TypeError:  # older Pillow: fixed-size bitmap font
+        font = ImageFont.load_default()
+    box = draw.textbbox((0, 0), text, font=font)
+    x = max(2, (width - (box[2] - box[0])) // 2)
+    y = max(0, (height - (box[3] - box[1])) // 2 - box[1])
+    draw.text((x, y), text, fill=(235, 235, 235), font=font)
+    return np.asarray(img)
+
+
+def side_by_side(videos: list, labels: list[str], gap: int = 4) -> np.ndarray:
+    """Compose videos left to right with a label above each, played in sync.
+
+    Videos may differ in length (a shorter one holds its last frame) and size (each is
+    centred on a common height). Returns uint8 frames [F, H, W, 3].
+    """
+    if len(videos) != len(labels) or not videos:
+        raise InputError("side_by_side needs one label per video and at least one video.")
+    clips = [to_uint8(v) for v in videos]
+    n = max(c.shape[0] for c in clips)
+    h = max(c.shape[1] for c in clips)
+    strip_h = max(14, min(32, h // 6))
+    columns = []
+    for clip, label in zip(clips, labels):
+        f, ch, cw, _ = clip.shape
+        col = np.zeros((n, strip_h + h, cw, 3), np.uint8)
+        col[:, :strip_h] = _label_strip(label, cw, strip_h)
+        top = strip_h + (h - ch) // 2
+        col[:f, top:top + ch] = clip
+        col[f:, top:top + ch] = clip[-1]  # hold the last frame
+        columns.append(col)
+        columns.append(np.zeros((n, strip_h + h, gap, 3), np.uint8))
+    out = np.concatenate(columns[:-1], axis=2)
+    # H.264 with yuv420p needs even sizes.
+    return out[:, : out.shape[1] // 2 * 2, : out.shape[2] // 2 * 2]

@@ -9,6 +9,8 @@ stock processors, so it is exactly stock diffusers.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -23,6 +25,36 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     even, odd = x.unflatten(-1, (-1, 2)).unbind(-1)
     cos, sin = cos[..., 0::2], sin[..., 1::2]
     return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2).type_as(x)
+
+
+_SAGE_NOTICE: list[str] = []
+
+
+def _sage():
+    """SageAttention's kernel if it is installed and a GPU is present, else None (said once)."""
+    try:
+        from sageattention import sageattn
+    except ImportError:
+        sageattn = None
+    if sageattn is None or not torch.cuda.is_available():
+        if not _SAGE_NOTICE:
+            _SAGE_NOTICE.append("SageAttention is not installed (or no GPU); dense attention uses PyTorch SDPA.")
+            warnings.warn(_SAGE_NOTICE[0], stacklevel=3)
+        return None
+    return sageattn
+
+
+def dense_attention(query, key, value, attention_mask=None, backend: str = "sdpa"):
+    """Dense attention on [B, S, H, D]; "sdpa" is the same call diffusers' native backend makes."""
+    if backend == "sage" and attention_mask is None and query.is_cuda:
+        sageattn = _sage()
+        if sageattn is not None:
+            return sageattn(query, key, value, tensor_layout="NHD", is_causal=False)
+    elif backend == "sage":
+        _sage()
+    return F.scaled_dot_product_attention(
+        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=attention_mask
+    ).transpose(1, 2)
 
 
 class WanRadialAttnProcessor:
@@ -54,10 +86,8 @@ class WanRadialAttnProcessor:
                 query, key, value, num_frames=sched.num_frames, tokens_per_frame=sched.tokens_per_frame,
                 decay_factor=s.decay_factor, block_size=s.block_size, sink=s.sink, backend=s.backend,
             )
-        else:  # dense: the same SDPA call diffusers' native backend makes
-            out = F.scaled_dot_product_attention(
-                query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=attention_mask
-            ).transpose(1, 2)
+        else:
+            out = dense_attention(query, key, value, attention_mask, sched.settings.dense_backend)
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
 

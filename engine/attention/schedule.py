@@ -23,6 +23,7 @@ class AttentionSettings:
     block_size: int = 128
     backend: str | None = None  # None: triton on CUDA, reference on CPU
     sink: bool = True  # Wan attends to the first frame from everywhere
+    dense_backend: str = "sdpa"  # dense layers/steps: "sdpa", or "sage" (SageAttention when installed)
 
     @classmethod
     def from_preset(cls, preset: dict, **overrides) -> "AttentionSettings":
@@ -39,6 +40,7 @@ class AttentionSchedule:
         self.settings = settings
         self.patch_size = tuple(patch_size)
         self.training = False  # in training every step counts as "late": dense_timesteps do not apply
+        self.force_dense = False  # e.g. the base-length pass of length-extension training
         self.reset()
 
     def reset(self) -> None:
@@ -61,6 +63,6 @@ class AttentionSchedule:
 
     def use_radial(self, layer_index: int) -> bool:
         s = self.settings
-        if s.pattern != "radial" or layer_index < s.dense_layers:
+        if s.pattern != "radial" or self.force_dense or layer_index < s.dense_layers:
             return False
         return self.training or self.step >= s.dense_timesteps

@@ -1,0 +1,83 @@
+"""Base vs extended comparison of a trained length-extension LoRA.
+
+For each prompt, with the same seed: the base model at base length with dense attention,
+and base + LoRA at extended length with radial attention. Writes each video, a labelled
+side-by-side mp4 and `summary.json` (settings, timings).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import InputError
+from ..generate import generate_video
+from ..jobs import atomic_write_json
+from ..presets import load_preset
+from ..video import side_by_side, write_mp4
+
+DEFAULT_PROMPTS = [
+    "a red circle moves from left to right on a dark blue background",
+    "a yellow star rotates slowly in the middle of the frame",
+]
+
+
+def read_prompts(path: str | Path | None) -> list[str]:
+    """Prompts from a .txt (one per line) or .json (list of strings) file; defaults if None."""
+    if path is None:
+        return list(DEFAULT_PROMPTS)
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"prompts file '{path}' does not exist.")
+    if path.suffix == ".json":
+        try:
+            prompts = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise InputError(f"prompts file '{path}': invalid JSON at line {e.lineno}: {e.msg}.") from None
+    else:
+        prompts = [line.strip() for line in path.read_text().splitlines()]
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        raise InputError(f"prompts file '{path}' must hold a list of strings.")
+    prompts = [p for p in prompts if p.strip()]
+    if not prompts:
+        raise InputError(f"prompts file '{path}' holds no prompts.")
+    return prompts
+
+
+def run_preset_of(lora_dir: Path) -> str | None:
+    """The preset a run was trained with, from `<run>/config.json` beside `final/` or `best_model/`."""
+    for candidate in (lora_dir / "config.json", lora_dir.parent / "config.json"):
+        if candidate.is_file():
+            return json.loads(candidate.read_text()).get("preset")
+    return None
+
+
+def evaluate_lora(lora_dir, output_dir, *, base_frames: int, extended_frames: int, prompts_file=None,
+                  preset: str | None = None, steps: int | None = None, seed: int = 0, attention: dict | None = None,
+                  progress=None) -> dict:
+    lora_dir, output_dir = Path(lora_dir), Path(output_dir)
+    preset_name = preset or run_preset_of(lora_dir) or "tiny-wan"
+    preset_dict = load_preset(preset_name)
+    prompts = read_prompts(prompts_file)
+    radial = {"pattern": "radial", **(attention or {})}
+    results = []
+    for i, prompt in enumerate(prompts):
+        folder = output_dir / f"prompt-{i:03d}"
+        base = generate_video(prompt, preset=preset_dict, num_frames=base_frames, steps=steps, seed=seed,
+                              attention={"pattern": "dense"}, out_path=folder / "base.mp4")
+        ext = generate_video(prompt, preset=preset_dict, num_frames=extended_frames, steps=steps, seed=seed,
+                             attention=radial, lora_dir=lora_dir, out_path=folder / "extended.mp4")
+        composed = side_by_side([base.frames, ext.frames],
+                                [f"base {base_frames}f dense", f"LoRA {extended_frames}f radial"])
+        fps = preset_dict["generation"]["fps"]
+        write_mp4(composed, folder / "side_by_side.mp4", fps=fps)
+        results.append({"prompt": prompt, "base": str(base.path), "extended": str(ext.path),
+                        "side_by_side": str(folder / "side_by_side.mp4"),
+                        "base_seconds": round(base.seconds, 3), "extended_seconds": round(ext.seconds, 3)})
+        if progress is not None:
+            progress(i + 1, len(prompts))
+    summary = {"lora_dir": str(lora_dir), "preset": preset_name, "base_frames": base_frames,
+               "extended_frames": extended_frames, "seed": seed, "steps": steps or preset_dict["generation"]["steps"],
+               "attention_extended": radial, "results": results}
+    atomic_write_json(output_dir / "summary.json", summary)
+    return summary

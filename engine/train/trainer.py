@@ -1,0 +1,397 @@
+"""Length-extension LoRA trainer.
+
+Each optimizer step, per clip: the same noise and timestep at two lengths.
+- base loss: flow-matching loss on the first base-length latent frames, dense attention
+  (the regime the model was trained in);
+- extended loss: the same on the whole extended clip, attention on the preset's radial schedule;
+- consistency loss: the extended prediction's first base-length latent frames should match the
+  base-length prediction (held fixed), so extending does not change how a video starts.
+The two lengths run as two forward/backward passes (one graph alive at a time; the first
+without a DDP gradient sync). Everything is deterministic given the seed and the step: data
+order comes from a per-epoch permutation and noise from a generator seeded per micro-step, so
+a resumed run reproduces an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..attention.processor import install_radial_attention
+from ..attention.schedule import AttentionSettings
+from ..errors import ConfigError, InputError
+from ..jobs import RunDir, atomic_write_json
+from . import flow
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .lora import add_lora, save_lora
+
+ProgressFn = Callable[[dict], None]
+
+
+class Diverged(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------------------- run folder checks
+
+
+def prepare_run_dir(config: TrainConfig, resume: bool) -> RunDir:
+    """Refuse to mix runs: a folder holding another run is left untouched."""
+    run = RunDir(config.output_dir)
+    if not config.output_dir:
+        raise ConfigError("output_dir is required: the folder the run writes into.")
+    existing = run.config_path.is_file()
+    if existing and not resume:
+        raise InputError(
+            f"output dir '{run.path}' already holds a run (state: {run.read_status().get('state', 'unknown')}). "
+            "Pass --resume to continue it, or choose another --output_dir."
+        )
+    if existing and resume:
+        import json
+
+        old = json.loads(run.config_path.read_text())
+        new = config.to_dict()
+        changed = sorted(k for k in new if k not in TrainConfig.RESUMABLE_CHANGES and old.get(k) != new[k])
+        if changed:
+            details = "; ".join(f"{k}: checkpoint {old.get(k)!r} vs now {new[k]!r}" for k in changed)
+            raise ConfigError(
+                f"cannot resume '{run.path}': the config differs from the run's ({details}). "
+                "Resume with the original settings, or start a new run in another --output_dir."
+            )
+    if not existing and run.path.is_dir() and any(run.path.iterdir()):
+        raise InputError(
+            f"output dir '{run.path}' is not empty and holds no run; choose an empty or new --output_dir."
+        )
+    return run.create()
+
+
+# ---------------------------------------------------------------------------- data
+
+
+class CachedClips:
+    """Latents and text embeddings of the clips, from the latent cache, kept on the CPU."""
+
+    def __init__(self, items: list[dict], base_latent_frames: int):
+        self.items = items
+        self.base_latent_frames = base_latent_frames
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def batch(self, indices: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+        latents = torch.cat([self.items[i]["latents"] for i in indices]).to(device)
+        embeds = torch.cat([self.items[i]["prompt_embeds"] for i in indices]).to(device)
+        return latents, embeds
+
+
+def _load_clips(pipe, preset: dict, config: TrainConfig) -> tuple[CachedClips, CachedClips, list[dict]]:
+    from .data import load_dataset
+    from .latent_cache import build_latent_cache, load_cached
+
+    entries = load_dataset(config.data_dir)
+    for e in entries:
+        if (e["extended_frames"], e["height"], e["width"]) != (config.extended_num_frames, config.height, config.width):
+            raise InputError(
+                f"clip '{e['video_id']}' in {config.data_dir} is {e['extended_frames']} frames at "
+                f"{e['height']}x{e['width']}, but the run trains {config.extended_num_frames} frames at "
+                f"{config.height}x{config.width}. Convert the data for this preset, or change the run's settings."
+            )
+    if len(entries) <= config.num_validation_clips:
+        raise InputError(
+            f"{config.data_dir} has {len(entries)} clip(s); need more than num_validation_clips="
+            f"{config.num_validation_clips} (held out for validation)."
+        )
+    paths = build_latent_cache(pipe, preset, config.data_dir)
+    items = []
+    for path in paths:
+        cached = load_cached(path)
+        latents = cached["latents"]
+        embeds = cached["prompt_embeds"]
+        items.append({"latents": latents if latents.ndim == 5 else latents[None],
+                      "prompt_embeds": embeds if embeds.ndim == 3 else embeds[None]})
+    order = sorted(range(len(entries)), key=lambda i: entries[i]["video_id"])
+    n_val = config.num_validation_clips
+    base_lf = (config.base_num_frames - 1) // 4 + 1
+    train = CachedClips([items[i] for i in order[:-n_val]], base_lf)
+    val = CachedClips([items[i] for i in order[-n_val:]], base_lf)
+    val_entries = [entries[i] for i in order[-n_val:]]
+    return train, val, val_entries
+
+
+def _sample_indices(config: TrainConfig, n: int, step: int, micro: int, rank: int, world: int) -> list[int]:
+    """Clip indices of one micro-batch: a per-epoch permutation walked in order (deterministic)."""
+    out = []
+    for b in range(config.batch_size):
+        c = ((step * config.gradient_accumulation_steps + micro) * world + rank) * config.batch_size + b
+        epoch, pos = divmod(c, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 7919 + epoch))
+        out.append(int(perm[pos]))
+    return out
+
+
+def steps_per_epoch(config: TrainConfig, n_train: int, world: int) -> int:
+    return max(1, math.ceil(n_train / (config.batch_size * config.gradient_accumulation_steps * world)))
+
+
+# ---------------------------------------------------------------------------- losses
+
+
+def length_extension_losses(model, schedule, latents, embeds, noise, sigmas, base_lf: int, config: TrainConfig,
+                            backward: Callable[[torch.Tensor, bool], None] | None = None) -> dict:
+    """Base, extended and consistency losses for one micro-batch.
+
+    `backward(loss, sync)`, when given, is called after each length's pass so only one graph
+    is alive at a time; without it, losses keep their graphs (for evaluation).
+    """
+    t = flow.timesteps_from_sigmas(sigmas).to(latents.device)
+    xt = flow.noisy_latents(latents, noise, sigmas)
+    target = flow.velocity_target(latents, noise)
+    if schedule is not None:
+        schedule.force_dense = True
+    try:
+        pred_base = model(hidden_states=xt[:, :, :base_lf], timestep=t, encoder_hidden_states=embeds, return_dict=False)[0]
+    finally:
+        if schedule is not None:
+            schedule.force_dense = False
+    loss_base = F.mse_loss(pred_base.float(), target[:, :, :base_lf].float())
+    if backward is not None:
+        backward(config.base_loss_weight * loss_base, False)
+    pred_ext = model(hidden_states=xt, timestep=t, encoder_hidden_states=embeds, return_dict=False)[0]
+    loss_ext = F.mse_loss(pred_ext.float(), target.float())
+    loss_cons = F.mse_loss(pred_ext[:, :, :base_lf].float(), pred_base.detach().float())
+    rest = config.extended_loss_weight * loss_ext + config.consistency_loss_weight * loss_cons
+    if backward is not None:
+        backward(rest, True)
+    total = config.base_loss_weight * loss_base.detach() + rest.detach()
+    return {"loss": total, "loss_base": loss_base.detach(), "loss_extended": loss_ext.detach(),
+            "loss_consistency": loss_cons.detach()}
+
+
+@torch.no_grad()
+def validation_loss(model, schedule, clips: CachedClips, config: TrainConfig, device) -> dict:
+    """Mean losses over held-out clips at fixed noise (seeded per clip) and fixed timesteps."""
+    totals = {"loss": 0.0, "loss_base": 0.0, "loss_extended": 0.0, "loss_consistency": 0.0}
+    count = 0
+    for i in range(len(clips)):
+        latents, embeds = clips.batch([i], device)
+        gen = torch.Generator().manual_seed(10_000 + i)
+        noise = torch.randn(latents.shape, generator=gen).to(latents)
+        for s in config.validation_timesteps:
+            sigmas = torch.full((latents.shape[0],), float(s))
+            losses = length_extension_losses(model, schedule, latents, embeds, noise, sigmas, clips.base_latent_frames, config)
+            for k in totals:
+                totals[k] += float(losses[k])
+            count += 1
+    return {f"val_{k}": v / count for k, v in totals.items()}
+
+
+# ---------------------------------------------------------------------------- samples
+
+
+@torch.no_grad()
+def write_samples(pipe, schedule, val_entries: list[dict], val: CachedClips, config: TrainConfig, step: int, run: RunDir) -> dict:
+    """Base (dense) and extended (radial) videos for the first held-out prompt."""
+    from ..video import write_mp4
+
+    folder = run.samples_dir / f"step-{step:06d}"
+    out = {}
+    schedule_training = schedule.training if schedule is not None else False
+    if schedule is not None:
+        schedule.training = False
+    embeds = val.items[0]["prompt_embeds"].to(pipe.transformer.device, pipe.transformer.dtype)
+    try:
+        for name, frames in (("base", config.base_num_frames), ("extended", config.extended_num_frames)):
+            if schedule is not None:
+                schedule.force_dense = name == "base"
+            gen = torch.Generator().manual_seed(config.seed)
+            video = pipe(prompt_embeds=embeds, negative_prompt_embeds=torch.zeros_like(embeds), height=config.height,
+                         width=config.width, num_frames=frames, num_inference_steps=config.sample_steps,
+                         guidance_scale=5.0, generator=gen, output_type="np").frames[0]
+            out[name] = str(write_mp4(video, folder / f"{name}.mp4", fps=16))
+    finally:
+        if schedule is not None:
+            schedule.force_dense = False
+            schedule.training = schedule_training
+    return out
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+def _save_lora_atomically(transformer, target: Path) -> None:
+    tmp = target.with_name(f".tmp-{target.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_lora(transformer, tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+
+
+def train(config: TrainConfig, resume: bool = False, progress: ProgressFn | None = None) -> dict:
+    """Run (or resume) a length-extension training run. Returns the final status."""
+    from accelerate import Accelerator
+    from diffusers.optimization import get_scheduler
+
+    from ..models import family
+    from .latent_cache import free_encoders
+
+    config.validate()
+    run = prepare_run_dir(config, resume)
+    use_cuda = torch.cuda.is_available()
+    accelerator = Accelerator(
+        gradient_accumulation_steps=1,  # we accumulate ourselves (two backward passes per micro-step)
+        mixed_precision="bf16" if (use_cuda and config.use_mixed_precision) else "no",
+        cpu=not use_cuda,
+    )
+    main = accelerator.is_main_process
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if main:
+        atomic_write_json(run.config_path, config.to_dict())
+        run.update_status(state="running", pid=os.getpid(), step=0, error=None)
+        run.clear_stop()
+    accelerator.wait_for_everyone()
+
+    preset = config.preset_dict()
+    fam = family(preset)
+    pipe = fam.load_pipeline(preset, accelerator.device)
+    train_clips, val_clips, val_entries = _load_clips(pipe, preset, config)
+    free_encoders(pipe)
+
+    transformer = pipe.transformer
+    params = add_lora(transformer, config.lora_rank, config.lora_alpha, config.lora_dropout, config.target_modules,
+                      seed=config.seed)
+    if config.use_mixed_precision and use_cuda:
+        for p in params:  # trainable weights in fp32; the frozen base stays in bf16
+            p.data = p.data.float()
+    if config.use_gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    settings = AttentionSettings(pattern=config.pattern, dense_layers=config.dense_layers,
+                                 dense_timesteps=config.dense_timesteps, decay_factor=config.decay_factor,
+                                 block_size=config.block_size, backend=config.attention_backend,
+                                 dense_backend="sage" if config.use_sage_attention else "sdpa")
+    schedule = install_radial_attention(transformer, settings)
+    if schedule is not None:
+        schedule.training = True
+
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                                  weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
+    per_epoch = steps_per_epoch(config, len(train_clips), world)
+    total_steps = config.max_steps or config.num_epochs * per_epoch
+    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
+                                 num_training_steps=total_steps)
+    model, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
+    model.train()
+
+    step, best = 0, float("inf")
+    ckpt = latest_checkpoint(run.checkpoints_dir) if resume else None
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, transformer=transformer, optimizer=optimizer, lr_scheduler=lr_scheduler)
+        step, best = state["step"], state.get("best_val_loss", float("inf"))
+        if main:
+            run.truncate_events_after(step)
+            run.append_event({"type": "resume", "step": step, "checkpoint": ckpt.name})
+    elif main:
+        run.events_path.unlink(missing_ok=True)
+
+    def checkpoint(at_step: int) -> None:
+        if main:
+            save_checkpoint(run.checkpoints_dir, at_step, transformer=transformer, optimizer=optimizer,
+                            lr_scheduler=lr_scheduler, keep=config.checkpoints_total_limit,
+                            state={"best_val_loss": best, "config": config.to_dict()})
+        accelerator.wait_for_everyone()
+
+    def validate(at_step: int) -> None:
+        nonlocal best
+        if main:
+            model.eval()
+            with accelerator.autocast():
+                val = validation_loss(transformer, schedule, val_clips, config, accelerator.device)
+            event = {"type": "validation", "step": at_step, **val}
+            if val["val_loss"] < best:
+                best = val["val_loss"]
+                _save_lora_atomically(transformer, run.path / "best_model")
+                event["best"] = True
+            if config.sample_steps > 0:
+                event["samples"] = write_samples(pipe, schedule, val_entries, val_clips, config, at_step, run)
+            run.append_event(event)
+            model.train()
+        accelerator.wait_for_everyone()
+
+    if step == 0:
+        validate(0)
+    started, start_step = time.perf_counter(), step
+    accum = config.gradient_accumulation_steps
+    final_state = "finished"
+    try:
+        while step < total_steps:
+            if run.stop_requested():
+                final_state = "stopped"
+                break
+            t0 = time.perf_counter()
+            torch.manual_seed(config.seed * 100_003 + step)  # LoRA dropout; deterministic per step
+            sums = {"loss": 0.0, "loss_base": 0.0, "loss_extended": 0.0, "loss_consistency": 0.0}
+            for micro in range(accum):
+                idx = _sample_indices(config, len(train_clips), step, micro, rank, world)
+                latents, embeds = train_clips.batch(idx, accelerator.device)
+                gen = torch.Generator().manual_seed(((config.seed * 1_000_003 + step) * 64 + micro) * 64 + rank)
+                noise = torch.randn(latents.shape, generator=gen).to(latents)
+                sigmas = flow.sample_sigmas(latents.shape[0], gen, config.timestep_sampling, config.flow_shift)
+                last_micro = micro == accum - 1
+
+                def backward(loss, sync_point):
+                    if not torch.isfinite(loss):
+                        raise Diverged(f"non-finite loss {float(loss)} at step {step}")
+                    if sync_point and last_micro:
+                        accelerator.backward(loss / accum)
+                    else:
+                        with accelerator.no_sync(model):
+                            accelerator.backward(loss / accum)
+
+                with accelerator.autocast():
+                    losses = length_extension_losses(model, schedule, latents, embeds.to(latents.dtype), noise,
+                                                     sigmas, train_clips.base_latent_frames, config, backward)
+                for k in sums:
+                    sums[k] += float(losses[k]) / accum
+            grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
+            if not torch.isfinite(torch.as_tensor(grad_norm)):
+                raise Diverged(f"non-finite gradient norm at step {step}")
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            step_time = time.perf_counter() - t0
+            if main:
+                rate = (step - start_step) / max(time.perf_counter() - started, 1e-9)
+                event = {"type": "train", "step": step, **sums, "lr": lr_scheduler.get_last_lr()[0],
+                         "grad_norm": float(grad_norm), "step_time": step_time}
+                run.append_event(event)
+                status = run.update_status(state="running", step=step, total_steps=total_steps, it_per_s=rate,
+                                           eta_seconds=(total_steps - step) / rate if rate > 0 else None,
+                                           loss=sums["loss"], best_val_loss=best if best < float("inf") else None)
+                if progress is not None:
+                    progress(status)
+            if step % config.validation_steps == 0 or step == total_steps:
+                validate(step)
+            if step % config.checkpointing_steps == 0 or step == total_steps or run.stop_requested():
+                checkpoint(step)
+    except Diverged as err:
+        if main:
+            run.append_event({"type": "diverged", "step": step, "error": str(err)})
+            last = latest_checkpoint(run.checkpoints_dir)
+            return run.update_status(state="diverged", error=f"{err}; the last good checkpoint is "
+                                     f"{last.name if last else 'none'} (resume from it with a lower learning rate)")
+        return {}
+    if main:
+        if final_state == "finished":
+            _save_lora_atomically(transformer, run.path / "final")
+        run.clear_stop()
+        return run.update_status(state=final_state, step=step, total_steps=total_steps,
+                                 best_val_loss=best if best < float("inf") else None, eta_seconds=0)
+    return {}
