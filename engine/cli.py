@@ -168,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("presets", help="list the presets")
     p.set_defaults(func=cmd_presets)
+
+    from .train.data_commands import add_data_parser
+
+    add_data_parser(sub)
     return parser
 
 

@@ -92,16 +92,16 @@ class CachedClips:
         return latents, embeds
 
 
-def _load_clips(pipe, preset: dict, config: TrainConfig) -> tuple[CachedClips, CachedClips, list[dict]]:
+def check_dataset(config: TrainConfig) -> list:
+    """Validate the data before anything is written: every problem, naming file and field."""
     from .data import load_dataset
-    from .latent_cache import build_latent_cache, load_cached
 
     entries = load_dataset(config.data_dir)
     for e in entries:
-        if (e["extended_frames"], e["height"], e["width"]) != (config.extended_num_frames, config.height, config.width):
+        if (e.extended_frames, e.height, e.width) != (config.extended_num_frames, config.height, config.width):
             raise InputError(
-                f"clip '{e['video_id']}' in {config.data_dir} is {e['extended_frames']} frames at "
-                f"{e['height']}x{e['width']}, but the run trains {config.extended_num_frames} frames at "
+                f"clip '{e.video_id}' in {config.data_dir} is {e.extended_frames} frames at "
+                f"{e.height}x{e.width}, but the run trains {config.extended_num_frames} frames at "
                 f"{config.height}x{config.width}. Convert the data for this preset, or change the run's settings."
             )
     if len(entries) <= config.num_validation_clips:
@@ -109,21 +109,26 @@ def _load_clips(pipe, preset: dict, config: TrainConfig) -> tuple[CachedClips, C
             f"{config.data_dir} has {len(entries)} clip(s); need more than num_validation_clips="
             f"{config.num_validation_clips} (held out for validation)."
         )
+    return entries
+
+
+def load_clips(pipe, preset: dict, config: TrainConfig, entries: list) -> tuple[CachedClips, CachedClips, list]:
+    """Encode (once, cached) and split into training clips and held-out validation clips."""
+    from .latent_cache import build_latent_cache, load_cached
+
     paths = build_latent_cache(pipe, preset, config.data_dir)
     items = []
     for path in paths:
         cached = load_cached(path)
-        latents = cached["latents"]
-        embeds = cached["prompt_embeds"]
+        latents, embeds = cached["latents"], cached["prompt_embeds"]
         items.append({"latents": latents if latents.ndim == 5 else latents[None],
                       "prompt_embeds": embeds if embeds.ndim == 3 else embeds[None]})
-    order = sorted(range(len(entries)), key=lambda i: entries[i]["video_id"])
+    order = sorted(range(len(entries)), key=lambda i: entries[i].video_id)
     n_val = config.num_validation_clips
     base_lf = (config.base_num_frames - 1) // 4 + 1
     train = CachedClips([items[i] for i in order[:-n_val]], base_lf)
     val = CachedClips([items[i] for i in order[-n_val:]], base_lf)
-    val_entries = [entries[i] for i in order[-n_val:]]
-    return train, val, val_entries
+    return train, val, [entries[i] for i in order[-n_val:]]
 
 
 def _sample_indices(config: TrainConfig, n: int, step: int, micro: int, rank: int, world: int) -> list[int]:
@@ -154,16 +159,18 @@ def length_extension_losses(model, schedule, latents, embeds, noise, sigmas, bas
     t = flow.timesteps_from_sigmas(sigmas).to(latents.device)
     xt = flow.noisy_latents(latents, noise, sigmas)
     target = flow.velocity_target(latents, noise)
+    # The base pass stays dense through its backward too: gradient checkpointing recomputes
+    # the forward during backward, and must take the same attention path.
     if schedule is not None:
         schedule.force_dense = True
     try:
         pred_base = model(hidden_states=xt[:, :, :base_lf], timestep=t, encoder_hidden_states=embeds, return_dict=False)[0]
+        loss_base = F.mse_loss(pred_base.float(), target[:, :, :base_lf].float())
+        if backward is not None:
+            backward(config.base_loss_weight * loss_base, False)
     finally:
         if schedule is not None:
             schedule.force_dense = False
-    loss_base = F.mse_loss(pred_base.float(), target[:, :, :base_lf].float())
-    if backward is not None:
-        backward(config.base_loss_weight * loss_base, False)
     pred_ext = model(hidden_states=xt, timestep=t, encoder_hidden_states=embeds, return_dict=False)[0]
     loss_ext = F.mse_loss(pred_ext.float(), target.float())
     loss_cons = F.mse_loss(pred_ext[:, :, :base_lf].float(), pred_base.detach().float())
@@ -197,7 +204,7 @@ def validation_loss(model, schedule, clips: CachedClips, config: TrainConfig, de
 
 
 @torch.no_grad()
-def write_samples(pipe, schedule, val_entries: list[dict], val: CachedClips, config: TrainConfig, step: int, run: RunDir) -> dict:
+def write_samples(pipe, schedule, val_entries: list, val: CachedClips, config: TrainConfig, step: int, run: RunDir) -> dict:
     """Base (dense) and extended (radial) videos for the first held-out prompt."""
     from ..video import write_mp4
 
@@ -207,6 +214,8 @@ def write_samples(pipe, schedule, val_entries: list[dict], val: CachedClips, con
     if schedule is not None:
         schedule.training = False
     embeds = val.items[0]["prompt_embeds"].to(pipe.transformer.device, pipe.transformer.dtype)
+    vae_device = pipe.vae.device
+    pipe.vae.to(pipe.transformer.device)  # the encoders were moved off the accelerator for training
     try:
         for name, frames in (("base", config.base_num_frames), ("extended", config.extended_num_frames)):
             if schedule is not None:
@@ -217,6 +226,7 @@ def write_samples(pipe, schedule, val_entries: list[dict], val: CachedClips, con
                          guidance_scale=5.0, generator=gen, output_type="np").frames[0]
             out[name] = str(write_mp4(video, folder / f"{name}.mp4", fps=16))
     finally:
+        pipe.vae.to(vae_device)
         if schedule is not None:
             schedule.force_dense = False
             schedule.training = schedule_training
@@ -236,14 +246,23 @@ def _save_lora_atomically(transformer, target: Path) -> None:
 
 def train(config: TrainConfig, resume: bool = False, progress: ProgressFn | None = None) -> dict:
     """Run (or resume) a length-extension training run. Returns the final status."""
+    config.validate()
+    entries = check_dataset(config)
+    run = prepare_run_dir(config, resume)
+    try:
+        return _train(config, run, entries, resume, progress)
+    except Exception as err:
+        run.update_status(state="failed", error=f"{type(err).__name__}: {str(err)[:2000]}")
+        raise
+
+
+def _train(config: TrainConfig, run: RunDir, entries: list, resume: bool, progress: ProgressFn | None) -> dict:
     from accelerate import Accelerator
     from diffusers.optimization import get_scheduler
 
     from ..models import family
     from .latent_cache import free_encoders
 
-    config.validate()
-    run = prepare_run_dir(config, resume)
     use_cuda = torch.cuda.is_available()
     accelerator = Accelerator(
         gradient_accumulation_steps=1,  # we accumulate ourselves (two backward passes per micro-step)
@@ -261,7 +280,7 @@ def train(config: TrainConfig, resume: bool = False, progress: ProgressFn | None
     preset = config.preset_dict()
     fam = family(preset)
     pipe = fam.load_pipeline(preset, accelerator.device)
-    train_clips, val_clips, val_entries = _load_clips(pipe, preset, config)
+    train_clips, val_clips, val_entries = load_clips(pipe, preset, config, entries)
     free_encoders(pipe)
 
     transformer = pipe.transformer
@@ -347,7 +366,7 @@ def train(config: TrainConfig, resume: bool = False, progress: ProgressFn | None
 
                 def backward(loss, sync_point):
                     if not torch.isfinite(loss):
-                        raise Diverged(f"non-finite loss {float(loss)} at step {step}")
+                        raise Diverged(f"non-finite loss {float(loss.detach())} at step {step + 1}")
                     if sync_point and last_micro:
                         accelerator.backward(loss / accum)
                     else:
@@ -361,7 +380,7 @@ def train(config: TrainConfig, resume: bool = False, progress: ProgressFn | None
                     sums[k] += float(losses[k]) / accum
             grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
             if not torch.isfinite(torch.as_tensor(grad_norm)):
-                raise Diverged(f"non-finite gradient norm at step {step}")
+                raise Diverged(f"non-finite gradient norm at step {step + 1}")
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
