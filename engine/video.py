@@ -42,29 +42,56 @@ def write_mp4(frames, path: str | os.PathLike, fps: int = 16) -> Path:
     return path
 
 
-def read_mp4(path: str | os.PathLike, max_frames: int | None = None) -> tuple[np.ndarray, float]:
-    """Decode a video file -> (uint8 frames [F, H, W, 3], fps). Clear error for missing/corrupt files."""
-    from moviepy import VideoFileClip
+def frame_stream(path: Path):
+    """(fps, frame iterator, close) for a video, decoded by imageio-ffmpeg.
 
+    Not moviepy: its reader derives the frame count from the duration ffmpeg prints with two
+    decimals, so e.g. 65 frames at 16 fps read back as 64. ffmpeg applies rotation metadata
+    and the reported size is the rotated one. Raises InputError (with `.detail`) for
+    unreadable files.
+    """
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    try:
+        meta = next(reader)
+        fps = float(meta.get("fps") or 0)
+        width, height = meta["size"]
+    except Exception as err:  # header parsing fails in many ways for broken files
+        reader.close()
+        lines = str(err).strip().splitlines()
+        detail = f"{type(err).__name__}{': ' + lines[-1][:120] if lines else ''}"
+        problem = InputError(f"video file '{path}' could not be decoded ({detail}); is it a valid video?")
+        problem.detail = detail
+        raise problem from None
+
+    def frames():
+        for raw in reader:
+            yield np.frombuffer(raw, np.uint8).reshape(height, width, 3)
+
+    return fps, frames(), reader.close
+
+
+def read_mp4(path: str | os.PathLike, max_frames: int | None = None) -> tuple[np.ndarray, float]:
+    """Decode every frame (or the first `max_frames`) -> (uint8 [F, H, W, 3], fps). InputError if unreadable."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"video file '{path}' does not exist.")
+    fps, stream, close = frame_stream(path)
+    out = []
     try:
-        clip = VideoFileClip(str(path), audio=False)
-    except Exception as err:  # moviepy raises OSError/KeyError/IndexError for broken files
-        raise InputError(f"video file '{path}' could not be decoded ({type(err).__name__}); is it a valid video?") from None
-    try:
-        frames = []
-        for frame in clip.iter_frames(dtype="uint8"):
-            frames.append(frame[..., :3])
-            if max_frames is not None and len(frames) >= max_frames:
+        for frame in stream:
+            out.append(frame)
+            if max_frames is not None and len(out) >= max_frames:
                 break
-        fps = float(clip.fps)
+    except Exception as err:
+        raise InputError(f"video file '{path}' is corrupt: decoding failed after {len(out)} frames "
+                         f"({type(err).__name__}).") from None
     finally:
-        clip.close()
-    if not frames:
+        close()
+    if not out:
         raise InputError(f"video file '{path}' has no frames.")
-    return np.stack(frames), fps
+    return np.stack(out), fps
 
 
 def _label_strip(text: str, width: int, height: int) -> np.ndarray:

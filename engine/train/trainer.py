@@ -66,7 +66,9 @@ def prepare_run_dir(config: TrainConfig, resume: bool) -> RunDir:
                 f"cannot resume '{run.path}': the config differs from the run's ({details}). "
                 "Resume with the original settings, or start a new run in another --output_dir."
             )
-    if not existing and run.path.is_dir() and any(run.path.iterdir()):
+    # A job started by engine.jobs has already written its bookkeeping files there.
+    job_files = {run.status_path.name, run.log_path.name, run.stop_path.name}
+    if not existing and run.path.is_dir() and any(p.name not in job_files for p in run.path.iterdir()):
         raise InputError(
             f"output dir '{run.path}' is not empty and holds no run; choose an empty or new --output_dir."
         )

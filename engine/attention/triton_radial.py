@@ -1,0 +1,510 @@
+"""Block-sparse (Radial) attention in Triton: forward and backward.
+
+Flash-attention-2 style. Layout ``[B, S, H, D]`` (any strides), softmax scale
+``1/sqrt(D)`` unless given. The sparsity pattern is a bool block mask over
+``block_size`` token blocks, turned into per-tile CSR lists
+(``block_lists.TileLists``):
+
+* forward: one program per (query tile, batch*head) runs an online softmax
+  over the key tiles listed for its query tile, writes O and the row
+  log-sum-exp (base 2, fp32);
+* backward: ``delta = rowsum(dO * O)`` (preprocess kernel); dK/dV: one program
+  per key tile iterating over the query tiles that attend it (transposed
+  lists); dQ: one program per query tile iterating over its key tiles. No
+  atomics, so the backward is deterministic.
+
+Any ``S`` works: loads and stores are masked at the tail, padded key columns
+get ``-inf``, padded query rows get ``lse=+inf`` (so they contribute nothing).
+A query row with no kept key block (impossible for radial masks, which keep
+the diagonal) gives output 0 and zero gradients.
+
+Tile sizes (``BLOCK_M``/``BLOCK_N``) must divide the mask block size; they are
+per-pass settings in ``CONFIGS`` (tuned for H100, see docs/kernel_notes.md).
+On a CPU tensor the kernels run only under ``TRITON_INTERPRET=1``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from .block_lists import TileLists, get_tile_lists
+
+try:  # the module must import on machines without triton / CUDA
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except Exception:  # pragma: no cover - triton missing
+    triton = None
+    tl = None
+    HAS_TRITON = False
+
+__all__ = ["radial_attention_triton", "CONFIGS", "HAS_TRITON", "triton_usable"]
+
+_LOG2E = 1.4426950408889634
+
+# Per pass: tile sizes (capped at the mask block size), warps, pipeline stages.
+CONFIGS = {
+    "fwd": dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
+    "bwd_dkdv": dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=3),
+    "bwd_dq": dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
+    "bwd_pre": dict(BLOCK_M=64, num_warps=4),
+}
+# Tests/bench set this to allocate outputs filled with NaN (proves every element is written).
+POISON_OUTPUTS = False
+# Smaller tiles in the interpreter: far fewer wasted lanes at tiny sizes.
+_INTERP_TILE = 32
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def triton_usable(device: torch.device) -> tuple[bool, str]:
+    if not HAS_TRITON:
+        return False, "triton is not installed"
+    if device.type == "cuda":
+        return True, ""
+    if device.type == "cpu" and _interpreting():
+        return True, ""
+    return False, (
+        f"the triton backend needs CUDA tensors (got device {device}); on CPU set "
+        "TRITON_INTERPRET=1 before importing triton, or use backend='reference'"
+    )
+
+
+if HAS_TRITON:
+    # Row reductions through tl.reduce with triton's own combine functions
+    # (tl.standard._elementwise_max / _sum_combine): the interpreter recognises
+    # those and reduces with numpy. We avoid tl.max / tl.sum / tl.zeros
+    # themselves: they are @jit functions fixed as compiled or interpreted when
+    # triton is first imported, so if torch imported triton before
+    # TRITON_INTERPRET was set, the interpreter could not call them.
+
+    @triton.jit
+    def _row_max(x, axis: tl.constexpr):
+        return tl.reduce(x, axis, tl.standard._elementwise_max)
+
+    @triton.jit
+    def _row_sum(x, axis: tl.constexpr):
+        return tl.reduce(x, axis, tl.standard._sum_combine)
+
+    @triton.jit
+    def _fwd_tile(q, acc, l_i, m_i, k_base, v_base, n0, offs_n, offs_d, sks, skd, svs, svd, S, qk_scale,
+                  MASK: tl.constexpr, DOT_PREC: tl.constexpr):
+        kp = k_base + n0.to(tl.int64) * sks + offs_n[:, None] * sks + offs_d[None, :] * skd
+        vp = v_base + n0.to(tl.int64) * svs + offs_n[:, None] * svs + offs_d[None, :] * svd
+        if MASK:
+            col_ok = (n0 + offs_n) < S
+            k = tl.load(kp, mask=col_ok[:, None], other=0.0)
+        else:
+            k = tl.load(kp)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+        if MASK:
+            qk = tl.where(col_ok[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, _row_max(qk, 1) * qk_scale)
+        p = tl.math.exp2(qk * qk_scale - m_new[:, None])  # one FMA + exp2 per score
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + _row_sum(p, 1)
+        acc = acc * alpha[:, None]
+        if MASK:
+            v = tl.load(vp, mask=col_ok[:, None], other=0.0)
+        else:
+            v = tl.load(vp)
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+        return acc, l_i, m_new
+
+    @triton.jit
+    def _split_tail(idx_ptr, start, end, TILE: tl.constexpr, S, EVEN: tl.constexpr):
+        # Lists are sorted, so a partial (tail) tile can only be the last entry:
+        # iterate [start, end_full) unmasked and [end_full, end) masked.
+        end_full = end
+        if not EVEN:
+            last = tl.load(idx_ptr + end - 1, mask=end > start, other=0)
+            is_tail = ((last + 1) * TILE > S) & (end > start)
+            end_full = end - is_tail.to(tl.int32)
+        return end_full
+
+    @triton.jit
+    def _fwd_kernel(
+        Q, K, V, O, LSE,
+        row_off, row_idx, row_order,
+        sqb, sqs, sqh, sqd,
+        skb, sks, skh, skd,
+        svb, svs, svh, svd,
+        sob, sos, soh, sod,
+        H, S, qk_scale,
+        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        EVEN_N: tl.constexpr, DOT_PREC: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // H
+        h = bh % H
+        mt = tl.load(row_order + pid)
+        start = tl.load(row_off + mt)
+        end = tl.load(row_off + mt + 1)
+        end_full = _split_tail(row_idx, start, end, BLOCK_N, S, EVEN_N)
+
+        offs_m = mt * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, HEAD_DIM)
+        row_ok = offs_m < S
+
+        q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
+        k_base = K + b.to(tl.int64) * skb + h.to(tl.int64) * skh
+        v_base = V + b.to(tl.int64) * svb + h.to(tl.int64) * svh
+
+        q = tl.load(q_base + offs_m[:, None] * sqs + offs_d[None, :] * sqd, mask=row_ok[:, None], other=0.0)
+
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
+        acc = tl.full([BLOCK_M, HEAD_DIM], 0.0, dtype=tl.float32)
+
+        for it in range(start, end_full):
+            n0 = tl.load(row_idx + it) * BLOCK_N
+            acc, l_i, m_i = _fwd_tile(q, acc, l_i, m_i, k_base, v_base, n0, offs_n, offs_d, sks, skd, svs, svd,
+                                      S, qk_scale, False, DOT_PREC)
+        if not EVEN_N:
+            for it in range(end_full, end):
+                n0 = tl.load(row_idx + it) * BLOCK_N
+                acc, l_i, m_i = _fwd_tile(q, acc, l_i, m_i, k_base, v_base, n0, offs_n, offs_d, sks, skd, svs,
+                                          svd, S, qk_scale, True, DOT_PREC)
+
+        empty = l_i == 0.0
+        l_safe = tl.where(empty, 1.0, l_i)
+        out = acc / l_safe[:, None]
+        lse = tl.where(empty, float("inf"), m_i + tl.math.log2(l_safe))
+        o_base = O + b.to(tl.int64) * sob + h.to(tl.int64) * soh
+        tl.store(o_base + offs_m[:, None] * sos + offs_d[None, :] * sod, out.to(O.dtype.element_ty),
+                 mask=row_ok[:, None])
+        tl.store(LSE + bh.to(tl.int64) * S + offs_m, lse, mask=row_ok)
+
+    @triton.jit
+    def _bwd_preprocess(
+        O, DO, DELTA,
+        sob, sos, soh, sod,
+        sdb, sds, sdh, sdd,
+        H, S,
+        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // H
+        h = bh % H
+        offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        ok = offs_m < S
+        o = tl.load(O + b.to(tl.int64) * sob + h.to(tl.int64) * soh + offs_m[:, None] * sos + offs_d[None, :] * sod,
+                    mask=ok[:, None], other=0.0).to(tl.float32)
+        do = tl.load(DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh + offs_m[:, None] * sds
+                     + offs_d[None, :] * sdd, mask=ok[:, None], other=0.0).to(tl.float32)
+        tl.store(DELTA + bh.to(tl.int64) * S + offs_m, _row_sum(o * do, 1), mask=ok)
+
+    @triton.jit
+    def _dkdv_tile(k, v, dk, dv, q_base, do_base, lse_base, delta_base, m0, offs_m, offs_d, sqs, sqd, sds, sdd,
+                   S, qk_scale, MASK: tl.constexpr, DOT_PREC: tl.constexpr):
+        rows = m0 + offs_m
+        qp = q_base + m0.to(tl.int64) * sqs + offs_m[:, None] * sqs + offs_d[None, :] * sqd
+        dop = do_base + m0.to(tl.int64) * sds + offs_m[:, None] * sds + offs_d[None, :] * sdd
+        if MASK:
+            row_ok = rows < S
+            q = tl.load(qp, mask=row_ok[:, None], other=0.0)
+            lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
+        else:
+            q = tl.load(qp)
+            lse = tl.load(lse_base + rows)
+        qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PREC)  # [BN, BM]
+        pT = tl.math.exp2(qkT * qk_scale - lse[None, :])
+        if MASK:
+            do = tl.load(dop, mask=row_ok[:, None], other=0.0)
+            delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
+        else:
+            do = tl.load(dop)
+            delta = tl.load(delta_base + rows)
+        dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PREC)
+        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+        dsT = pT * (dpT - delta[None, :])
+        dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=DOT_PREC)
+        return dk, dv
+
+    @triton.jit
+    def _bwd_dkdv_kernel(
+        Q, K, V, DO, DK, DV, LSE, DELTA,
+        col_off, col_idx, col_order,
+        sqb, sqs, sqh, sqd,
+        skb, sks, skh, skd,
+        svb, svs, svh, svd,
+        sdb, sds, sdh, sdd,
+        sgb, sgs, sgh, sgd,  # dK and dV share one layout
+        H, S, qk_scale, sm_scale,
+        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        EVEN_M: tl.constexpr, DOT_PREC: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // H
+        h = bh % H
+        nt = tl.load(col_order + pid)
+        start = tl.load(col_off + nt)
+        end = tl.load(col_off + nt + 1)
+        end_full = _split_tail(col_idx, start, end, BLOCK_M, S, EVEN_M)
+
+        offs_n = nt * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_m = tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        col_ok = offs_n < S
+
+        q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
+        do_base = DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh
+        k = tl.load(K + b.to(tl.int64) * skb + h.to(tl.int64) * skh + offs_n[:, None] * sks + offs_d[None, :] * skd,
+                    mask=col_ok[:, None], other=0.0)
+        v = tl.load(V + b.to(tl.int64) * svb + h.to(tl.int64) * svh + offs_n[:, None] * svs + offs_d[None, :] * svd,
+                    mask=col_ok[:, None], other=0.0)
+        lse_base = LSE + bh.to(tl.int64) * S
+        delta_base = DELTA + bh.to(tl.int64) * S
+
+        dk = tl.full([BLOCK_N, HEAD_DIM], 0.0, dtype=tl.float32)
+        dv = tl.full([BLOCK_N, HEAD_DIM], 0.0, dtype=tl.float32)
+        for it in range(start, end_full):
+            m0 = tl.load(col_idx + it) * BLOCK_M
+            dk, dv = _dkdv_tile(k, v, dk, dv, q_base, do_base, lse_base, delta_base, m0, offs_m, offs_d,
+                                sqs, sqd, sds, sdd, S, qk_scale, False, DOT_PREC)
+        if not EVEN_M:
+            for it in range(end_full, end):
+                m0 = tl.load(col_idx + it) * BLOCK_M
+                dk, dv = _dkdv_tile(k, v, dk, dv, q_base, do_base, lse_base, delta_base, m0, offs_m, offs_d,
+                                    sqs, sqd, sds, sdd, S, qk_scale, True, DOT_PREC)
+
+        dk = dk * sm_scale
+        g_off = b.to(tl.int64) * sgb + h.to(tl.int64) * sgh + offs_n[:, None] * sgs + offs_d[None, :] * sgd
+        tl.store(DK + g_off, dk.to(DK.dtype.element_ty), mask=col_ok[:, None])
+        tl.store(DV + g_off, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
+
+    @triton.jit
+    def _dq_tile(q, do, lse, delta, dq, k_base, v_base, n0, offs_n, offs_d, sks, skd, svs, svd, S, qk_scale,
+                 MASK: tl.constexpr, DOT_PREC: tl.constexpr):
+        kp = k_base + n0.to(tl.int64) * sks + offs_n[:, None] * sks + offs_d[None, :] * skd
+        vp = v_base + n0.to(tl.int64) * svs + offs_n[:, None] * svs + offs_d[None, :] * svd
+        if MASK:
+            col_ok = (n0 + offs_n) < S
+            k = tl.load(kp, mask=col_ok[:, None], other=0.0)
+            v = tl.load(vp, mask=col_ok[:, None], other=0.0)
+        else:
+            k = tl.load(kp)
+            v = tl.load(vp)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+        p = tl.math.exp2(qk * qk_scale - lse[:, None])
+        if MASK:
+            p = tl.where(col_ok[None, :], p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PREC)
+        return dq
+
+    @triton.jit
+    def _bwd_dq_kernel(
+        Q, K, V, DO, DQ, LSE, DELTA,
+        row_off, row_idx, row_order,
+        sqb, sqs, sqh, sqd,
+        skb, sks, skh, skd,
+        svb, svs, svh, svd,
+        sdb, sds, sdh, sdd,
+        sgb, sgs, sgh, sgd,
+        H, S, qk_scale, sm_scale,
+        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        EVEN_N: tl.constexpr, DOT_PREC: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // H
+        h = bh % H
+        mt = tl.load(row_order + pid)
+        start = tl.load(row_off + mt)
+        end = tl.load(row_off + mt + 1)
+        end_full = _split_tail(row_idx, start, end, BLOCK_N, S, EVEN_N)
+
+        offs_m = mt * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, HEAD_DIM)
+        row_ok = offs_m < S
+
+        q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + offs_m[:, None] * sqs + offs_d[None, :] * sqd,
+                    mask=row_ok[:, None], other=0.0)
+        do = tl.load(DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh + offs_m[:, None] * sds
+                     + offs_d[None, :] * sdd, mask=row_ok[:, None], other=0.0)
+        lse = tl.load(LSE + bh.to(tl.int64) * S + offs_m, mask=row_ok, other=float("inf"))
+        delta = tl.load(DELTA + bh.to(tl.int64) * S + offs_m, mask=row_ok, other=0.0)
+        k_base = K + b.to(tl.int64) * skb + h.to(tl.int64) * skh
+        v_base = V + b.to(tl.int64) * svb + h.to(tl.int64) * svh
+
+        dq = tl.full([BLOCK_M, HEAD_DIM], 0.0, dtype=tl.float32)
+        for it in range(start, end_full):
+            n0 = tl.load(row_idx + it) * BLOCK_N
+            dq = _dq_tile(q, do, lse, delta, dq, k_base, v_base, n0, offs_n, offs_d, sks, skd, svs, svd, S,
+                          qk_scale, False, DOT_PREC)
+        if not EVEN_N:
+            for it in range(end_full, end):
+                n0 = tl.load(row_idx + it) * BLOCK_N
+                dq = _dq_tile(q, do, lse, delta, dq, k_base, v_base, n0, offs_n, offs_d, sks, skd, svs, svd, S,
+                              qk_scale, True, DOT_PREC)
+
+        dq = dq * sm_scale
+        tl.store(DQ + b.to(tl.int64) * sgb + h.to(tl.int64) * sgh + offs_m[:, None] * sgs + offs_d[None, :] * sgd,
+                 dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
+
+
+def _tiles(cfg: dict, block_size: int) -> tuple[int, int]:
+    bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
+    if _interpreting():
+        bm, bn = min(bm, _INTERP_TILE), min(bn, _INTERP_TILE)
+    bm, bn = min(bm, block_size), min(bn, block_size)
+    return bm, bn
+
+
+def _launch_kw(cfg: dict) -> dict:
+    return {"num_warps": cfg["num_warps"], "num_stages": cfg.get("num_stages", 2)}
+
+
+def _dot_prec(dtype: torch.dtype):
+    # fp32 inputs: exact fp32 products (tests, interpreter); 16-bit: default.
+    return "ieee" if dtype == torch.float32 else None
+
+
+class _Plan:
+    """Everything that depends only on the geometry: the three tile lists."""
+
+    def __init__(self, mask, block_size, seq_len, device, key):
+        self.block_size = block_size
+        fm, fn = _tiles(CONFIGS["fwd"], block_size)
+        self.fwd = get_tile_lists(mask, block_size, seq_len, fm, fn, device, key)
+        km, kn = _tiles(CONFIGS["bwd_dkdv"], block_size)
+        self.dkdv = get_tile_lists(mask, block_size, seq_len, km, kn, device, key)
+        qm, qn = _tiles(CONFIGS["bwd_dq"], block_size)
+        self.dq = get_tile_lists(mask, block_size, seq_len, qm, qn, device, key)
+
+
+def _new(shape, dtype, device):
+    if POISON_OUTPUTS:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _strides(t: torch.Tensor):
+    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
+
+
+def _fwd(q, k, v, plan: _Plan, sm_scale: float):
+    B, S, H, D = q.shape
+    o = _new((B, S, H, D), q.dtype, q.device)
+    lse = _new((B * H, S), torch.float32, q.device)
+    tl_ = plan.fwd
+    cfg = CONFIGS["fwd"]
+    grid = (tl_.n_q_tiles, B * H)
+    _fwd_kernel[grid](
+        q, k, v, o, lse,
+        tl_.row_offsets, tl_.row_indices, tl_.row_order,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(o),
+        H, S, sm_scale * _LOG2E,
+        HEAD_DIM=D, BLOCK_M=tl_.tile_m, BLOCK_N=tl_.tile_n,
+        EVEN_N=(S % tl_.tile_n == 0), DOT_PREC=_dot_prec(q.dtype),
+        **_launch_kw(cfg),
+    )
+    return o, lse
+
+
+def _bwd(do, q, k, v, o, lse, plan: _Plan, sm_scale: float):
+    B, S, H, D = q.shape
+    if do.stride(-1) != 1:
+        do = do.contiguous()
+    delta = _new((B * H, S), torch.float32, q.device)
+    pre = CONFIGS["bwd_pre"]
+    pre_bm = pre["BLOCK_M"]
+    _bwd_preprocess[(triton.cdiv(S, pre_bm), B * H)](
+        o, do, delta, *_strides(o), *_strides(do), H, S,
+        HEAD_DIM=D, BLOCK_M=pre_bm, num_warps=pre["num_warps"],
+    )
+    dq = _new((B, S, H, D), q.dtype, q.device)
+    dk = _new((B, S, H, D), k.dtype, q.device)
+    dv = _new((B, S, H, D), v.dtype, q.device)
+    prec = _dot_prec(q.dtype)
+    L = plan.dkdv
+    _bwd_dkdv_kernel[(L.n_k_tiles, B * H)](
+        q, k, v, do, dk, dv, lse, delta,
+        L.col_offsets, L.col_indices, L.col_order,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk),
+        H, S, sm_scale * _LOG2E, sm_scale,
+        HEAD_DIM=D, BLOCK_M=L.tile_m, BLOCK_N=L.tile_n,
+        EVEN_M=(S % L.tile_m == 0), DOT_PREC=prec,
+        **_launch_kw(CONFIGS["bwd_dkdv"]),
+    )
+    L = plan.dq
+    _bwd_dq_kernel[(L.n_q_tiles, B * H)](
+        q, k, v, do, dq, lse, delta,
+        L.row_offsets, L.row_indices, L.row_order,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq),
+        H, S, sm_scale * _LOG2E, sm_scale,
+        HEAD_DIM=D, BLOCK_M=L.tile_m, BLOCK_N=L.tile_n,
+        EVEN_N=(S % L.tile_n == 0), DOT_PREC=prec,
+        **_launch_kw(CONFIGS["bwd_dq"]),
+    )
+    return dq, dk, dv
+
+
+class _RadialAttnFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, plan, sm_scale):
+        o, lse = _fwd(q, k, v, plan, sm_scale)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.plan = plan
+        ctx.sm_scale = sm_scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = _bwd(do, q, k, v, o, lse, ctx.plan, ctx.sm_scale)
+        return dq, dk, dv, None, None
+
+
+_SUPPORTED_D = (16, 32, 64, 128)
+
+
+def radial_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    block_mask: torch.Tensor,
+    block_size: int,
+    *,
+    sm_scale: float | None = None,
+    cache_key=None,
+) -> torch.Tensor:
+    """Block-sparse attention, ``[B, S, H, D]`` in and out, with autograd.
+
+    ``block_mask``: bool ``(n, n)``, ``n = ceil(S / block_size)``. ``cache_key``
+    (hashable geometry description) caches the tile lists; without it they are
+    rebuilt on every call (fine for tests, not for a sampler loop).
+    """
+    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f"q, k, v must all be [B, S, H, D] of one shape, got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"unsupported dtype {q.dtype}; use float16, bfloat16 or float32")
+    ok, why = triton_usable(q.device)
+    if not ok:
+        raise RuntimeError(why)
+    B, S, H, D = q.shape
+    if D not in _SUPPORTED_D:
+        raise ValueError(f"head dim {D} not supported by the triton kernel; use one of {_SUPPORTED_D}")
+    if sm_scale is None:
+        sm_scale = 1.0 / math.sqrt(D)
+    # Keep the caller's strides; only a non-unit last stride forces a copy.
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    plan = _Plan(block_mask, block_size, S, q.device, cache_key)
+    return _RadialAttnFn.apply(q, k, v, plan, float(sm_scale))

@@ -1,0 +1,469 @@
+"""Training datasets on disk: metadata, synthetic creation, conversion and validation.
+
+A dataset is a folder:
+
+    <data_dir>/metadata.json     a JSON list, one object per clip (fields below)
+    <data_dir>/videos/<video_id>.mp4
+
+Required fields of each entry: "video_id" (a file stem: letters, digits, '.', '_', '-'),
+"prompt" (non-empty), "negative_prompt" (may be empty), "base_frames" and "extended_frames"
+(4k+1, extended > base; the clip holds at least `extended_frames` frames and the trainer uses
+its first `base_frames` / `extended_frames`), "height", "width" (the clip's exact frame size,
+multiples of 16). Optional, informational: "fps" (of the stored clip), "source" (the original
+file), "source_fps".
+
+`convert_dataset` accepts an input folder holding videos (.mp4 .mov .webm .mkv .avi .m4v .gif)
+and captions in exactly one of these forms:
+  - a `.txt` file with the same stem beside each video (`cat.mp4` + `cat.txt`), or
+  - `captions.csv` with a header row and columns `path,caption`, or
+  - `captions.json`: a list of {"path": ..., "caption": ...}.
+Paths in the CSV/JSON are relative to the input folder (absolute paths work too). With a
+captions file, videos it does not list are skipped as "missing caption".
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import InputError
+from ..validation import SIZE_MULTIPLE, TEMPORAL_FACTOR, nearest_valid_frame_counts
+from ..video import frame_stream as _frame_stream
+from ..video import read_mp4 as read_clip
+from ..video import write_mp4
+
+METADATA_FILE = "metadata.json"
+VIDEOS_DIR = "videos"
+REPORT_FILE = "convert_report.json"
+CAPTION_FILES = ("captions.csv", "captions.json")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".gif")
+FIELDS = {"video_id": str, "prompt": str, "negative_prompt": str, "base_frames": int,
+          "extended_frames": int, "height": int, "width": int}
+OPTIONAL_FIELDS = {"fps": (int, float), "source": str, "source_fps": (int, float)}
+VIDEO_ID = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9._\-]*$")
+
+# Test-time adaptation clips: 65 frames, short side 256, each side a multiple of 16. The long
+# side keeps the source aspect (rounded down to a multiple of 16) up to 2:1, so a 16:9 source
+# becomes 448x256 and a square one 256x256. The first TTA_BASE_FRAMES are the prefix the adapter
+# is tuned on; the rest is the continuation.
+TTA_FRAMES = 65
+TTA_BASE_FRAMES = 33
+TTA_SHORT_SIDE = 256
+TTA_MAX_ASPECT = 2.0
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ClipEntry:
+    """One validated metadata row plus where its video is."""
+
+    video_id: str
+    prompt: str
+    negative_prompt: str
+    base_frames: int
+    extended_frames: int
+    height: int
+    width: int
+    path: Path
+    extra: dict = field(default_factory=dict)  # optional fields (fps, source, source_fps)
+
+
+def _resolve_preset(preset: str | dict) -> dict:
+    from ..presets import load_preset
+
+    return load_preset(preset) if isinstance(preset, str) else preset
+
+
+def _write_json_atomic(data: Any, path: Path) -> None:
+    """Write JSON via a temporary sibling + os.replace, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent, prefix=f".{path.stem}-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# ---------------------------------------------------------------------------- create
+
+
+def create_synthetic_dataset(output_dir: str | os.PathLike, num_samples: int, *, preset: str | dict = "tiny-wan",
+                             seed: int = 0, fps: int | None = None, progress: ProgressFn | None = None) -> Path:
+    """Render `num_samples` synthetic clips (engine.train.synthetic) at the preset's training size/length."""
+    from .synthetic import render_clip
+
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise InputError(f"num_samples must be a positive integer, got {num_samples!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}.")
+    preset = _resolve_preset(preset)
+    train = preset["training"]
+    fps = int(fps or preset["generation"]["fps"])
+    out = Path(output_dir)
+    entries = []
+    for i in range(num_samples):
+        clip = render_clip(seed, train["extended_num_frames"], train["height"], train["width"], index=i)
+        video_id = f"synthetic_{i:05d}"
+        write_mp4(clip.frames, out / VIDEOS_DIR / f"{video_id}.mp4", fps=fps)
+        entries.append({
+            "video_id": video_id, "prompt": clip.caption, "negative_prompt": preset["generation"]["negative_prompt"],
+            "base_frames": train["base_num_frames"], "extended_frames": train["extended_num_frames"],
+            "height": train["height"], "width": train["width"], "fps": fps, "source": f"synthetic seed={seed} index={i}",
+        })
+        if progress is not None:
+            progress(i + 1, num_samples)
+    _write_json_atomic(entries, out / METADATA_FILE)  # last: the dataset exists only once complete
+    return out
+
+
+# ---------------------------------------------------------------------------- convert
+
+
+@dataclass
+class ConvertReport:
+    output_dir: str
+    task: str
+    fps: int  # of the written clips
+    height: int | None  # the extension task's fixed size; None for tta (per clip)
+    width: int | None
+    frames: int
+    kept: list[str] = field(default_factory=list)  # video ids written
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (input file, reason)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["skipped"] = [{"file": f, "reason": r} for f, r in self.skipped]
+        return d
+
+
+class _Skip(Exception):
+    """A source file is not usable; the message is the reason in the report."""
+
+
+def _caption_pairs(input_dir: Path) -> tuple[list[tuple[str, Path, str | None]], list[tuple[str, str]], str | None]:
+    """(label, video path, caption or None) for every candidate, rows already known to be bad, the caption file."""
+    present = [name for name in CAPTION_FILES if (input_dir / name).is_file()]
+    if len(present) > 1:
+        raise InputError(f"{input_dir} holds both {present[0]} and {present[1]}; keep one caption file.")
+    videos = sorted(p for p in input_dir.iterdir()
+                    if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith("."))
+    if not present:
+        pairs = []
+        for video in videos:
+            txt = video.with_suffix(".txt")
+            pairs.append((video.name, video, txt.read_text(errors="replace") if txt.is_file() else None))
+        if not pairs:
+            raise InputError(f"no videos found in {input_dir} (looked for {', '.join(VIDEO_EXTENSIONS)} files).")
+        return pairs, [], None
+    listed = _read_caption_file(input_dir / present[0])
+    pairs, bad, seen = [], [], set()
+    for label, caption in listed:
+        path = Path(label) if os.path.isabs(label) else input_dir / label
+        if not path.is_file():
+            bad.append((label, f"file not found (listed in {present[0]})"))
+            continue
+        seen.add(path.resolve())
+        pairs.append((label, path, caption))
+    for video in videos:
+        if video.resolve() not in seen:
+            pairs.append((video.name, video, None))
+    if not pairs and not bad:
+        raise InputError(f"{input_dir / present[0]} lists no videos; add rows with a path and a caption.")
+    return pairs, bad, present[0]
+
+
+def _read_caption_file(path: Path) -> list[tuple[str, str | None]]:
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = [c.strip() for c in reader.fieldnames or []]
+            if "path" not in columns or "caption" not in columns:
+                raise InputError(f"{path}: the header row must name the columns 'path' and 'caption' "
+                                 f"(found {columns or 'no header'}).")
+            rows = [{(k or "").strip(): v for k, v in row.items()} for row in reader]
+    else:
+        try:
+            rows = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}.") from None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise InputError(f"{path}: expected a list of objects like {{\"path\": \"a.mp4\", \"caption\": \"...\"}}.")
+    out = []
+    for n, row in enumerate(rows, start=1):
+        label = str(row.get("path") or "").strip()
+        if not label:
+            raise InputError(f"{path}: row {n} has no 'path'.")
+        caption = row.get("caption")
+        out.append((label, caption if isinstance(caption, str) else None))
+    return out
+
+
+def _tta_size(height: int, width: int) -> tuple[int, int]:
+    """Short side 256, long side the aspect-kept length rounded down to 16 (capped at 2:1)."""
+    short, long = min(height, width), max(height, width)
+    long_px = min(long * TTA_SHORT_SIDE / short, TTA_SHORT_SIDE * TTA_MAX_ASPECT)
+    long_px = int(long_px // SIZE_MULTIPLE * SIZE_MULTIPLE)
+    return (TTA_SHORT_SIDE, long_px) if height <= width else (long_px, TTA_SHORT_SIDE)
+
+
+def _resize_center_crop(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Scale uint8 [F, H, W, 3] to cover height x width (aspect kept, antialiased), then crop the centre."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = frames.shape[1:3]
+    if (h, w) == (height, width):
+        return frames
+    scale = max(height / h, width / w)
+    new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+    top, left = (new_h - height) // 2, (new_w - width) // 2
+    x = x[:, :, top:top + height, left:left + width]
+    return x.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def _source_indices(count: int, source_fps: float, target_fps: float) -> list[int]:
+    """Which source frames show times 0, 1/target, 2/target, ... (the latest frame at or before each time)."""
+    step = source_fps / target_fps
+    return [math.floor(j * step + 1e-6) for j in range(count)]
+
+
+def _read_resampled(path: Path, needed: int, target_fps: float | None) -> tuple[np.ndarray, float, list[int]]:
+    """Decode only the source frames needed for `needed` frames at `target_fps`.
+
+    Returns (frames, source fps, source indices). Raises _Skip for unreadable or too-short videos.
+    """
+    try:
+        source_fps, stream, close = _frame_stream(path)
+    except InputError as err:
+        raise _Skip(f"unreadable or corrupt video ({err.detail})") from None
+    try:
+        if not source_fps > 0:
+            raise _Skip("unreadable video: it reports no frame rate")
+        fps = source_fps if target_fps is None or abs(source_fps - target_fps) < 1e-3 else float(target_fps)
+        wanted = _source_indices(needed, source_fps, fps)
+        last, wanted_set = wanted[-1], set(wanted)
+        picked: dict[int, np.ndarray] = {}
+        count = 0
+        try:
+            for i, frame in enumerate(stream):
+                count = i + 1
+                if i in wanted_set:
+                    picked[i] = frame
+                if i >= last:
+                    break
+        except Exception as err:
+            raise _Skip(f"unreadable or corrupt video: decoding failed after {count} frames ({type(err).__name__})") from None
+    finally:
+        close()
+    if count == 0:
+        raise _Skip("unreadable or corrupt video: no frames could be decoded")
+    if count <= last:
+        available = sum(1 for index in wanted if index < count)  # indices only grow
+        at = "" if fps == source_fps else f" at {fps:g} fps ({count} at the source's {source_fps:g} fps)"
+        raise _Skip(f"too short: {available} frames{at}; needs at least {needed}")
+    return np.stack([picked[i] for i in wanted]), source_fps, wanted
+
+
+def _safe_id(stem: str, taken: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9._\-]", "_", stem).lstrip(".") or "clip"
+    video_id, n = base, 2
+    while video_id in taken:
+        video_id, n = f"{base}_{n}", n + 1
+    taken.add(video_id)
+    return video_id
+
+
+def convert_dataset(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *, preset: str | dict = "tiny-wan",
+                    task: str = "extension", fps: float | None = None, progress: ProgressFn | None = None) -> ConvertReport:
+    """Turn a folder of captioned videos into a dataset (see the module docstring for input forms).
+
+    task "extension": resize + centre-crop to the preset's training size, keep clips with at least
+    training.extended_num_frames frames (after fps resampling) and trim to that. task "tta": see
+    TTA_FRAMES / _tta_size. Clips are resampled to `fps` (default: the preset's generation.fps) by
+    picking frames. Skipped files and reasons go to the report and to convert_report.json.
+    """
+    if task not in ("extension", "tta"):
+        raise InputError(f"task must be 'extension' or 'tta', got {task!r}.")
+    if fps is not None and not (isinstance(fps, (int, float)) and fps > 0):
+        raise InputError(f"fps must be a positive number, got {fps!r}.")
+    input_dir, out = Path(input_dir), Path(output_dir)
+    if not input_dir.is_dir():
+        raise InputError(f"input folder '{input_dir}' does not exist or is not a folder.")
+    preset = _resolve_preset(preset)
+    train = preset["training"]
+    target_fps = float(fps or preset["generation"]["fps"])
+    if task == "extension":
+        frames, base = train["extended_num_frames"], train["base_num_frames"]
+        size = (train["height"], train["width"])
+    else:
+        frames, base, size = TTA_FRAMES, TTA_BASE_FRAMES, None
+    out_fps = round(target_fps)  # write_mp4 takes whole frame rates
+    report = ConvertReport(str(out), task, out_fps, size[0] if size else None, size[1] if size else None, frames)
+    pairs, report.skipped, caption_file = _caption_pairs(input_dir)
+    entries, taken = [], set()
+    for n, (label, path, caption) in enumerate(pairs, start=1):
+        try:
+            if caption is None:
+                hint = f"add a row for it to {caption_file}" if caption_file else f"add {path.with_suffix('.txt').name} beside it"
+                raise _Skip(f"missing caption ({hint})")
+            if not caption.strip():
+                raise _Skip("empty caption")
+            clip, source_fps, _ = _read_resampled(path, frames, target_fps)
+            h, w = clip.shape[1:3]
+            height, width = size or _tta_size(h, w)
+            if task == "extension" and (h < height or w < width):
+                raise _Skip(f"too small resolution: {w}x{h} (width x height); needs at least {width}x{height}")
+            if task == "tta" and min(h, w) < TTA_SHORT_SIDE:
+                raise _Skip(f"too small resolution: {w}x{h} (width x height); the short side needs at least {TTA_SHORT_SIDE}")
+            clip = _resize_center_crop(clip, height, width)
+            video_id = _safe_id(path.stem, taken)
+            write_mp4(clip, out / VIDEOS_DIR / f"{video_id}.mp4", fps=out_fps)
+            entries.append({
+                "video_id": video_id, "prompt": caption.strip(), "negative_prompt": preset["generation"]["negative_prompt"],
+                "base_frames": base, "extended_frames": frames, "height": height, "width": width,
+                "fps": out_fps, "source": str(label), "source_fps": source_fps,
+            })
+            report.kept.append(video_id)
+        except _Skip as why:
+            report.skipped.append((label, str(why)))
+        if progress is not None:
+            progress(n, len(pairs))
+    if entries:  # never leave an empty (invalid) dataset behind
+        _write_json_atomic(entries, out / METADATA_FILE)
+    _write_json_atomic(report.to_dict(), out / REPORT_FILE)
+    return report
+
+
+# ---------------------------------------------------------------------------- validate
+
+
+def _type_name(t) -> str:
+    return "number" if isinstance(t, tuple) else {int: "integer", str: "string"}[t]
+
+
+def _check_entry(where: str, entry: Any) -> list[str]:
+    if not isinstance(entry, dict):
+        return [f"{where}: expected an object with fields {list(FIELDS)}, got {type(entry).__name__}."]
+    problems = []
+    for name, kind in {**FIELDS, **OPTIONAL_FIELDS}.items():
+        if name not in entry:
+            if name in FIELDS:
+                problems.append(f"{where}: missing field '{name}' ({_type_name(kind)}).")
+            continue
+        value = entry[name]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            problems.append(f"{where}: field '{name}' must be a {_type_name(kind)}, got {type(value).__name__} {value!r}.")
+    if problems:
+        return problems
+    if not VIDEO_ID.match(entry["video_id"]):
+        problems.append(f"{where}: field 'video_id' {entry['video_id']!r} must be a plain file name stem "
+                        "(letters, digits, '.', '_', '-'; no slashes).")
+    if not entry["prompt"].strip():
+        problems.append(f"{where}: field 'prompt' is empty; describe the clip.")
+    for name in ("base_frames", "extended_frames"):
+        value = entry[name]
+        if value < 1 or (value - 1) % TEMPORAL_FACTOR:
+            lower, upper = nearest_valid_frame_counts(max(value, 1))
+            problems.append(f"{where}: field '{name}'={value} is not a valid frame count: the VAE needs "
+                            f"{TEMPORAL_FACTOR}k+1 frames. Nearest valid counts: {lower} or {upper}.")
+    if entry["extended_frames"] <= entry["base_frames"]:
+        problems.append(f"{where}: field 'extended_frames' ({entry['extended_frames']}) must be greater than "
+                        f"'base_frames' ({entry['base_frames']}).")
+    for name in ("height", "width"):
+        value = entry[name]
+        if value < SIZE_MULTIPLE or value % SIZE_MULTIPLE:
+            problems.append(f"{where}: field '{name}'={value} must be a positive multiple of {SIZE_MULTIPLE}.")
+    return problems
+
+
+def _check_video(entry: dict, video: Path, rel: str) -> list[str]:
+    if not video.is_file():
+        return [f"{rel} (field 'video_id' {entry['video_id']!r}): video file is missing; put the clip there or remove the entry."]
+    try:
+        frames, _ = read_clip(video, max_frames=entry["extended_frames"])
+    except Exception as err:
+        return [f"{rel} (field 'video_id' {entry['video_id']!r}): unreadable or corrupt video ({getattr(err, 'detail', type(err).__name__)}); "
+                "replace the file or remove the entry."]
+    problems = []
+    if len(frames) < entry["extended_frames"]:
+        problems.append(f"{rel} (field 'extended_frames'): video has {len(frames)} frames; needs at least "
+                        f"{entry['extended_frames']}.")
+    h, w = frames.shape[1:3]
+    if (h, w) != (entry["height"], entry["width"]):
+        problems.append(f"{rel} (fields 'height', 'width'): frames are {h}x{w} (height x width) but the entry says "
+                        f"{entry['height']}x{entry['width']}; re-convert the clip or fix the entry.")
+    return problems
+
+
+def _scan(data_dir: Path) -> tuple[list[str], list[ClipEntry]]:
+    meta = data_dir / METADATA_FILE
+    if not meta.is_file():
+        hint = "create one with `python -m engine data create` or `data convert`"
+        return [f"{meta}: missing; a dataset folder needs metadata.json ({hint})."], []
+    try:
+        data = json.loads(meta.read_text())
+    except json.JSONDecodeError as e:
+        return [f"{meta}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}."], []
+    except UnicodeDecodeError:
+        return [f"{meta}: not a UTF-8 text file."], []
+    if not isinstance(data, list):
+        return [f"{meta}: expected a JSON list of clip entries, got {type(data).__name__}."], []
+    if not data:
+        return [f"{meta}: the list is empty; a dataset needs at least one clip."], []
+    problems, entries, seen = [], [], {}
+    for i, entry in enumerate(data):
+        label = entry.get("video_id") if isinstance(entry, dict) else None
+        where = f"{meta} entry {i}" + (f" (video_id {label!r})" if isinstance(label, str) else "")
+        found = _check_entry(where, entry)
+        if not found:
+            video_id = entry["video_id"]
+            if video_id in seen:
+                found.append(f"{where}: field 'video_id' duplicates entry {seen[video_id]}; ids must be unique.")
+            else:
+                seen[video_id] = i
+                rel = f"{data_dir / VIDEOS_DIR / (video_id + '.mp4')}"
+                found = _check_video(entry, Path(rel), rel)
+        problems.extend(found)
+        if not found:
+            extra = {k: entry[k] for k in entry if k not in FIELDS}
+            entries.append(ClipEntry(**{k: entry[k] for k in FIELDS}, path=data_dir / VIDEOS_DIR / f"{entry['video_id']}.mp4",
+                                     extra=extra))
+    return problems, entries
+
+
+def scan_dataset(data_dir: str | os.PathLike) -> tuple[list[str], list[ClipEntry]]:
+    """(every problem, the entries that passed). Reads only; decodes each clip once."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        return [f"{data_dir}: dataset folder does not exist."], []
+    return _scan(data_dir)
+
+
+def validate_dataset(data_dir: str | os.PathLike) -> list[str]:
+    """Every problem in the dataset folder, each naming the file and field. Reads only."""
+    return scan_dataset(data_dir)[0]
+
+
+def load_dataset(data_dir: str | os.PathLike) -> list[ClipEntry]:
+    """The dataset's entries, or InputError listing every problem."""
+    problems, entries = scan_dataset(data_dir)
+    if problems:
+        listed = "\n".join(f"  - {p}" for p in problems)
+        raise InputError(f"dataset {data_dir} has {len(problems)} problem(s):\n{listed}")
+    return entries

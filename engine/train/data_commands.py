@@ -1,0 +1,64 @@
+"""`python -m engine data create|convert|validate`: dataset commands for the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def cmd_data_create(args) -> int:
+    from .data import create_synthetic_dataset, load_dataset
+
+    out = create_synthetic_dataset(args.output_dir, args.num_samples, preset=args.preset, seed=args.seed, fps=args.fps)
+    entries = load_dataset(out)
+    print(json.dumps({"output_dir": str(out), "clips": len(entries), "seed": args.seed, "preset": args.preset,
+                      "frames": entries[0].extended_frames, "height": entries[0].height, "width": entries[0].width},
+                     indent=2))
+    return 0
+
+
+def cmd_data_convert(args) -> int:
+    from .data import convert_dataset
+
+    report = convert_dataset(args.input_dir, args.output_dir, preset=args.preset, task=args.task, fps=args.fps)
+    print(json.dumps(report.to_dict(), indent=2))
+    return 0 if report.kept else 1  # nothing usable is a failure the caller should see
+
+
+def cmd_data_validate(args) -> int:
+    from .data import scan_dataset
+
+    problems, entries = scan_dataset(args.output_dir)
+    if problems:
+        for problem in problems:
+            print(problem)
+        return 1
+    print(f"ok: {len(entries)} clips")
+    return 0
+
+
+def add_data_parser(subparsers) -> argparse.ArgumentParser:
+    data = subparsers.add_parser("data", help="create, convert or validate a training dataset")
+    sub = data.add_subparsers(dest="data_command", required=True)
+
+    c = sub.add_parser("create", help="render synthetic captioned clips (the embedded default dataset)")
+    c.add_argument("--output_dir", required=True)
+    c.add_argument("--num_samples", type=int, required=True)
+    c.add_argument("--preset", default="tiny-wan")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--fps", type=int, help="default: the preset's generation.fps")
+    c.set_defaults(func=cmd_data_create)
+
+    v = sub.add_parser("convert", help="turn a folder of captioned videos into a dataset")
+    v.add_argument("--input_dir", required=True,
+                   help="videos with same-name .txt captions, or a captions.csv (path,caption) / captions.json")
+    v.add_argument("--output_dir", required=True)
+    v.add_argument("--preset", default="tiny-wan")
+    v.add_argument("--task", choices=["extension", "tta"], default="extension")
+    v.add_argument("--fps", type=float, help="resample to this frame rate (default: the preset's generation.fps)")
+    v.set_defaults(func=cmd_data_convert)
+
+    k = sub.add_parser("validate", help="check a dataset folder; prints every problem")
+    k.add_argument("--output_dir", required=True, help="the dataset folder (holding metadata.json)")
+    k.set_defaults(func=cmd_data_validate)
+    return data

@@ -1,0 +1,163 @@
+"""Encode each training clip once: VAE latents + prompt embeddings in one safetensors file.
+
+A cache file is named by a hash of everything that determines its contents (see `cache_key`),
+so editing a clip, its prompt, the size/length or the model gives a new file, and unchanged
+entries are reused across runs and datasets. Each file holds:
+
+  latents                 [1, z, (extended_frames-1)/4+1, H/8, W/8]  float32, normalised (VAE mode)
+  prompt_embeds           [1, seq, dim]  as the transformer consumes them
+  negative_prompt_embeds  [1, seq, dim]
+
+The base-length latents are the first `(base_frames-1)//4+1` latent frames of the same
+encoding (`base_latents`): Wan's VAE is causal in time, so encoding the base clip alone gives
+the same numbers (checked in tests/train/test_latent_cache.py; exact on the tiny model in float32).
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..models import family
+from ..paths import cache_dir as engine_cache_dir
+from ..validation import latent_frames
+from .data import ClipEntry, load_dataset, read_clip
+
+# Bump when what goes into a cache file changes, so old files are not reused.
+CACHE_FORMAT_VERSION = 1
+ProgressFn = Callable[[int, int], None]
+
+
+def default_cache_dir() -> Path:
+    return engine_cache_dir() / "latents"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_identity(preset: dict) -> str:
+    """What names the weights: the tiny config's hash, or the source plus its revision."""
+    if preset["source"] == "tiny":
+        from ..models.wan import TINY_FORMAT_VERSION
+
+        config = json.dumps({"v": TINY_FORMAT_VERSION, "tiny": preset["tiny"]}, sort_keys=True)
+        return f"tiny:{hashlib.sha256(config.encode()).hexdigest()[:16]}"
+    return f"{preset['family']}:{preset['source']}@{preset['revision'] or 'main'}"
+
+
+def cache_key(entry: ClipEntry, preset: dict, clip_sha256: str, encoder_dtypes: str) -> str:
+    parts = {
+        "v": CACHE_FORMAT_VERSION, "clip": clip_sha256, "model": model_identity(preset), "dtypes": encoder_dtypes,
+        "frames": entry.extended_frames, "height": entry.height, "width": entry.width,
+        "prompt": entry.prompt, "negative_prompt": entry.negative_prompt,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def clip_to_tensor(frames) -> torch.Tensor:
+    """uint8 [F, H, W, 3] -> float [1, 3, F, H, W] in [-1, 1], as the VAE takes it."""
+    x = torch.from_numpy(frames).float().div(127.5).sub(1.0)
+    return x.permute(3, 0, 1, 2).unsqueeze(0).contiguous()
+
+
+def _encode_entry(pipe, preset: dict, entry: ClipEntry) -> dict[str, torch.Tensor]:
+    fam = family(preset)
+    frames, _ = read_clip(entry.path, max_frames=entry.extended_frames)
+    latents = fam.encode_video(pipe, clip_to_tensor(frames[: entry.extended_frames]))
+    # guidance_scale > 1 asks for the negative embeddings too (the trainer may drop the prompt).
+    pos, neg = fam.encode_prompt(pipe, entry.prompt, entry.negative_prompt, guidance_scale=2.0)
+    return {
+        "latents": latents.float().cpu().contiguous(),
+        "prompt_embeds": pos.cpu().contiguous(),
+        "negative_prompt_embeds": neg.cpu().contiguous(),
+    }
+
+
+def _save_atomic(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".safetensors", dir=path.parent, prefix=f".{path.stem}-")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def build_latent_cache(pipe, preset: dict, data_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+                       progress: ProgressFn | None = None) -> list[Path]:
+    """Encode every clip of the dataset that is not cached yet; the cache files, in dataset order.
+
+    Raises InputError (listing every problem) if the dataset does not validate.
+    """
+    entries = load_dataset(data_dir)
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    dtypes = f"vae={pipe.vae.dtype},text={pipe.text_encoder.dtype}"
+    paths = []
+    for n, entry in enumerate(entries, start=1):
+        key = cache_key(entry, preset, file_sha256(entry.path), dtypes)
+        path = folder / f"{key}.safetensors"
+        if not path.is_file():
+            tensors = _encode_entry(pipe, preset, entry)
+            metadata = {
+                "video_id": entry.video_id, "prompt": entry.prompt, "negative_prompt": entry.negative_prompt,
+                "base_frames": str(entry.base_frames), "extended_frames": str(entry.extended_frames),
+                "base_latent_frames": str(latent_frames(entry.base_frames)),
+                "height": str(entry.height), "width": str(entry.width), "model": model_identity(preset),
+                "format": str(CACHE_FORMAT_VERSION),
+            }
+            _save_atomic(tensors, metadata, path)
+        paths.append(path)
+        if progress is not None:
+            progress(n, len(entries))
+    return paths
+
+
+def load_cached(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of one cache file (latents, prompt_embeds, negative_prompt_embeds)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path), device=str(device))
+
+
+def load_cached_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata stored beside the tensors (video_id, prompt, frame counts, size, model)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def base_latents(latents: torch.Tensor, base_frames: int) -> torch.Tensor:
+    """The latents of the clip's first `base_frames` frames (the causal VAE's prefix)."""
+    return latents[:, :, : latent_frames(base_frames)]
+
+
+def free_encoders(pipe) -> None:
+    """Move the VAE and text encoder to the CPU so the accelerator holds only the transformer.
+
+    Training on cached latents needs neither; move them back (`pipe.vae.to(device)`) before
+    decoding samples. Note: this changes the pipeline object in engine.models' cache too.
+    """
+    for name in ("vae", "text_encoder"):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            module.to("cpu")
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,39 @@
+import numpy as np
+import pytest
+
+from engine.errors import InputError
+from engine.video import read_mp4, side_by_side, write_mp4
+
+
+@pytest.mark.parametrize("frames, fps", [(65, 16), (81, 16), (17, 8)])
+def test_mp4_roundtrip_keeps_every_frame(tmp_path, frames, fps):
+    rng = np.random.default_rng(0)
+    video = np.repeat(np.linspace(0, 255, frames).astype(np.uint8)[:, None, None, None], 32 * 48 * 3, axis=1)
+    video = video.reshape(frames, 32, 48, 3)
+    video[:, :4, :4] = rng.integers(0, 255, (frames, 4, 4, 3), dtype=np.uint8)
+    path = write_mp4(video, tmp_path / "v.mp4", fps=fps)
+    back, back_fps = read_mp4(path)
+    assert back.shape == video.shape and back_fps == fps
+    # H.264 is lossy; the brightness ramp survives frame by frame.
+    assert np.abs(back[:, 8:, 8:].mean(axis=(1, 2, 3)) - video[:, 8:, 8:].mean(axis=(1, 2, 3))).max() < 3
+
+
+def test_unreadable_and_missing_files(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(InputError, match="could not be decoded"):
+        read_mp4(bad)
+    with pytest.raises(InputError, match="does not exist"):
+        read_mp4(tmp_path / "none.mp4")
+
+
+def test_side_by_side_holds_the_shorter_video_and_labels():
+    a = np.full((5, 32, 32, 3), 200, np.uint8)
+    b = np.full((9, 32, 48, 3), 50, np.uint8)
+    out = side_by_side([a, b], ["base", "extended"])
+    assert out.shape[0] == 9 and out.shape[2] == 32 + 4 + 48
+    strip = out.shape[1] - 32
+    assert (out[8, strip:, :32] == 200).all()  # base holds its last frame
+    assert out[0, :strip].max() > 100  # label text drawn
+    with pytest.raises(InputError):
+        side_by_side([a], ["one", "two"])
