@@ -54,6 +54,7 @@ def cmd_generate(args) -> int:
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     """One flag per training setting (--lora_rank, --learning_rate, ...), default: preset/config."""
     import dataclasses
+    import types
     import typing
 
     from .train.config import TrainConfig
@@ -65,8 +66,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         if f.name in explicit:
             continue
         hint = hints[f.name]
-        args = typing.get_args(hint)
-        base = next((a for a in args if a is not type(None)), hint) if args else hint
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:  # X | None -> X
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        base = hint
         if base is bool:
             g.add_argument(f"--{f.name}", type=lambda v: v.lower() in ("1", "true", "yes"), metavar="true|false")
         elif typing.get_origin(base) is list or base is list:

@@ -126,18 +126,28 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
+def runs_root() -> Path:
+    """Where jobs' run folders live (`RADIAL_STUDIO_RUNS`, default ./runs)."""
+    path = Path(os.environ.get("RADIAL_STUDIO_RUNS") or Path.cwd() / "runs")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def start_job(run_dir: str | os.PathLike, argv: list[str], env: dict | None = None) -> int:
     """Start `python -m engine <argv>` in its own session, output to job.log. Returns the pid."""
     run = RunDir(run_dir).create()
     run.clear_stop()
     log = open(run.log_path, "ab")
+    log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} python -m engine {' '.join(argv)}\n".encode())
+    log.flush()
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine", *argv],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         cwd=Path(__file__).resolve().parent.parent, env={**os.environ, **(env or {})}, start_new_session=True,
     )
     log.close()
-    run.update_status(state="running", pid=proc.pid, started=time.time(), argv=argv)
+    run.update_status(state="running", pid=proc.pid, started=time.time(), argv=argv,
+                      created=run.read_status().get("created", time.time()))
     return proc.pid
 
 
@@ -160,3 +170,50 @@ def kill_job(run_dir: str | os.PathLike) -> None:
     pid = RunDir(run_dir).read_status().get("pid")
     if pid_alive(pid):
         os.killpg(os.getpgid(pid), signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------- the GPU queue
+# One job runs at a time by default (they share the accelerator); others wait as "queued" in
+# their own status.json. `pump_queue` starts the oldest queued job when nothing runs; the app
+# calls it on every status poll, so the queue lives on disk and survives the UI.
+
+
+def max_concurrent_jobs() -> int:
+    return max(1, int(os.environ.get("RADIAL_STUDIO_MAX_JOBS", "1")))
+
+
+def list_run_dirs(root: Path | None = None) -> list[Path]:
+    root = root or runs_root()
+    return sorted((p for p in root.iterdir() if p.is_dir() and (p / "status.json").is_file()),
+                  key=lambda p: RunDir(p).read_status().get("created", 0))
+
+
+def submit_job(run_dir: str | os.PathLike, argv: list[str], root: Path | None = None) -> dict:
+    """Queue a job; it starts at once if a slot is free. Returns its status."""
+    run = RunDir(run_dir).create()
+    run.clear_stop()
+    run.update_status(state="queued", queued_at=time.time(), argv=argv, pid=None, error=None,
+                      created=run.read_status().get("created", time.time()))
+    pump_queue(root or run.path.parent)
+    return job_status(run.path)
+
+
+def pump_queue(root: Path | None = None) -> None:
+    root = root or runs_root()
+    statuses = {p: job_status(p) for p in list_run_dirs(root)}
+    running = sum(1 for s in statuses.values() if s.get("state") in ("running", "stopping"))
+    queued = sorted((s.get("queued_at", 0), p) for p, s in statuses.items() if s.get("state") == "queued")
+    for _, path in queued[: max(0, max_concurrent_jobs() - running)]:
+        start_job(path, statuses[path]["argv"])
+
+
+def queue_position(run_dir: str | os.PathLike, root: Path | None = None) -> int | None:
+    """1 for the next job to start; None when the job is not queued."""
+    run_dir = Path(run_dir)
+    root = root or run_dir.parent
+    queued = sorted((RunDir(p).read_status().get("queued_at", 0), p) for p in list_run_dirs(root)
+                    if RunDir(p).read_status().get("state") == "queued")
+    for i, (_, path) in enumerate(queued, start=1):
+        if path == run_dir:
+            return i
+    return None

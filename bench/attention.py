@@ -1,0 +1,409 @@
+"""GPU benchmark for Radial Attention: correctness at full size + timing table.
+
+One invocation does everything (meant for one H100 call of < 10 minutes):
+
+1. ceilings: a bf16 8192^3 matmul;
+2. a small config sweep of the Triton kernel (forward, then backward tiles) on
+   one mid shape; the best configs are used for the rest;
+3. correctness at full size for every shape: the Triton forward and dQ/dK/dV on
+   a one-head strided slice against a chunked fp32 reference (explicit softmax
+   and gradients per query chunk, fp32 matmuls), plus a full-width forward
+   consistency check and FlexAttention vs Triton; outputs are NaN-poisoned;
+4. timing (median) of triton-radial, flex-radial, SDPA flash and SDPA cuDNN
+   (dense), forward and forward+backward, bf16, D=128, B=1, block 128.
+
+FLOP convention: forward = 4*B*H*D*pairs, with pairs the (query, key) token
+pairs inside computed blocks (S^2 for dense); forward+backward = 3.5x forward
+(backward counted as 2.5x forward). Speedups are time ratios.
+
+    PYTHONUNBUFFERED=1 python bench/attention.py --out $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import triton  # noqa: E402
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
+
+torch._dynamo.config.cache_size_limit = 64
+if hasattr(torch._dynamo.config, "recompile_limit"):
+    torch._dynamo.config.recompile_limit = 64
+
+from engine.attention import radial_attention  # noqa: E402
+from engine.attention import triton_radial as TR  # noqa: E402
+from engine.attention.backends import cached_block_mask  # noqa: E402
+from engine.attention.block_lists import clear_cache, computed_pairs  # noqa: E402
+from engine.attention.mask import mask_density  # noqa: E402
+
+T0 = time.time()
+LOG = []
+
+
+def log(*a):
+    s = " ".join(str(x) for x in a)
+    print(f"[{time.time() - T0:6.1f}s] {s}", flush=True)
+    LOG.append(s)
+
+
+SHAPES = [  # name, heads, tokens per frame, latent frames
+    ("1.3B-480p", 12, 1560, 21),
+    ("1.3B-480p", 12, 1560, 81),
+    ("14B-720p", 40, 3600, 21),
+    ("14B-720p", 40, 3600, 81),
+]
+DECAYS = (0.2, 1.0)
+D = 128
+BS = 128
+
+
+def timeit(fn, est_hint=None):
+    """Median ms. do_bench for short kernels; a few event-timed runs for long ones."""
+    torch.cuda.synchronize()
+    t = time.time()
+    fn()
+    torch.cuda.synchronize()
+    once = (time.time() - t) * 1e3
+    if once > 150:
+        n = max(2, min(5, int(1500 / once)))
+        times = []
+        for _ in range(n):
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fn()
+            e.record()
+            torch.cuda.synchronize()
+            times.append(s.elapsed_time(e))
+        times.sort()
+        return times[len(times) // 2]
+    return triton.testing.do_bench(fn, warmup=25, rep=150, return_mode="median")
+
+
+def make_qkv(S, H, requires_grad=False, dtype=torch.bfloat16):
+    return [torch.randn(1, S, H, D, device="cuda", dtype=dtype, requires_grad=requires_grad) for _ in range(3)]
+
+
+def rel(a, b):
+    a, b = a.float(), b.float()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+# ---------------------------------------------------------------- reference
+def chunked_reference(q, k, v, do, blk, bs, chunk=2048):
+    """fp32 attention forward + grads for [1, S, 1, D] inputs under block mask blk,
+    chunked over query rows (memory ~ chunk*S). Exact fp32 matmuls."""
+    q, k, v, do = (t[0, :, 0].float() for t in (q, k, v, do))
+    S, Dh = q.shape
+    scale = 1.0 / math.sqrt(Dh)
+    kblk = torch.arange(S, device=q.device) // bs
+    o = torch.empty_like(q)
+    dq = torch.empty_like(q)
+    dk = torch.zeros_like(k)
+    dv = torch.zeros_like(v)
+    for c0 in range(0, S, chunk):
+        c1 = min(S, c0 + chunk)
+        qc, doc = q[c0:c1], do[c0:c1]
+        allowed = blk[(torch.arange(c0, c1, device=q.device) // bs)][:, kblk]
+        s = (qc @ k.T) * scale
+        s.masked_fill_(~allowed, float("-inf"))
+        p = torch.softmax(s, dim=-1)
+        del s
+        oc = p @ v
+        o[c0:c1] = oc
+        dv += p.T @ doc
+        dp = doc @ v.T
+        delta = (doc * oc).sum(-1, keepdim=True)
+        ds = p * (dp - delta)
+        del dp, p
+        dq[c0:c1] = (ds @ k) * scale
+        dk += (ds.T @ qc) * scale
+        del ds
+    return o, dq, dk, dv
+
+
+# ---------------------------------------------------------------- pieces
+def tri_fwd(q, k, v, T, F_, decay):
+    return radial_attention(q, k, v, num_frames=F_, tokens_per_frame=T, decay_factor=decay, block_size=BS,
+                            backend="triton")
+
+
+def flex_fwd(q, k, v, T, F_, decay):
+    return radial_attention(q, k, v, num_frames=F_, tokens_per_frame=T, decay_factor=decay, block_size=BS,
+                            backend="flex")
+
+
+def dense(q, k, v, which):
+    be = SDPBackend.FLASH_ATTENTION if which == "flash" else SDPBackend.CUDNN_ATTENTION
+    with sdpa_kernel([be]):
+        return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+
+
+def fwd_bwd(fn, q, k, v, do):
+    def run():
+        for t in (q, k, v):
+            t.grad = None
+        out = fn(q, k, v)
+        out.backward(do)
+    return run
+
+
+# ---------------------------------------------------------------- sweep
+FWD_CANDIDATES = [  # run 1 (v1): 128x128/8 warps/3 stages best (409 TF/s); 4-warp and 2-stage configs far slower
+    dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=4),
+]
+BWD_CANDIDATES = [  # (dkdv, dq); run 1: 4 warps and 128x128 tiles 2.5x slower
+    (dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=2), dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)),
+    (dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=3), dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)),
+    (dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=2), dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)),
+]
+
+
+def sweep(results):
+    _, H, T, F_ = SHAPES[1]
+    decay = 1.0
+    S = T * F_
+    blk = cached_block_mask(F_, T, block_size=BS, decay_factor=decay, device="cuda")
+    pairs = computed_pairs(blk.cpu(), BS, S)
+    fl = 4 * H * D * pairs
+    q, k, v = make_qkv(S, H, requires_grad=True)
+    do = torch.randn_like(q)
+    best = None
+    rows = []
+    for cfg in FWD_CANDIDATES:
+        TR.CONFIGS["fwd"] = dict(cfg)
+        clear_cache()
+        try:
+            with torch.no_grad():
+                ms = timeit(lambda: tri_fwd(q, k, v, T, F_, decay))
+        except Exception as e:  # a config that fails to compile (e.g. out of shared memory)
+            log("fwd cfg", cfg, "failed:", repr(e)[:200])
+            continue
+        tf = fl / ms / 1e9
+        rows.append(("fwd", cfg, ms, tf))
+        log(f"sweep fwd {cfg}: {ms:.3f} ms {tf:.0f} TFLOP/s")
+        if best is None or ms < best[0]:
+            best = (ms, cfg)
+    TR.CONFIGS["fwd"] = dict(best[1])
+    bbest = None
+    for dkdv, dq in BWD_CANDIDATES:
+        TR.CONFIGS["bwd_dkdv"], TR.CONFIGS["bwd_dq"] = dict(dkdv), dict(dq)
+        clear_cache()
+        try:
+            ms = timeit(fwd_bwd(lambda a, b, c: tri_fwd(a, b, c, T, F_, decay), q, k, v, do))
+        except Exception as e:
+            log("bwd cfg", dkdv, dq, "failed:", repr(e)[:200])
+            continue
+        tf = 3.5 * fl / ms / 1e9
+        rows.append(("fwd+bwd", (dkdv, dq), ms, tf))
+        log(f"sweep fwd+bwd dkdv={dkdv} dq={dq}: {ms:.3f} ms {tf:.0f} TFLOP/s")
+        if bbest is None or ms < bbest[0]:
+            bbest = (ms, dkdv, dq)
+    TR.CONFIGS["bwd_dkdv"], TR.CONFIGS["bwd_dq"] = dict(bbest[1]), dict(bbest[2])
+    clear_cache()
+    log("chosen configs:", json.dumps(TR.CONFIGS))
+    results["sweep"] = [dict(kind=r[0], cfg=r[1], ms=r[2], tflops=r[3]) for r in rows]
+    results["configs"] = json.loads(json.dumps(TR.CONFIGS))
+    del q, k, v, do
+
+
+def order_ab(results):
+    """Launch order A/B (natural vs heaviest-first) on the largest shape, forward."""
+    from engine.attention import block_lists
+
+    _, H, T, F_ = SHAPES[3]
+    S, decay = T * F_, 0.2
+    q, k, v = make_qkv(S, H)
+    out = {}
+    keep = block_lists.HEAVIEST_FIRST
+    for hf in (False, True, False):
+        block_lists.HEAVIEST_FIRST = hf
+        with torch.no_grad():
+            ms = timeit(lambda: tri_fwd(q, k, v, T, F_, decay))
+        out.setdefault("heaviest_first" if hf else "natural", []).append(ms)
+        log(f"order A/B S={S} decay={decay} heaviest_first={hf}: fwd {ms:.1f} ms")
+    block_lists.HEAVIEST_FIRST = keep
+    results["order_ab_fwd_ms"] = out
+    del q, k, v
+    torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------- correctness
+def small_checks():
+    """fp16 / bf16, D=64/128, mask blocks 64/128, S not a block multiple, random masks."""
+    errs = []
+    for dtype, Dh, bs, S, H in ((torch.float16, 64, 64, 1000, 3), (torch.bfloat16, 128, 128, 777, 2),
+                                (torch.bfloat16, 64, 128, 2049, 2), (torch.float16, 128, 64, 1536, 1)):
+        n = -(-S // bs)
+        blk = torch.rand(n, n, device="cuda") < 0.4
+        blk.fill_diagonal_(True)
+        q, k, v = (torch.randn(2, S, H, Dh, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
+        do = torch.randn_like(q)
+        o = TR.radial_attention_triton(q, k, v, blk, bs)
+        o.backward(do)
+        idx = torch.arange(S, device="cuda") // bs
+        qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+        ref = F.scaled_dot_product_attention(qd.transpose(1, 2), kd.transpose(1, 2), vd.transpose(1, 2),
+                                             attn_mask=blk[idx][:, idx]).transpose(1, 2)
+        ref.backward(do.double())
+        e = max(rel(o, ref), rel(q.grad, qd.grad), rel(k.grad, kd.grad), rel(v.grad, vd.grad))
+        log(f"small check {dtype} D={Dh} bs={bs} S={S}: max rel err {e:.2e}")
+        errs.append(e)
+    return max(errs) < 1e-2
+
+
+def check(results):
+    TR.POISON_OUTPUTS = True
+    out = []
+    results["small_checks_ok"] = small_checks()
+    for name, H, T, F_ in SHAPES:
+        S = T * F_
+        for decay in DECAYS:
+            blk = cached_block_mask(F_, T, block_size=BS, decay_factor=decay, device="cuda")
+            q, k, v = make_qkv(S, H)
+            do = torch.randn_like(q)
+            h0 = H // 2
+            # one head as a strided view of the [1, S, H, D] tensors (no copy)
+            qs, ks, vs = (t[:, :, h0:h0 + 1].detach().requires_grad_() for t in (q, k, v))
+            dos = do[:, :, h0:h0 + 1]
+            o1 = tri_fwd(qs, ks, vs, T, F_, decay)
+            o1.backward(dos)
+            ro, rdq, rdk, rdv = chunked_reference(qs.detach(), ks.detach(), vs.detach(), dos, blk, BS)
+            errs = dict(
+                out=rel(o1[0, :, 0], ro), dq=rel(qs.grad[0, :, 0], rdq),
+                dk=rel(ks.grad[0, :, 0], rdk), dv=rel(vs.grad[0, :, 0], rdv),
+            )
+            with torch.no_grad():
+                ofull = tri_fwd(q, k, v, T, F_, decay)
+                errs["full_vs_slice"] = rel(ofull[:, :, h0:h0 + 1], o1.detach())
+                errs["finite_full"] = bool(torch.isfinite(ofull).all().item())
+                if decay == DECAYS[0]:
+                    of = flex_fwd(q, k, v, T, F_, decay)
+                    errs["flex_vs_triton"] = rel(of, ofull)
+            ok = (max(errs["out"], errs["dq"], errs["dk"], errs["dv"]) < 1e-2 and errs["finite_full"]
+                  and errs["full_vs_slice"] < 1e-6 and errs.get("flex_vs_triton", 0) < 1e-2)
+            errs.update(shape=f"{name} F={F_}", decay=decay, S=S, density=mask_density(blk), ok=ok)
+            log("check", json.dumps(errs))
+            out.append(errs)
+            del q, k, v, do, qs, ks, vs, o1, ofull, ro, rdq, rdk, rdv
+            torch.cuda.empty_cache()
+    TR.POISON_OUTPUTS = False
+    results["correctness"] = out
+    return all(e["ok"] for e in out) and results["small_checks_ok"]
+
+
+# ---------------------------------------------------------------- timing
+def timing(results, budget_s):
+    rows = []
+    dense_done = {}
+    for name, H, T, F_ in SHAPES:
+        S = T * F_
+        q, k, v = make_qkv(S, H, requires_grad=True)
+        do = torch.randn_like(q)
+        dense_fl = 4 * H * D * S * S
+        for decay in DECAYS:
+            blk = cached_block_mask(F_, T, block_size=BS, decay_factor=decay, device="cuda")
+            pairs = computed_pairs(blk.cpu(), BS, S)
+            fl = 4 * H * D * pairs
+            row = dict(shape=f"{name} F={F_}", S=S, H=H, decay=decay, density=pairs / (S * S))
+            for be, fn in (("triton", tri_fwd), ("flex", flex_fwd)):
+                f = lambda a, b, c, fn=fn: fn(a, b, c, T, F_, decay)  # noqa: E731
+                with torch.no_grad():
+                    row[f"{be}_fwd_ms"] = timeit(lambda: f(q, k, v))
+                row[f"{be}_fb_ms"] = timeit(fwd_bwd(f, q, k, v, do))
+                row[f"{be}_fwd_tflops"] = fl / row[f"{be}_fwd_ms"] / 1e9
+                row[f"{be}_fb_tflops"] = 3.5 * fl / row[f"{be}_fb_ms"] / 1e9
+            if S not in dense_done:
+                dd = {}
+                for which in ("flash", "cudnn"):
+                    f = lambda a, b, c, w=which: dense(a, b, c, w)  # noqa: E731
+                    with torch.no_grad():
+                        dd[f"{which}_fwd_ms"] = timeit(lambda: f(q, k, v))
+                    if time.time() - T0 < budget_s and not (which == "flash" and S > 200_000):
+                        dd[f"{which}_fb_ms"] = timeit(fwd_bwd(f, q, k, v, do.transpose(1, 2)))
+                    else:
+                        dd[f"{which}_fb_ms"] = float("nan")
+                        log(f"skip dense {which} fwd+bwd at S={S}: time budget (flash skipped above 200k tokens)")
+                    dd[f"{which}_fwd_tflops"] = dense_fl / dd[f"{which}_fwd_ms"] / 1e9
+                    dd[f"{which}_fb_tflops"] = 3.5 * dense_fl / dd[f"{which}_fb_ms"] / 1e9
+                dense_done[S] = dd
+            row.update(dense_done[S])
+            log("time", json.dumps(row))
+            rows.append(row)
+        del q, k, v, do
+        torch.cuda.empty_cache()
+    results["timing"] = rows
+    return rows
+
+
+def table(rows):
+    hdr = ("| shape | S | decay | density | triton fwd ms (TF/s) | flex fwd ms (TF/s) | cuDNN fwd ms | flash fwd ms "
+           "| fwd: flex/triton | fwd: cuDNN/triton | triton f+b ms (TF/s) | flex f+b ms (TF/s) | cuDNN f+b ms "
+           "| f+b: flex/triton | f+b: cuDNN/triton |")
+    lines = [hdr, "|" + "---|" * (hdr.count("|") - 1)]
+    for r in rows:
+        lines.append(
+            f"| {r['shape']} | {r['S']} | {r['decay']} | {r['density']:.3f} "
+            f"| {r['triton_fwd_ms']:.2f} ({r['triton_fwd_tflops']:.0f}) | {r['flex_fwd_ms']:.2f} ({r['flex_fwd_tflops']:.0f}) "
+            f"| {r['cudnn_fwd_ms']:.1f} | {r['flash_fwd_ms']:.1f} "
+            f"| {r['flex_fwd_ms'] / r['triton_fwd_ms']:.2f}x | {r['cudnn_fwd_ms'] / r['triton_fwd_ms']:.2f}x "
+            f"| {r['triton_fb_ms']:.2f} ({r['triton_fb_tflops']:.0f}) | {r['flex_fb_ms']:.2f} ({r['flex_fb_tflops']:.0f}) "
+            f"| {r['cudnn_fb_ms']:.1f} | {r['flex_fb_ms'] / r['triton_fb_ms']:.2f}x | {r['cudnn_fb_ms'] / r['triton_fb_ms']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
+    ap.add_argument("--skip-sweep", action="store_true")
+    ap.add_argument("--heaviest-first", action="store_true", help="launch heaviest tiles first (v2 order)")
+    ap.add_argument("--dense-budget-s", type=float, default=480.0,
+                    help="skip dense fwd+bwd once the run has lasted this long")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    from engine.attention import block_lists
+    block_lists.HEAVIEST_FIRST = args.heaviest_first
+    torch.manual_seed(0)
+    results = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__)
+    log("device", results)
+
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    ms = triton.testing.do_bench(lambda: a @ a, return_mode="median")
+    results["matmul_bf16_tflops"] = 2 * 8192**3 / ms / 1e9
+    log(f"bf16 matmul 8192^3: {results['matmul_bf16_tflops']:.0f} TFLOP/s")
+    del a
+
+    if not args.skip_sweep:
+        sweep(results)
+    order_ab(results)
+    good = check(results)
+    log("correctness", "PASS" if good else "FAIL")
+    rows = timing(results, args.dense_budget_s)
+    results["elapsed_s"] = time.time() - T0
+    with open(os.path.join(args.out, "attention_results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    tab = table(rows)
+    with open(os.path.join(args.out, "attention_table.md"), "w") as f:
+        f.write(tab + "\n")
+    print()
+    print(f"device {results['device']} torch {results['torch']} triton {results['triton']}; "
+          f"bf16 matmul {results['matmul_bf16_tflops']:.0f} TFLOP/s; correctness {'PASS' if good else 'FAIL'}; "
+          f"configs {json.dumps(results.get('configs', TR.CONFIGS))}")
+    print(tab)
+
+
+if __name__ == "__main__":
+    main()

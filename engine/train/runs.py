@@ -1,0 +1,180 @@
+"""Training runs as background jobs: what the app (and gradio_client, and scripts) call.
+
+`start_training` prepares the dataset, validates the config and queues a `python -m engine
+train` job in `runs/<run_id>/`; `training_status` reads everything back from disk (status,
+loss points, samples, checkpoints), so any process can follow any run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from ..errors import InputError
+from ..jobs import RunDir, job_status, list_run_dirs, pump_queue, queue_position, runs_root, stop_job, submit_job
+from ..safe_paths import data_root, resolve_under, sanitize_filename
+from .checkpoint import checkpoint_dirs
+from .config import TrainConfig, config_from_preset
+
+DATA_SOURCES = ("synthetic", "upload", "folder")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".gif")
+
+# A short demo on the embedded tiny model: a few minutes on 2 CPU cores.
+TINY_DEMO = dict(max_steps=40, validation_steps=10, checkpointing_steps=10, sample_steps=2,
+                 use_gradient_checkpointing=False)
+
+
+def datasets_root() -> Path:
+    path = runs_root() / "_datasets"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def run_dir(run_id: str) -> Path:
+    safe = sanitize_filename(run_id)
+    if safe != run_id or not (runs_root() / run_id).is_dir():
+        raise InputError(f"unknown run '{run_id}'; pick one from the list of runs.")
+    return runs_root() / run_id
+
+
+def prepare_dataset(source: str, target: Path, *, preset: str, uploads: list | None = None, folder: str | None = None,
+                    num_samples: int = 4, seed: int = 0) -> Path:
+    """Make `target` a dataset (metadata.json + videos/) from the chosen source."""
+    from .data import convert_dataset, create_synthetic_dataset, load_dataset
+
+    if source not in DATA_SOURCES:
+        raise InputError(f"data source '{source}' is not one of {list(DATA_SOURCES)}.")
+    if source == "synthetic":
+        if not 2 <= int(num_samples) <= 256:
+            raise InputError(f"num_samples={num_samples}: choose 2 to 256 synthetic clips (one is held out).")
+        return create_synthetic_dataset(target, int(num_samples), preset=preset, seed=seed)
+    if source == "upload":
+        files = [Path(getattr(f, "name", f)) for f in (uploads or [])]
+        if not any(f.suffix.lower() in VIDEO_SUFFIXES for f in files):
+            raise InputError("no video among the uploaded files; upload videos with same-name .txt captions.")
+        staging = target.with_name(target.name + "-uploads")
+        staging.mkdir(parents=True, exist_ok=True)
+        taken: set[str] = set()
+        for f in files:
+            if not f.is_file():
+                raise InputError(f"uploaded file '{f.name}' is missing; upload it again.")
+            if f.suffix.lower() not in VIDEO_SUFFIXES + (".txt",):
+                raise InputError(f"uploaded file '{f.name}' is neither a video ({', '.join(VIDEO_SUFFIXES)}) nor a .txt caption.")
+            shutil.copyfile(f, staging / sanitize_filename(f.name, taken))
+        report = convert_dataset(staging, target, preset=preset)
+    else:
+        path = resolve_under(data_root(), folder or "", "dataset folder")
+        if (path / "metadata.json").is_file():
+            load_dataset(path)  # validate; raises listing every problem
+            return path
+        report = convert_dataset(path, target, preset=preset)
+    if not report.kept:
+        reasons = "; ".join(f"{name}: {why}" for name, why in report.skipped[:5])
+        raise InputError(f"no usable clip in the {source} data ({reasons}).")
+    return target
+
+
+def _argv(config: TrainConfig) -> list[str]:
+    argv = ["train", "--quiet"]
+    for key, value in config.to_dict().items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        argv += [f"--{key}", str(value)]
+    return argv
+
+
+def start_training(preset: str = "tiny-wan", data_source: str = "synthetic", *, uploads: list | None = None,
+                   folder: str | None = None, num_samples: int = 4, settings: dict | None = None) -> dict:
+    """Prepare data, validate settings, queue the training job. Returns the run's status."""
+    settings = {k: v for k, v in (settings or {}).items() if v is not None and v != ""}
+    defaults = dict(TINY_DEMO) if preset.startswith("tiny") else {}
+    run_id = new_run_id()
+    out = runs_root() / run_id
+    # Validate the settings before touching the disk.
+    config_from_preset(preset, **{**defaults, **settings, "data_dir": "-", "output_dir": str(out)})
+    data_dir = prepare_dataset(data_source, datasets_root() / run_id, preset=preset, uploads=uploads, folder=folder,
+                               num_samples=num_samples, seed=int(settings.get("seed", 0)))
+    config = config_from_preset(preset, **{**defaults, **settings, "data_dir": str(data_dir), "output_dir": str(out)})
+    RunDir(out).create().update_status(state="queued", created=time.time(), run_id=run_id, preset=preset,
+                                       data_source=data_source, total_steps=config.max_steps)
+    submit_job(out, _argv(config))
+    return training_status(run_id)
+
+
+def stop_training(run_id: str) -> dict:
+    path = run_dir(run_id)
+    status = job_status(path)
+    if status.get("state") == "queued":  # never started: just take it out of the queue
+        RunDir(path).update_status(state="stopped")
+    else:
+        stop_job(path)
+    return training_status(run_id)
+
+
+def resume_training(run_id: str) -> dict:
+    path = run_dir(run_id)
+    status = job_status(path)
+    if status.get("state") in ("running", "stopping", "queued"):
+        raise InputError(f"run '{run_id}' is {status['state']}; stop it before resuming.")
+    if status.get("state") == "finished":
+        raise InputError(f"run '{run_id}' has finished; start a new run to train more.")
+    argv = [a for a in status.get("argv", []) if a != "--resume"] + ["--resume"]
+    if len(argv) < 3:
+        raise InputError(f"run '{run_id}' has no recorded command to resume.")
+    submit_job(path, argv)
+    return training_status(run_id)
+
+
+def list_runs() -> list[dict]:
+    """Past and current runs, newest first."""
+    pump_queue()
+    rows = []
+    for path in reversed(list_run_dirs()):
+        if path.name.startswith("_"):
+            continue
+        s = job_status(path)
+        rows.append({"run_id": path.name, "state": s.get("state"), "step": s.get("step", 0),
+                     "total_steps": s.get("total_steps"), "preset": s.get("preset")})
+    return rows
+
+
+def training_status(run_id: str) -> dict:
+    """Everything the UI shows about a run, read from its folder."""
+    pump_queue()
+    path = run_dir(run_id)
+    run = RunDir(path)
+    status = job_status(path)
+    samples = sorted(run.samples_dir.glob("step-*")) if run.samples_dir.is_dir() else []
+    latest = samples[-1] if samples else None
+    out = {
+        "run_id": run_id,
+        "state": status.get("state"),
+        "step": status.get("step", 0),
+        "total_steps": status.get("total_steps"),
+        "it_per_s": status.get("it_per_s"),
+        "eta_seconds": status.get("eta_seconds"),
+        "loss": status.get("loss"),
+        "best_val_loss": status.get("best_val_loss"),
+        "error": status.get("error"),
+        "queue_position": queue_position(path),
+        "train_events": run.read_events("train"),
+        "validation_events": run.read_events("validation"),
+        "samples": {p.stem: str(p) for p in sorted(latest.glob("*.mp4"))} if latest else {},
+        "sample_step": int(latest.name.split("-")[1]) if latest else None,
+        "checkpoints": [p.name for p in checkpoint_dirs(run.checkpoints_dir)],
+        "final": str(path / "final") if (path / "final").is_dir() else None,
+        "best_model": str(path / "best_model") if (path / "best_model").is_dir() else None,
+    }
+    if out["state"] == "failed":
+        out["log_tail"] = status.get("log_tail") or run.log_tail()
+    return out
