@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..compare import compare_base_extended
 from ..errors import InputError
-from ..generate import generate_video
 from ..jobs import atomic_write_json
 from ..presets import load_preset
-from ..video import side_by_side, write_mp4
 
 DEFAULT_PROMPTS = [
     "a red circle moves from left to right on a dark blue background",
@@ -62,18 +61,10 @@ def evaluate_lora(lora_dir, output_dir, *, base_frames: int, extended_frames: in
     radial = {"pattern": "radial", **(attention or {})}
     results = []
     for i, prompt in enumerate(prompts):
-        folder = output_dir / f"prompt-{i:03d}"
-        base = generate_video(prompt, preset=preset_dict, num_frames=base_frames, steps=steps, seed=seed,
-                              attention={"pattern": "dense"}, out_path=folder / "base.mp4")
-        ext = generate_video(prompt, preset=preset_dict, num_frames=extended_frames, steps=steps, seed=seed,
-                             attention=radial, lora_dir=lora_dir, out_path=folder / "extended.mp4")
-        composed = side_by_side([base.frames, ext.frames],
-                                [f"base {base_frames}f dense", f"LoRA {extended_frames}f radial"])
-        fps = preset_dict["generation"]["fps"]
-        write_mp4(composed, folder / "side_by_side.mp4", fps=fps)
-        results.append({"prompt": prompt, "base": str(base.path), "extended": str(ext.path),
-                        "side_by_side": str(folder / "side_by_side.mp4"),
-                        "base_seconds": round(base.seconds, 3), "extended_seconds": round(ext.seconds, 3)})
+        result = compare_base_extended(prompt, preset=preset_dict, lora_dir=lora_dir, base_frames=base_frames,
+                                       extended_frames=extended_frames, steps=steps, seed=seed, attention=radial,
+                                       out_dir=output_dir / f"prompt-{i:03d}")
+        results.append({"prompt": prompt, **result.to_dict()})
         if progress is not None:
             progress(i + 1, len(prompts))
     summary = {"lora_dir": str(lora_dir), "preset": preset_name, "base_frames": base_frames,

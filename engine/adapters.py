@@ -1,0 +1,49 @@
+"""Where an adapter comes from: a training run, a folder under the data root, or a Hub id."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .errors import InputError
+from .jobs import runs_root
+from .safe_paths import data_root, resolve_under
+from .train.lora import DIFFUSERS_WEIGHT_NAME
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+
+
+def finished_adapters() -> list[tuple[str, str]]:
+    """(label, reference) for every run folder holding a final or best LoRA, newest first."""
+    out = []
+    root = runs_root()
+    for run in sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")), reverse=True):
+        for sub in ("final", "best_model"):
+            if (run / sub / DIFFUSERS_WEIGHT_NAME).is_file():
+                out.append((f"run {run.name} ({sub})", f"run:{run.name}/{sub}"))
+    return out
+
+
+def adapter_choices() -> list[tuple[str, str]]:
+    return finished_adapters()
+
+
+def resolve_adapter_ref(ref: str) -> Path | str:
+    """A local LoRA folder for `ref`: 'run:<id>/<final|best_model>', a path under the data root, or a Hub id."""
+    ref = (ref or "").strip()
+    if not ref:
+        raise InputError("adapter is empty: pick a run, a folder under the data root, or a Hub id.")
+    if ref.startswith("run:"):
+        run_part = ref[4:]
+        if ".." in Path(run_part).parts or run_part.startswith("/"):
+            raise InputError(f"adapter '{ref}' is not a run of this app.")
+        path = runs_root() / run_part
+        if not (path / DIFFUSERS_WEIGHT_NAME).is_file():
+            raise InputError(f"adapter '{ref}': the run has no saved LoRA there (yet).")
+        return path
+    local = data_root() / ref
+    if _HUB_ID.match(ref) and not local.exists():
+        from .hub import resolve_adapter  # downloads to the HF cache
+
+        return resolve_adapter(ref)
+    return resolve_under(data_root(), ref, "adapter folder")

@@ -1,0 +1,220 @@
+"""Length extension tab: start/stop/resume training jobs, live status, loss plot and samples.
+
+All state is on disk (engine.train.runs); a timer polls it, so a page reload or a second
+browser shows the same run. API: /train_start, /train_status, /train_stop, /train_resume,
+/train_runs.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import gradio as gr
+
+from engine.presets import list_presets, load_preset
+from engine.train.runs import TINY_DEMO, list_runs, resume_training, start_training, stop_training, training_status
+
+from .errors import user_errors_as_messages
+
+LOSS_SERIES = {"loss": "total", "loss_base": "base", "loss_extended": "extended", "loss_consistency": "consistency"}
+
+
+def preset_training_defaults(name: str) -> dict:
+    p = load_preset(name)
+    t, a, lora = p["training"], p["attention"], p["lora"]
+    demo = TINY_DEMO if name.startswith("tiny") else {}
+    return {
+        "max_steps": demo.get("max_steps", 1000), "learning_rate": t["learning_rate"], "lora_rank": lora["lora_rank"],
+        "lora_alpha": lora["lora_alpha"], "base_num_frames": t["base_num_frames"],
+        "extended_num_frames": t["extended_num_frames"], "pattern": a["pattern"], "dense_layers": a["dense_layers"],
+        "dense_timesteps": a["dense_timesteps"], "decay_factor": a["decay_factor"], "block_size": a["block_size"],
+        "gradient_accumulation_steps": t["gradient_accumulation_steps"],
+        "validation_steps": demo.get("validation_steps", 100), "checkpointing_steps": demo.get("checkpointing_steps", 100),
+        "sample_steps": demo.get("sample_steps", 0), "seed": 0,
+    }
+
+
+SETTING_NAMES = list(preset_training_defaults("tiny-wan"))
+INT_SETTINGS = {"max_steps", "lora_rank", "base_num_frames", "extended_num_frames", "dense_layers", "dense_timesteps",
+                "block_size", "gradient_accumulation_steps", "validation_steps", "checkpointing_steps", "sample_steps",
+                "seed"}
+
+
+def loss_frame(status: dict, smoothing: float = 0.0) -> pd.DataFrame:
+    """Loss curves as a long table (step, value, series); EMA smoothing for the training terms."""
+    rows = []
+    train = status.get("train_events") or []
+    for key, name in LOSS_SERIES.items():
+        ema = None
+        for e in train:
+            if key not in e:
+                continue
+            ema = e[key] if ema is None else smoothing * ema + (1 - smoothing) * e[key]
+            rows.append({"step": e["step"], "value": ema, "series": name})
+    for e in status.get("validation_events") or []:
+        rows.append({"step": e["step"], "value": e["val_loss"], "series": "validation"})
+    return pd.DataFrame(rows, columns=["step", "value", "series"])
+
+
+def status_line(status: dict) -> str:
+    if not status:
+        return "No run selected. Start one, or pick a past run."
+    state = status.get("state")
+    parts = [f"**{status['run_id']}**: {state}"]
+    if status.get("queue_position"):
+        parts.append(f"queue position {status['queue_position']}")
+    if status.get("total_steps"):
+        parts.append(f"step {status.get('step', 0)}/{status['total_steps']}")
+    if status.get("it_per_s"):
+        parts.append(f"{status['it_per_s']:.2f} it/s")
+    if status.get("eta_seconds") and state == "running":
+        parts.append(f"ETA {status['eta_seconds']:.0f} s")
+    if status.get("loss") is not None:
+        parts.append(f"loss {status['loss']:.4f}")
+    if status.get("best_val_loss") is not None:
+        parts.append(f"best val {status['best_val_loss']:.4f}")
+    line = " · ".join(parts)
+    if status.get("error"):
+        line += f"\n\n**Error:** {status['error']}"
+    if status.get("log_tail"):
+        line += f"\n\n```\n{status['log_tail']}\n```"
+    return line
+
+
+def _run_choices() -> list[tuple[str, str]]:
+    return [(f"{r['run_id']} ({r['state']}, {r['step']}/{r['total_steps'] or '?'})", r["run_id"]) for r in list_runs()]
+
+
+def _view(status: dict, smoothing: float):
+    samples = status.get("samples") or {}
+    checkpoints = ", ".join(status.get("checkpoints") or []) or "none yet"
+    return (status_line(status), loss_frame(status, smoothing), samples.get("base"), samples.get("extended"),
+            f"Checkpoints: {checkpoints}" + (f" · final LoRA: `{status['final']}`" if status.get("final") else ""),
+            status)
+
+
+@user_errors_as_messages
+def train_start(preset, data_source, num_samples, uploads, folder, *settings_and_smoothing):
+    *values, smoothing = settings_and_smoothing
+    settings = {}
+    for name, value in zip(SETTING_NAMES, values):
+        if value is None or value == "":
+            continue
+        settings[name] = int(value) if name in INT_SETTINGS else (float(value) if name != "pattern" else value)
+    status = start_training(preset, data_source, uploads=uploads, folder=folder, num_samples=int(num_samples or 4),
+                            settings=settings)
+    return (status["run_id"], *_view(status, smoothing))
+
+
+def _default_run(run_id: str | None) -> str | None:
+    """An empty run id means the active run (running or queued), else the newest one."""
+    if run_id:
+        return run_id
+    runs = list_runs()
+    active = next((r for r in runs if r["state"] in ("running", "stopping", "queued")), runs[0] if runs else None)
+    return active["run_id"] if active else None
+
+
+@user_errors_as_messages
+def train_status(run_id="", smoothing=0.0):
+    run_id = _default_run(run_id)
+    return _view(training_status(run_id) if run_id else {}, smoothing)
+
+
+@user_errors_as_messages
+def train_stop(run_id="", smoothing=0.0):
+    run_id = _default_run(run_id)
+    if not run_id:
+        raise gr.Error("There is no run to stop.")
+    return _view(stop_training(run_id), smoothing)
+
+
+@user_errors_as_messages
+def train_resume(run_id="", smoothing=0.0):
+    run_id = _default_run(run_id)
+    if not run_id:
+        raise gr.Error("There is no run to resume.")
+    return _view(resume_training(run_id), smoothing)
+
+
+def train_runs():
+    return list_runs()
+
+
+def on_load():
+    """Re-attach to the running run (or the newest one) after a page load."""
+    return gr.Dropdown(choices=_run_choices(), value=_default_run(None) or "")
+
+
+def on_preset_change(name):
+    d = preset_training_defaults(name)
+    return [d[n] for n in SETTING_NAMES]
+
+
+def build(default_preset: str, demo: gr.Blocks) -> None:
+    d = preset_training_defaults(default_preset)
+    with gr.Tab("Length extension"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                preset = gr.Dropdown(list_presets(), value=default_preset, label="Preset")
+                data_source = gr.Radio(["synthetic", "upload", "folder"], value="synthetic", label="Dataset",
+                                       info="synthetic: built-in procedural clips; upload: videos + same-name .txt "
+                                            "captions; folder: a path under the server's data root")
+                num_samples = gr.Number(4, precision=0, label="Synthetic clips (one held out)")
+                uploads = gr.File(value=[], file_count="multiple", label="Videos and captions", file_types=[".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".gif", ".txt"])
+                folder = gr.Textbox(label="Server folder (relative to the data root)", value="")
+                with gr.Row():
+                    max_steps = gr.Number(d["max_steps"], precision=0, label="Steps")
+                    learning_rate = gr.Number(d["learning_rate"], label="Learning rate")
+                with gr.Row():
+                    lora_rank = gr.Number(d["lora_rank"], precision=0, label="LoRA rank")
+                    lora_alpha = gr.Number(d["lora_alpha"], label="LoRA alpha")
+                with gr.Row():
+                    base_frames = gr.Number(d["base_num_frames"], precision=0, label="Base frames")
+                    ext_frames = gr.Number(d["extended_num_frames"], precision=0, label="Extended frames")
+                with gr.Accordion("Advanced: radial attention and training", open=False):
+                    pattern = gr.Radio(["radial", "dense"], value=d["pattern"], label="Attention pattern")
+                    with gr.Row():
+                        dense_layers = gr.Number(d["dense_layers"], precision=0, label="Dense layers")
+                        dense_timesteps = gr.Number(d["dense_timesteps"], precision=0, label="Dense timesteps")
+                    with gr.Row():
+                        decay_factor = gr.Number(d["decay_factor"], label="Decay factor")
+                        block_size = gr.Dropdown([16, 32, 64, 128], value=d["block_size"], label="Block size")
+                    with gr.Row():
+                        accum = gr.Number(d["gradient_accumulation_steps"], precision=0, label="Grad accumulation")
+                        seed = gr.Number(d["seed"], precision=0, label="Seed")
+                    with gr.Row():
+                        val_steps = gr.Number(d["validation_steps"], precision=0, label="Validate every")
+                        ckpt_steps = gr.Number(d["checkpointing_steps"], precision=0, label="Checkpoint every")
+                        sample_steps = gr.Number(d["sample_steps"], precision=0, label="Sample steps (0: none)")
+                with gr.Row():
+                    start = gr.Button("Start", variant="primary")
+                    stop = gr.Button("Stop", variant="stop")
+                    resume = gr.Button("Resume")
+            with gr.Column(scale=2):
+                run_id = gr.Dropdown(choices=[], value="", label="Run", allow_custom_value=True,
+                                     info="empty: the active run, else the newest")
+                status_md = gr.Markdown("No run selected.")
+                smoothing = gr.Slider(0, 0.95, value=0.0, step=0.05, label="Smoothing")
+                plot = gr.LinePlot(loss_frame({}), x="step", y="value", color="series", label="Losses",
+                                   height=320, elem_id="loss-plot")
+                with gr.Row():
+                    base_video = gr.Video(label="Latest sample: base (dense)", autoplay=True)
+                    ext_video = gr.Video(label="Latest sample: extended (radial)", autoplay=True)
+                checkpoints_md = gr.Markdown()
+                raw = gr.JSON(label="Status (raw)", visible=False)
+
+        settings = [max_steps, learning_rate, lora_rank, lora_alpha, base_frames, ext_frames, pattern, dense_layers,
+                    dense_timesteps, decay_factor, block_size, accum, val_steps, ckpt_steps, sample_steps, seed]
+        view = [status_md, plot, base_video, ext_video, checkpoints_md, raw]
+        preset.change(on_preset_change, preset, settings, api_name=False)
+        start.click(train_start, [preset, data_source, num_samples, uploads, folder, *settings, smoothing],
+                    [run_id, *view], api_name="train_start").then(
+            lambda current: gr.Dropdown(choices=_run_choices(), value=current), run_id, run_id, api_name=False)
+        stop.click(train_stop, [run_id, smoothing], view, api_name="train_stop")
+        resume.click(train_resume, [run_id, smoothing], view, api_name="train_resume")
+        run_id.change(train_status, [run_id, smoothing], view, api_name="train_status")
+        smoothing.change(train_status, [run_id, smoothing], view, api_name=False)
+        gr.Timer(2.0).tick(train_status, [run_id, smoothing], view, api_name=False, show_progress="hidden")
+        gr.Button("Refresh runs", size="sm").click(on_load, None, run_id, api_name="train_runs_refresh")
+        gr.api(train_runs, api_name="train_runs")
+        demo.load(on_load, None, run_id, api_name=False)
