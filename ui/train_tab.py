@@ -136,7 +136,7 @@ def train_resume(run_id="", smoothing=0.0):
     return _view(resume_training(run_id), smoothing)
 
 
-def train_runs():
+def train_runs() -> list[dict]:
     return list_runs()
 
 

@@ -1,0 +1,106 @@
+"""The Length extension and Compare tabs through gradio_client (tiny preset, CPU)."""
+
+import time
+
+import pytest
+from gradio_client import Client, handle_file
+
+from engine.video import read_mp4
+
+
+@pytest.fixture(scope="module")
+def client(app_url):
+    url, _ = app_url
+    return Client(url, verbose=False)
+
+
+def _status(client, run_id):
+    return client.predict(run_id, 0.0, api_name="/train_status")[-1]
+
+
+def _wait(client, run_id, predicate, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = _status(client, run_id)
+        if predicate(status):
+            return status
+        time.sleep(0.5)
+    raise AssertionError(f"timed out: {status}")
+
+
+@pytest.mark.slow
+def test_train_start_with_defaults_status_stop_resume_to_the_end(client):
+    out = client.predict(api_name="/train_start")  # every parameter has a default: the tiny demo
+    run_id = out[0]
+    status = _wait(client, run_id, lambda s: s.get("step", 0) >= 3)
+    assert status["state"] == "running" and status["total_steps"] == 40
+    plot = client.predict(run_id, 0.0, api_name="/train_status")[1]
+    series = {row[2] for row in plot["data"]}
+    assert {"total", "base", "extended", "consistency", "validation"} <= series
+    stopped = client.predict(run_id, 0.0, api_name="/train_stop")[-1]
+    assert stopped["state"] in ("stopping", "stopped")
+    status = _wait(client, run_id, lambda s: s["state"] in ("stopped", "failed", "finished"))
+    assert status["state"] == "stopped" and status["checkpoints"][-1] == f"step-{status['step']:06d}"
+    client.predict(run_id, 0.0, api_name="/train_resume")
+    status = _wait(client, run_id, lambda s: s["state"] in ("finished", "failed"), timeout=400)
+    assert status["state"] == "finished" and status["step"] == 40, status
+    assert status["final"] and status["samples"]["extended"].endswith("extended.mp4")
+    assert [e["step"] for e in status["train_events"]] == list(range(1, 41))
+    runs = client.predict(api_name="/train_runs")
+    assert runs[0]["run_id"] == run_id and runs[0]["state"] == "finished"
+
+    # Compare with the finished run's adapter.
+    composed, base, ext, info = client.predict("a red circle", "tiny-wan", f"run:{run_id}/final", 5, 9, 2, 0, 1.0, 1,
+                                               1, api_name="/compare")
+    assert read_mp4(base)[0].shape[0] == 5 and read_mp4(ext)[0].shape[0] == 9
+    assert read_mp4(composed)[0].shape[0] == 9
+    assert info["adapter"].endswith("final") and info["extended_seconds"] > 0
+
+
+def test_path_escapes_and_bad_uploads_get_clear_errors(client, app_url, tmp_path):
+    _, root = app_url
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "data" / "link").symlink_to(outside)
+    for folder, match in (("../etc", r"contains '\.\.'"), ("/etc", "absolute path"), ("link", "symlink"),
+                          ("nowhere", "does not exist")):
+        with pytest.raises(Exception, match=match):
+            client.predict("tiny-wan", "folder", 4, [], folder, api_name="/train_start")
+    bad = tmp_path / "notes.pdf"
+    bad.write_bytes(b"%PDF-1.4")
+    with pytest.raises(Exception, match="Invalid file type"):  # refused by the upload component itself
+        client.predict("tiny-wan", "upload", 4, [handle_file(str(bad))], "", api_name="/train_start")
+    only_text = tmp_path / "caption.txt"
+    only_text.write_text("a caption without its video")
+    with pytest.raises(Exception, match="no video among the uploaded files"):
+        client.predict("tiny-wan", "upload", 4, [handle_file(str(only_text))], "", api_name="/train_start")
+    broken = tmp_path / "clip.mp4"
+    broken.write_bytes(b"\x00\x01 not a video")
+    (tmp_path / "clip.txt").write_text("a caption")
+    with pytest.raises(Exception, match="no usable clip"):
+        client.predict("tiny-wan", "upload", 4, [handle_file(str(broken)), handle_file(str(tmp_path / "clip.txt"))],
+                       "", api_name="/train_start")
+    with pytest.raises(Exception, match="not a run of this app|leads outside|contains"):
+        client.predict("a cat", "tiny-wan", "run:../../etc", 5, 9, 1, 0, 1.0, 1, 1, api_name="/compare")
+    # The app is still up.
+    assert client.predict(api_name="/train_runs") is not None
+
+
+def test_uploaded_videos_with_captions_train(client, app_url, tmp_path):
+    from engine.train.synthetic import render_clip
+    from engine.video import write_mp4
+
+    files = []
+    for i in range(2):
+        clip = render_clip(seed=5, num_frames=33, height=64, width=64, index=i)
+        name = f"my clip {i}!.mp4"  # a name that needs sanitising
+        write_mp4(clip.frames, tmp_path / name, fps=8)  # the tiny preset's fps
+        (tmp_path / f"my clip {i}!.txt").write_text(clip.caption)
+        files += [handle_file(str(tmp_path / name)), handle_file(str(tmp_path / f"my clip {i}!.txt"))]
+    out = client.predict("tiny-wan", "upload", 4, files, "", 2, api_name="/train_start")
+    run_id = out[0]
+    status = _wait(client, run_id, lambda s: s["state"] in ("finished", "failed"))
+    assert status["state"] == "finished", status
+    _, root = app_url
+    videos = sorted(p.name for p in (root / "runs" / "_datasets" / run_id / "videos").iterdir())
+    assert all(" " not in v and "!" not in v for v in videos) and len(videos) == 2
