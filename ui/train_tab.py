@@ -52,7 +52,8 @@ def loss_frame(status: dict, smoothing: float = 0.0) -> pd.DataFrame:
             rows.append({"step": e["step"], "value": ema, "series": name})
     for e in status.get("validation_events") or []:
         rows.append({"step": e["step"], "value": e["val_loss"], "series": "validation"})
-    return pd.DataFrame(rows, columns=["step", "value", "series"])
+    # Explicit dtypes: an empty first frame would otherwise make the plot treat values as categories.
+    return pd.DataFrame(rows, columns=["step", "value", "series"]).astype({"step": "int64", "value": "float64", "series": "str"})
 
 
 def status_line(status: dict) -> str:
@@ -193,7 +194,7 @@ def build(default_preset: str, demo: gr.Blocks) -> None:
             with gr.Column(scale=2):
                 run_id = gr.Dropdown(choices=[], value="", label="Run", allow_custom_value=True,
                                      info="empty: the active run, else the newest")
-                status_md = gr.Markdown("No run selected.")
+                status_md = gr.Markdown("No run selected.", elem_id="train-status")
                 smoothing = gr.Slider(0, 0.95, value=0.0, step=0.05, label="Smoothing")
                 plot = gr.LinePlot(loss_frame({}), x="step", y="value", color="series", label="Losses",
                                    height=320, elem_id="loss-plot")

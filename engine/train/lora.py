@@ -97,8 +97,12 @@ def save_comfy_export(state: dict[str, torch.Tensor], meta: dict, path: Path) ->
 
 
 def load_lora_into_pipeline(pipe, lora_dir: str | Path, adapter_name: str = "radial-studio") -> str:
-    """Load an adapter folder (diffusers format) into a pipeline; returns the adapter name."""
-    lora_dir = Path(lora_dir)
+    """Load an adapter (diffusers format) into a pipeline; returns the adapter name.
+
+    `lora_dir` is a folder or a Hub id `user/repo[@revision]` (downloaded by engine.hub)."""
+    from ..hub import resolve_adapter
+
+    lora_dir = resolve_adapter(lora_dir)
     if not (lora_dir / DIFFUSERS_WEIGHT_NAME).is_file():
         raise InputError(
             f"LoRA folder '{lora_dir}' has no {DIFFUSERS_WEIGHT_NAME}. Point it at a training run's "

@@ -1,0 +1,59 @@
+"""A real browser (Debian's chromium, driven by Playwright) on the app: train, watch, reload.
+
+Screenshots go to test-artifacts/ for a person to look at.
+"""
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = os.environ.get("RADIAL_STUDIO_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-test.txt)")
+if not shutil.which(CHROMIUM) and not Path(CHROMIUM).is_file():
+    pytest.skip(f"no chromium at {CHROMIUM}: install Debian's chromium package (.ci/run does)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    ARTIFACTS.mkdir(exist_ok=True)
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        yield page
+        browser.close()
+
+
+def _status_text(page) -> str:
+    return page.locator("#train-status").inner_text()
+
+
+@pytest.mark.slow
+def test_browser_starts_training_sees_losses_and_reattaches_after_reload(page, app_url):
+    url, _ = app_url
+    page.goto(url)
+    page.get_by_role("tab", name="Length extension").click()
+    page.get_by_role("button", name="Start", exact=True).click()
+    # The status line names the run and counts steps; wait for a few.
+    page.wait_for_function(
+        "() => { const t = document.querySelector('#train-status')?.innerText || '';"
+        " const m = t.match(/step (\\d+)\\/(\\d+)/); return m && Number(m[1]) >= 3; }", timeout=180_000)
+    run_id = re.search(r"(\d{8}-\d{6}-[0-9a-f]{6})", _status_text(page)).group(1)
+    # The loss plot draws its lines (Vega line marks, not just axes) once loss points arrive.
+    page.wait_for_function(
+        "() => document.querySelectorAll('#loss-plot .mark-line path').length > 0", timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "train-running.png"), full_page=True)
+
+    page.reload()
+    page.wait_for_function(
+        f"() => (document.querySelector('#train-status')?.innerText || '').includes('{run_id}')", timeout=60_000)
+    assert run_id in _status_text(page)
+    page.screenshot(path=str(ARTIFACTS / "train-after-reload.png"), full_page=True)
+    page.get_by_role("button", name="Stop", exact=True).click()
+    page.wait_for_function(
+        "() => /stopped|finished/.test(document.querySelector('#train-status')?.innerText || '')", timeout=180_000)
+    page.screenshot(path=str(ARTIFACTS / "train-stopped.png"), full_page=True)
