@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 import time
 
-import gradio as gr
+from engine import spaces_support  # noqa: F401  (first: ZeroGPU needs `spaces` before CUDA is touched)
+
+import gradio as gr  # noqa: E402
 
 from engine.jobs import pump_queue, runs_root
 from engine.paths import outputs_dir
 from engine.presets import DEFAULT_PRESET, load_preset
-from ui import compare_tab, generate_tab, train_tab
+from ui import compare_tab, generate_tab, hub_tab, train_tab
 
 
 def build_app(preset: str = DEFAULT_PRESET) -> gr.Blocks:
@@ -21,6 +24,7 @@ def build_app(preset: str = DEFAULT_PRESET) -> gr.Blocks:
         train_tab.build(preset, demo)
         compare_tab.build(preset)
         generate_tab.build(preset)
+        hub_tab.build()
     return demo
 
 
@@ -41,8 +45,9 @@ def _pump_forever(interval: float = 2.0) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default=DEFAULT_PRESET, help="preset selected at start (default: tiny-wan)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=7860)
+    # Spaces (Gradio SDK) pass the address through these variables.
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
     args = parser.parse_args(argv)
     threading.Thread(target=_pump_forever, daemon=True).start()

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from .errors import InputError
 from .jobs import runs_root
 from .safe_paths import data_root, resolve_under
 from .train.lora import DIFFUSERS_WEIGHT_NAME
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 
 def finished_adapters() -> list[tuple[str, str]]:
@@ -42,8 +39,8 @@ def resolve_adapter_ref(ref: str) -> Path | str:
             raise InputError(f"adapter '{ref}': the run has no saved LoRA there (yet).")
         return path
     local = data_root() / ref
-    if _HUB_ID.match(ref) and not local.exists():
-        from .hub import resolve_adapter  # downloads to the HF cache
+    from .hub import parse_hub_ref, pull_adapter
 
-        return resolve_adapter(ref)
+    if parse_hub_ref(ref) and not local.exists():
+        return pull_adapter(ref)  # downloads into the HF cache; never reads a server path
     return resolve_under(data_root(), ref, "adapter folder")

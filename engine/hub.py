@@ -557,6 +557,12 @@ def resolve_adapter(ref: str | os.PathLike, *, token: str | None = None, endpoin
     path = Path(os.path.expanduser(str(ref)))
     if path.is_dir():
         return path
+    return pull_adapter(ref, token=token, endpoint=endpoint, cache_dir=cache_dir)
+
+
+def pull_adapter(ref: str | os.PathLike, *, token: str | None = None, endpoint: str | None = None,
+                 cache_dir: str | os.PathLike | None = None) -> Path:
+    """Download a Hub adapter (`user/repo` or `user/repo@revision`); never reads a local folder."""
     text = str(ref).strip()
     parsed = None if text.startswith((".", "/", "~")) else parse_hub_ref(text)
     if parsed is None:

@@ -25,6 +25,7 @@ from engine.hub import (CARD_NAME, LOSS_PLOT_NAME, PULL_PATTERNS, SAMPLE_VIDEO_N
                         build_model_card, find_adapter, push_adapter, resolve_adapter, resolve_token)
 from engine.train.lora import COMFY_WEIGHT_NAME, DIFFUSERS_WEIGHT_NAME
 from tests.hub_server import FakeHub
+from tests.run_factory import make_finished_run, write_events
 
 TOKEN = "hf_TestTokenAlice0123456789abcdef"
 BOB_TOKEN = "hf_TestTokenBob0123456789abcdefgh"
@@ -35,44 +36,10 @@ PUSHED = {DIFFUSERS_WEIGHT_NAME, COMFY_WEIGHT_NAME, TRAINING_CONFIG_NAME, CARD_N
 # ---------------------------------------------------------------------------- fixtures
 
 
-def _events(run: Path, steps: range, val_steps) -> None:
-    from engine.jobs import RunDir
-
-    r = RunDir(run)
-    for s in steps:
-        r.append_event({"type": "train", "step": s, "loss": 0.5 / s + 0.1, "lr": 1e-3, "step_time": 0.1})
-    for s in val_steps:
-        r.append_event({"type": "validation", "step": s, "val_loss": 0.4 / (s + 1) + 0.15})
-
-
 @pytest.fixture(scope="module")
 def adapter_run(tmp_path_factory, tiny_preset):
     """A finished tiny-wan run folder: final/ LoRA (both formats), config, events, a sample video."""
-    from engine.jobs import RunDir, atomic_write_json
-    from engine.models.wan import build_tiny_pipeline
-    from engine.train.config import config_from_preset
-    from engine.train.lora import add_lora, save_lora
-    from engine.video import write_mp4
-
-    run = tmp_path_factory.mktemp("hub") / "run"
-    config = config_from_preset("tiny-wan", output_dir=str(run), data_dir="data/tiny", max_steps=10, seed=7)
-    pipe = build_tiny_pipeline(tiny_preset["tiny"])
-    add_lora(pipe.transformer, config.lora_rank, config.lora_alpha, 0.0, config.target_modules, seed=7)
-    with torch.no_grad():  # a trained-looking adapter: B != 0
-        gen = torch.Generator().manual_seed(1)
-        for name, p in pipe.transformer.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
-    save_lora(pipe.transformer, run / "final")
-    atomic_write_json(run / "config.json", config.to_dict())
-    RunDir(run).update_status(state="finished", step=10, total_steps=10)
-    _events(run, range(1, 11), (0, 5, 10))
-    rng = np.random.default_rng(0)
-    for step in (5, 10):
-        for name, frames in (("base", 17), ("extended", 33)):
-            write_mp4(rng.integers(0, 255, (frames, 32, 32, 3), dtype=np.uint8),
-                      run / "samples" / f"step-{step:06d}" / f"{name}.mp4", fps=8)
-    return run
+    return make_finished_run(tmp_path_factory.mktemp("hub") / "run", tiny_preset)
 
 
 def _snapshot(folder: Path) -> dict:
@@ -205,7 +172,7 @@ def test_card_names_a_hub_base_model(adapter_run, tmp_path):
 
 def test_push_again_adds_a_commit_with_only_what_changed(hub, run_copy):
     first = push_adapter(run_copy, "alice/again", token=TOKEN)
-    _events(run_copy, range(11, 16), (15,))  # training went on: new losses, new card and plot
+    write_events(run_copy, range(11, 16), (15,))  # training went on: new losses, new card and plot
     second = push_adapter(run_copy, "alice/again", token=TOKEN)
     history = hub.repos["alice/again"].history()
     assert [c.oid for c in history[-2:]] == [first["commit_oid"], second["commit_oid"]]
@@ -377,7 +344,7 @@ def test_pull_by_id_and_by_revision_loads_into_a_pipeline(hub, run_copy, tiny_pi
     from engine.train.lora import load_lora_into_pipeline
 
     first = push_adapter(run_copy, "alice/pull-me", token=TOKEN)
-    _events(run_copy, range(11, 13), ())
+    write_events(run_copy, range(11, 13), ())
     push_adapter(run_copy, "alice/pull-me", token=TOKEN)
 
     latest = resolve_adapter("alice/pull-me", token=TOKEN)

@@ -7,11 +7,20 @@ import gradio as gr
 from engine.adapters import adapter_choices, resolve_adapter_ref
 from engine.compare import compare_base_extended
 from engine.presets import list_presets, load_preset
+from engine.spaces_support import generation_seconds, gpu_task
 
 from .errors import user_errors_as_messages
 
 
+def _gpu_seconds(prompt, preset, adapter, base_frames, extended_frames, steps, *rest, **kw):
+    p = load_preset(preset)
+    size = (p["generation"]["height"], p["generation"]["width"])
+    return (generation_seconds(p, int(base_frames), *size, int(steps))
+            + generation_seconds(p, int(extended_frames), *size, int(steps)))
+
+
 @user_errors_as_messages
+@gpu_task(_gpu_seconds)
 def run_compare(prompt, preset, adapter, base_frames, extended_frames, steps, seed, decay_factor, dense_layers,
                 dense_timesteps, progress=gr.Progress()):
     lora_dir = resolve_adapter_ref(adapter) if adapter else None

@@ -6,11 +6,18 @@ import gradio as gr
 
 from engine.generate import generate_video
 from engine.presets import list_presets, load_preset
+from engine.spaces_support import generation_seconds, gpu_task
 
 from .errors import user_errors_as_messages
 
 
+def _gpu_seconds(preset, prompt, negative_prompt, num_frames, height, width, steps, guidance_scale, *rest, **kw):
+    return generation_seconds(load_preset(preset), int(num_frames), int(height), int(width), int(steps),
+                              float(guidance_scale))
+
+
 @user_errors_as_messages
+@gpu_task(_gpu_seconds)
 def run_generate(preset, prompt, negative_prompt, num_frames, height, width, steps, guidance_scale, seed,
                  progress=gr.Progress()):
     def report(done, total):

@@ -96,6 +96,11 @@ def _argv(config: TrainConfig) -> list[str]:
 def start_training(preset: str = "tiny-wan", data_source: str = "synthetic", *, uploads: list | None = None,
                    folder: str | None = None, num_samples: int = 4, settings: dict | None = None) -> dict:
     """Prepare data, validate settings, queue the training job. Returns the run's status."""
+    from ..spaces_support import training_supported
+
+    supported, message = training_supported()
+    if not supported:
+        raise InputError(message)
     settings = {k: v for k, v in (settings or {}).items() if v is not None and v != ""}
     defaults = dict(TINY_DEMO) if preset.startswith("tiny") else {}
     run_id = new_run_id()

@@ -1,0 +1,46 @@
+"""A finished tiny-wan training run folder, made directly (no training) for tests that consume runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def write_events(run: Path, steps: range, val_steps) -> None:
+    from engine.jobs import RunDir
+
+    r = RunDir(run)
+    for s in steps:
+        r.append_event({"type": "train", "step": s, "loss": 0.5 / s + 0.1, "lr": 1e-3, "step_time": 0.1})
+    for s in val_steps:
+        r.append_event({"type": "validation", "step": s, "val_loss": 0.4 / (s + 1) + 0.15})
+
+
+def make_finished_run(run: Path, tiny_preset: dict) -> Path:
+    """final/ LoRA (both formats, B != 0), config.json, status, events and sample videos."""
+    from engine.jobs import RunDir, atomic_write_json
+    from engine.models.wan import build_tiny_pipeline
+    from engine.train.config import config_from_preset
+    from engine.train.lora import add_lora, save_lora
+    from engine.video import write_mp4
+
+    config = config_from_preset("tiny-wan", output_dir=str(run), data_dir="data/tiny", max_steps=10, seed=7)
+    pipe = build_tiny_pipeline(tiny_preset["tiny"])
+    add_lora(pipe.transformer, config.lora_rank, config.lora_alpha, 0.0, config.target_modules, seed=7)
+    with torch.no_grad():  # a trained-looking adapter
+        gen = torch.Generator().manual_seed(1)
+        for name, p in pipe.transformer.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
+    save_lora(pipe.transformer, run / "final")
+    atomic_write_json(run / "config.json", config.to_dict())
+    RunDir(run).update_status(state="finished", step=10, total_steps=10)
+    write_events(run, range(1, 11), (0, 5, 10))
+    rng = np.random.default_rng(0)
+    for step in (5, 10):
+        for name, frames in (("base", 17), ("extended", 33)):
+            write_mp4(rng.integers(0, 255, (frames, 32, 32, 3), dtype=np.uint8),
+                      run / "samples" / f"step-{step:06d}" / f"{name}.mp4", fps=8)
+    return run
