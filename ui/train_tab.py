@@ -94,10 +94,16 @@ def _view(status: dict, smoothing: float):
 
 
 @user_errors_as_messages
-def train_start(preset, data_source, num_samples, uploads, folder, *settings_and_smoothing):
-    *values, smoothing = settings_and_smoothing
+def train_start(preset="tiny-wan", data_source="synthetic", num_samples=4, uploads=None, folder="", max_steps=None,
+                learning_rate=None, lora_rank=None, lora_alpha=None, base_num_frames=None, extended_num_frames=None,
+                pattern=None, dense_layers=None, dense_timesteps=None, decay_factor=None, block_size=None,
+                gradient_accumulation_steps=None, validation_steps=None, checkpointing_steps=None, sample_steps=None,
+                seed=None, smoothing=0.0):
+    """Every parameter has a default: with none, a short demo run of the tiny model on synthetic clips."""
+    values = locals()
     settings = {}
-    for name, value in zip(SETTING_NAMES, values):
+    for name in SETTING_NAMES:
+        value = values[name]
         if value is None or value == "":
             continue
         settings[name] = int(value) if name in INT_SETTINGS else (float(value) if name != "pattern" else value)
