@@ -174,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .train.data_commands import add_data_parser
 
     add_data_parser(sub)
+    from .hub_commands import add_hub_parsers
+    from .train.tta_commands import add_tta_parsers
+
+    add_tta_parsers(sub)  # tta, tta-sweep, evaluate-tta
+    add_hub_parsers(sub)  # push, pull
     return parser
 
 

@@ -22,6 +22,11 @@ DEFAULT_PRESET = "tiny-wan"
 DTYPES = ("float32", "float16", "bfloat16")
 ATTENTION_BACKENDS = ("triton", "flex", "reference", "dense")
 WAN_ATTENTION_PROJECTIONS = ["to_q", "to_k", "to_v", "to_out.0"]
+# How each model family can continue a clean prefix (engine/continuation.py); the first is the
+# default when a preset leaves out `continuation`. null in a preset: it cannot do continuation.
+FAMILY_CONTINUATION = {"wan": ("replacement", "per_token"), "skyreels": ("per_token", "replacement"),
+                       "wan_vace": ("vace",)}
+CONTINUATION_MODES = ("replacement", "per_token", "vace")
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,7 @@ INT, FLOAT, STR, BOOL = int, (int, float), str, bool
 
 SCHEMA: dict[str, Any] = {
     "name": Field(STR, None),
-    "family": Field(STR, "wan", choices=("wan",)),
+    "family": Field(STR, "wan", choices=tuple(FAMILY_CONTINUATION)),
     "description": Field(STR, ""),
     # "tiny" (built from `tiny` below), a Hugging Face Hub id, or a local folder.
     "source": Field(STR, None),
@@ -73,6 +78,8 @@ SCHEMA: dict[str, Any] = {
     "dtype": Field(STR, "bfloat16", choices=DTYPES),
     "license": Field(STR, "apache-2.0"),
     "tiny": Field(dict, None, optional=True),
+    # "replacement" | "per_token" | "vace" | null; default: the family's first mode.
+    "continuation": Field(STR, "replacement", choices=CONTINUATION_MODES, optional=True),
     "generation": {
         "num_frames": Field(INT, 81, _frames),
         "height": Field(INT, 480, _size),
@@ -106,6 +113,10 @@ SCHEMA: dict[str, Any] = {
         "extended_num_frames": Field(INT, 161, _frames),
         "height": Field(INT, 480, _size),
         "width": Field(INT, 832, _size),
+    },
+    "tta": {
+        # Test-time adaptation clips are resized to this short side (the long side keeps the aspect).
+        "short_side": Field(INT, 256, _size),
     },
 }
 
@@ -146,6 +157,8 @@ def validate_preset(data: Any, origin: str = "preset") -> dict:
         if key not in data:
             raise ConfigError(f"{origin}: missing required field '{key}'. Add it to the preset file.")
     out: dict = {}
+    if "continuation" not in data and data.get("family", "wan") in FAMILY_CONTINUATION:
+        data = {**data, "continuation": FAMILY_CONTINUATION[data.get("family", "wan")][0]}
     for key, spec in SCHEMA.items():
         if isinstance(spec, dict):
             section = data.get(key, {})
@@ -169,6 +182,12 @@ def validate_preset(data: Any, origin: str = "preset") -> dict:
         raise ConfigError(f"{origin}: unknown field(s) {unknown}; known fields: {sorted(SCHEMA)}.")
     if out["source"] == "tiny" and not out["tiny"]:
         raise ConfigError(f"{origin}: source is 'tiny' but field 'tiny' (the model configs) is missing.")
+    modes = FAMILY_CONTINUATION[out["family"]]
+    if out["continuation"] is not None and out["continuation"] not in modes:
+        raise ConfigError(
+            f"{origin}: field 'continuation' is {out['continuation']!r}, which family '{out['family']}' cannot do; "
+            f"choose one of {list(modes)} (or null: no continuation)."
+        )
     train = out["training"]
     if train["extended_num_frames"] <= train["base_num_frames"]:
         raise ConfigError(

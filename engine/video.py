@@ -42,6 +42,36 @@ def write_mp4(frames, path: str | os.PathLike, fps: int = 16) -> Path:
     return path
 
 
+def write_lossless(frames, path: str | os.PathLike, fps: int = 16) -> Path:
+    """Write frames losslessly (H.264 in RGB, qp 0, .mkv): decoding gives back the exact pixels.
+
+    For metrics that must be recomputed later; browsers do not play it (use write_mp4 for viewing).
+    Written atomically.
+    """
+    import imageio_ffmpeg
+
+    arr = to_uint8(frames)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=path.suffix or ".mkv", dir=path.parent, prefix=f".{path.stem}-")
+    os.close(fd)
+    try:
+        writer = imageio_ffmpeg.write_frames(
+            tmp, (arr.shape[2], arr.shape[1]), fps=fps, codec="libx264rgb", pix_fmt_in="rgb24", pix_fmt_out="rgb24",
+            quality=None, output_params=["-qp", "0", "-preset", "veryfast"], macro_block_size=1,
+            ffmpeg_log_level="error",
+        )
+        writer.send(None)
+        for frame in arr:
+            writer.send(np.ascontiguousarray(frame))
+        writer.close()
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
 def frame_stream(path: Path):
     """(fps, frame iterator, close) for a video, decoded by imageio-ffmpeg.
 

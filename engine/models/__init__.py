@@ -7,9 +7,9 @@ from collections import OrderedDict
 
 import torch
 
-from . import wan
+from . import skyreels, wan, wan_vace
 
-FAMILIES = {"wan": wan}
+FAMILIES = {"wan": wan, "skyreels": skyreels, "wan_vace": wan_vace}
 
 # Loading a real model takes minutes; keep the last one (a bounded cache, one entry by default).
 _MAX_PIPELINES = 1

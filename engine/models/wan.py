@@ -46,15 +46,21 @@ def compute_dtype(preset: dict, device: torch.device) -> torch.dtype:
 # ---------------------------------------------------------------------------- tiny model
 
 
-def tiny_model_dir(tiny: dict) -> Path:
-    key = json.dumps({"v": TINY_FORMAT_VERSION, "tiny": tiny}, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return cache_dir() / "models" / f"tiny-wan-{digest}"
+def tiny_model_dir(tiny: dict, family: str = FAMILY) -> Path:
+    # The Wan key stays as it was (existing caches remain valid); other families add their name.
+    key = {"v": TINY_FORMAT_VERSION, "tiny": tiny} if family == FAMILY else {"v": TINY_FORMAT_VERSION, "family": family, "tiny": tiny}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / "models" / f"tiny-{family.replace('_', '-')}-{digest}"
 
 
-def build_tiny_pipeline(tiny: dict):
-    """A randomly initialised Wan2.1-architecture pipeline from the preset's `tiny` configs."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+def build_tiny_parts(tiny: dict, make_transformer) -> dict:
+    """The shared tiny components (tokenizer, UMT5, Wan VAE, UniPC) plus `make_transformer(config)`.
+
+    `make_transformer` gets the preset's transformer config (with `text_dim` and a tuple
+    `patch_size`) and returns the family's transformer; it is built at the same point of the
+    seeded RNG stream as Wan's, so the tiny Wan model is unchanged by this split.
+    """
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
     from transformers import UMT5Config, UMT5EncoderModel
 
     from .tiny_tokenizer import build_tiny_tokenizer
@@ -65,26 +71,36 @@ def build_tiny_pipeline(tiny: dict):
     text_encoder = UMT5EncoderModel(text_cfg).eval()
     transformer_cfg = dict(tiny["transformer"])
     transformer_cfg["patch_size"] = tuple(transformer_cfg.get("patch_size", (1, 2, 2)))
-    transformer = WanTransformer3DModel(text_dim=text_cfg.d_model, **transformer_cfg)
+    transformer = make_transformer({"text_dim": text_cfg.d_model, **transformer_cfg})
     vae = AutoencoderKLWan(**tiny["vae"])
     # Wan2.1's own sampler settings: UniPC on flow-matching sigmas.
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000,
         **tiny.get("scheduler", {"flow_shift": 3.0}),
     )
-    return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer)
+    return dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer)
 
 
-def ensure_tiny_model(tiny: dict) -> Path:
-    """Build and save the tiny model once; later calls return the cached folder."""
-    target = tiny_model_dir(tiny)
+def build_tiny_pipeline(tiny: dict):
+    """A randomly initialised Wan2.1-architecture pipeline from the preset's `tiny` configs."""
+    from diffusers import WanPipeline, WanTransformer3DModel
+
+    return WanPipeline(**build_tiny_parts(tiny, lambda cfg: WanTransformer3DModel(**cfg)))
+
+
+def ensure_tiny_model(tiny: dict, family: str = FAMILY, builder=None) -> Path:
+    """Build and save the tiny model once; later calls return the cached folder.
+
+    `builder(tiny)` makes the pipeline (default: Wan's); `family` keeps caches apart.
+    """
+    target = tiny_model_dir(tiny, family)
     if (target / "model_index.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     # Write into a temporary sibling and rename, so a crash never leaves a half-saved model.
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
     try:
-        build_tiny_pipeline(tiny).save_pretrained(tmp)
+        (builder or build_tiny_pipeline)(tiny).save_pretrained(tmp)
         try:
             os.replace(tmp, target)
         except OSError:  # another process won the race; its copy is identical
@@ -98,11 +114,11 @@ def ensure_tiny_model(tiny: dict) -> Path:
 # ---------------------------------------------------------------------------- loading
 
 
-def resolve_source(preset: dict) -> str:
-    """A local folder path or a Hub id for the preset's weights."""
+def resolve_source(preset: dict, builder=None) -> str:
+    """A local folder path or a Hub id for the preset's weights (`builder`: the family's tiny builder)."""
     source = preset["source"]
     if source == "tiny":
-        return str(ensure_tiny_model(preset["tiny"]))
+        return str(ensure_tiny_model(preset["tiny"], preset.get("family", FAMILY), builder))
     expanded = Path(os.path.expanduser(source))
     looks_local = source.startswith((".", "/", "~")) or expanded.exists() or source.count("/") != 1
     if looks_local:
@@ -132,18 +148,23 @@ def _hub_help(source: str, err: Exception) -> ModelLoadError:
     )
 
 
-def load_pipeline(preset: dict, device: torch.device | None = None):
-    """Load the preset's WanPipeline onto `device` (default: CUDA when present, else CPU)."""
+def load_pipeline(preset: dict, device: torch.device | None = None, pipeline_cls=None, builder=None):
+    """Load the preset's pipeline onto `device` (default: CUDA when present, else CPU).
+
+    `pipeline_cls` / `builder` let other Wan-architecture families (SkyReels-V2, VACE) reuse
+    this path; the default is WanPipeline and the tiny Wan builder.
+    """
     from diffusers import AutoencoderKLWan, WanPipeline
 
+    pipeline_cls = pipeline_cls or WanPipeline
     device = device or default_device()
-    source = resolve_source(preset)
+    source = resolve_source(preset, builder)
     dtype = compute_dtype(preset, device)
     is_hub = not Path(source).is_dir()
     try:
         # Wan's VAE is kept in float32 (its causal convolutions drift in half precision).
         vae = AutoencoderKLWan.from_pretrained(source, subfolder="vae", dtype=torch.float32, revision=preset["revision"])
-        pipe = WanPipeline.from_pretrained(source, vae=vae, dtype=dtype, revision=preset["revision"])
+        pipe = pipeline_cls.from_pretrained(source, vae=vae, dtype=dtype, revision=preset["revision"])
     except ModelLoadError:
         raise
     except (OSError, ValueError) as err:
@@ -228,3 +249,36 @@ def token_layout(num_frames: int, height: int, width: int, temporal_factor: int 
 def layout_from_latents(shape, patch_size=(1, 2, 2)) -> TokenLayout:
     """Layout from a latent tensor shape [B, C, F, H, W] as the transformer receives it."""
     return TokenLayout(shape[2], shape[3], shape[4], tuple(patch_size))
+
+
+# ---------------------------------------------------------------------------- continuation
+
+
+# How this family continues a clean prefix (engine/continuation.py): the preset's
+# `continuation` field picks one of these; the first is the family default.
+CONTINUATION_MODES = ("replacement", "per_token")
+
+
+def transformer_forward(transformer, hidden_states: torch.Tensor, timestep: torch.Tensor,
+                        encoder_hidden_states: torch.Tensor, **_) -> torch.Tensor:
+    """The transformer's velocity prediction.
+
+    `timestep` is [B] (one noise level for the whole clip) or [B, F] (one per latent frame).
+    Per-frame levels are expanded to Wan's per-token timesteps [B, seq_len] (frame-major, as the
+    tokens are laid out), which WanTransformer3DModel accepts (the Wan2.2 TI2V path).
+    """
+    if timestep.ndim == 2:
+        pt, ph, pw = transformer.config.patch_size
+        if pt != 1:
+            raise ValueError("per-frame timesteps need a temporal patch size of 1")
+        per_frame = (hidden_states.shape[3] // ph) * (hidden_states.shape[4] // pw)
+        timestep = timestep.repeat_interleave(per_frame, dim=1)
+    return transformer(hidden_states=hidden_states, timestep=timestep, encoder_hidden_states=encoder_hidden_states,
+                       return_dict=False)[0]
+
+
+def use_dense_attention(transformer) -> None:
+    """Stock dense attention processors and no radial hook (test-time adaptation runs dense)."""
+    from ..attention.processor import remove_radial_attention
+
+    remove_radial_attention(transformer)

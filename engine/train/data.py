@@ -212,12 +212,12 @@ def _read_caption_file(path: Path) -> list[tuple[str, str | None]]:
     return out
 
 
-def _tta_size(height: int, width: int) -> tuple[int, int]:
-    """Short side 256, long side the aspect-kept length rounded down to 16 (capped at 2:1)."""
+def _tta_size(height: int, width: int, short_side: int = TTA_SHORT_SIDE) -> tuple[int, int]:
+    """Short side `short_side` (256), long side the aspect-kept length rounded down to 16 (capped at 2:1)."""
     short, long = min(height, width), max(height, width)
-    long_px = min(long * TTA_SHORT_SIDE / short, TTA_SHORT_SIDE * TTA_MAX_ASPECT)
+    long_px = min(long * short_side / short, short_side * TTA_MAX_ASPECT)
     long_px = int(long_px // SIZE_MULTIPLE * SIZE_MULTIPLE)
-    return (TTA_SHORT_SIDE, long_px) if height <= width else (long_px, TTA_SHORT_SIDE)
+    return (short_side, long_px) if height <= width else (long_px, short_side)
 
 
 def _resize_center_crop(frames: np.ndarray, height: int, width: int) -> np.ndarray:
