@@ -14,7 +14,7 @@ import gradio as gr  # noqa: E402
 from engine.jobs import pump_queue, runs_root
 from engine.paths import outputs_dir
 from engine.presets import DEFAULT_PRESET, load_preset
-from ui import compare_tab, generate_tab, hub_tab, train_tab
+from ui import compare_tab, generate_tab, hub_tab, train_tab, tta_tab
 
 
 def build_app(preset: str = DEFAULT_PRESET) -> gr.Blocks:
@@ -22,6 +22,7 @@ def build_app(preset: str = DEFAULT_PRESET) -> gr.Blocks:
     with gr.Blocks(title="Radial Studio") as demo:
         gr.Markdown("# Radial Studio\nLong video generation with LoRA adapters and radial attention.")
         train_tab.build(preset, demo)
+        tta_tab.build(preset)
         compare_tab.build(preset)
         generate_tab.build(preset)
         hub_tab.build()

@@ -110,7 +110,7 @@ def start_training(preset: str = "tiny-wan", data_source: str = "synthetic", *, 
     data_dir = prepare_dataset(data_source, datasets_root() / run_id, preset=preset, uploads=uploads, folder=folder,
                                num_samples=num_samples, seed=int(settings.get("seed", 0)))
     config = config_from_preset(preset, **{**defaults, **settings, "data_dir": str(data_dir), "output_dir": str(out)})
-    RunDir(out).create().update_status(state="queued", created=time.time(), run_id=run_id, preset=preset,
+    RunDir(out).create().update_status(state="queued", created=time.time(), kind="train", run_id=run_id, preset=preset,
                                        data_source=data_source, total_steps=config.max_steps)
     submit_job(out, _argv(config))
     return training_status(run_id)
@@ -140,15 +140,17 @@ def resume_training(run_id: str) -> dict:
     return training_status(run_id)
 
 
-def list_runs() -> list[dict]:
-    """Past and current runs, newest first."""
+def list_runs(kind: str | None = "train") -> list[dict]:
+    """Past and current runs of one kind ("train", "tta", "tta-sweep"; None: all), newest first."""
     pump_queue()
     rows = []
     for path in reversed(list_run_dirs()):
         if path.name.startswith("_"):
             continue
         s = job_status(path)
-        rows.append({"run_id": path.name, "state": s.get("state"), "step": s.get("step", 0),
+        if kind is not None and s.get("kind", "train") != kind:
+            continue
+        rows.append({"run_id": path.name, "kind": s.get("kind", "train"), "state": s.get("state"), "step": s.get("step", 0),
                      "total_steps": s.get("total_steps"), "preset": s.get("preset")})
     return rows
 

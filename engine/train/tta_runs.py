@@ -1,0 +1,143 @@
+"""Test-time adaptation runs and sweeps as background jobs (what the app calls).
+
+`start_tta` checks the clip and settings in the request (clear errors at once), then queues
+`python -m engine tta ...` into `runs/<run_id>/`; `tta_status` reads the loss events, status and,
+once finished, the metrics and videos back from disk.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from ..errors import InputError
+from ..jobs import RunDir, job_status, pump_queue, queue_position, runs_root, stop_job, submit_job
+from ..presets import load_preset
+from ..safe_paths import data_root, resolve_under, sanitize_filename
+from .runs import new_run_id, run_dir
+
+
+def sample_clip(preset: str = "tiny-wan", seed: int = 0) -> Path:
+    """A synthetic 65-frame clip (with its caption) at the preset's TTA size, made once."""
+    from ..video import write_mp4
+    from .data import _tta_size
+    from .synthetic import render_clip
+
+    p = load_preset(preset)
+    side = p["tta"]["short_side"]
+    h, w = _tta_size(side, side, side)
+    folder = runs_root() / "_samples"
+    path = folder / f"sample-{h}x{w}-{seed}.mp4"
+    if not path.is_file():
+        clip = render_clip(seed=seed, num_frames=65, height=h, width=w)
+        write_mp4(clip.frames, path, fps=p["generation"]["fps"])
+        path.with_suffix(".txt").write_text(clip.caption)
+    return path
+
+
+def _stage_upload(video, run_id: str) -> Path:
+    """Copy an uploaded clip (and a same-name caption) beside the run under a sanitised name."""
+    src = Path(getattr(video, "name", video))
+    if not src.is_file():
+        raise InputError(f"uploaded video '{src.name}' is missing; upload it again.")
+    folder = runs_root() / "_inputs" / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    dst = folder / sanitize_filename(src.name)
+    shutil.copyfile(src, dst)
+    caption = src.with_suffix(".txt")
+    if caption.is_file():
+        shutil.copyfile(caption, dst.with_suffix(".txt"))
+    return dst
+
+
+def start_tta(video=None, *, preset: str = "tiny-wan", rank: int = 16, lr: float = 2e-4, steps: int = 50,
+              objective: str = "diffusion", seed: int = 0, prompt: str | None = None, in_request: bool = False) -> dict:
+    """Queue one TTA run on `video` (an uploaded file; None: the built-in sample clip).
+
+    `in_request=True` runs it here and now instead (ZeroGPU lends a GPU only to the request).
+    """
+    from .tta import check_settings, load_clip, resolve_preset
+
+    check_settings(rank=rank, alpha=None, lr=lr, steps=steps, objective=objective, seed=seed, cond_frames=33,
+                   total_frames=65)
+    preset_dict, _ = resolve_preset(preset)  # refuses presets that cannot continue a clip
+    run_id = new_run_id()
+    path = sample_clip(preset, seed=0) if video in (None, "") else _stage_upload(video, run_id)
+    load_clip(path, preset_dict, cond_frames=33, total_frames=65, prompt=prompt)  # length, size, readability
+    out = runs_root() / run_id
+    argv = ["tta", "--video", str(path), "--preset", preset, "--output_dir", str(out), "--rank", str(rank),
+            "--lr", str(lr), "--steps", str(steps), "--objective", objective, "--seed", str(seed)]
+    if prompt:
+        argv += ["--prompt", prompt]
+    RunDir(out).create().update_status(state="queued", created=time.time(), kind="tta", run_id=run_id, preset=preset,
+                                       total_steps=steps)
+    if in_request:
+        from .tta import run_tta
+
+        run_tta(path, preset=preset, output_dir=out, rank=rank, lr=lr, steps=steps, objective=objective, seed=seed,
+                prompt=prompt)
+    else:
+        submit_job(out, argv)
+    return tta_status(run_id)
+
+
+def start_tta_sweep(folder: str = "", *, preset: str = "tiny-wan", ranks: str = "8,16", lrs: str = "2e-4",
+                    steps: str = "5,10", objective: str = "diffusion", seed: int = 0) -> dict:
+    """Queue a sweep over a TTA dataset folder under the data root (empty: a set of sample clips)."""
+    if folder:
+        data_dir = resolve_under(data_root(), folder, "TTA dataset folder")
+    else:
+        data_dir = runs_root() / "_samples" / f"tta-set-{preset}"
+        if not (data_dir / "metadata.json").is_file():
+            from .data import convert_dataset
+
+            clips = data_dir.with_name(data_dir.name + "-clips")
+            clips.mkdir(parents=True, exist_ok=True)
+            for i in range(2):
+                src = sample_clip(preset, seed=i)
+                shutil.copyfile(src, clips / src.name)
+                shutil.copyfile(src.with_suffix(".txt"), clips / src.with_suffix(".txt").name)
+            convert_dataset(clips, data_dir, preset=preset, task="tta")
+    run_id = new_run_id()
+    argv = ["tta-sweep", "--data_dir", str(data_dir), "--ranks", ranks, "--lrs", lrs, "--steps", steps,
+            "--objective", objective, "--preset", preset, "--seed", str(seed), "--output_root", str(runs_root()),
+            "--experiment", run_id]
+    RunDir(runs_root() / run_id).create().update_status(state="queued", created=time.time(), kind="tta-sweep", run_id=run_id,
+                                                        preset=preset)
+    submit_job(runs_root() / run_id, argv)
+    return tta_status(run_id)
+
+
+def stop_tta(run_id: str) -> dict:
+    stop_job(run_dir(run_id))
+    return tta_status(run_id)
+
+
+def tta_status(run_id: str) -> dict:
+    pump_queue()
+    path = run_dir(run_id)
+    run = RunDir(path)
+    status = job_status(path)
+    out = {"run_id": run_id, "kind": status.get("kind", "tta"), "state": status.get("state"),
+           "phase": status.get("phase"), "step": status.get("step", 0), "total_steps": status.get("total_steps"),
+           "loss": status.get("loss"), "error": status.get("error"), "queue_position": queue_position(path),
+           "loss_events": run.read_events("tta"), "metrics": None, "videos": {}, "summary_md": None}
+    metrics = path / "metrics.json"
+    if metrics.is_file():
+        out["metrics"] = json.loads(metrics.read_text())
+        video_id = out["metrics"]["video_id"]
+        for kind in ("ground_truth", "baseline", "tta"):
+            candidate = path / "videos" / kind / f"{video_id}.mp4"
+            if candidate.is_file():
+                out["videos"][kind] = str(candidate)
+        side = path / "videos" / "tta" / f"{video_id}_side_by_side.mp4"
+        if side.is_file():
+            out["videos"]["side_by_side"] = str(side)
+    summary = path / "summary.md"
+    if summary.is_file():
+        out["summary_md"] = summary.read_text()
+    if out["state"] == "failed":
+        out["log_tail"] = status.get("log_tail") or run.log_tail()
+    return out
