@@ -7,13 +7,13 @@ browser shows the same run. API: /train_start, /train_status, /train_stop, /trai
 
 from __future__ import annotations
 
-import pandas as pd
 import gradio as gr
 
 from engine.presets import list_presets, load_preset
 from engine.train.runs import TINY_DEMO, list_runs, resume_training, start_training, stop_training, training_status
 
 from .errors import user_errors_as_messages
+from .job_view import curves_frame, job_status_markdown
 
 LOSS_SERIES = {"loss": "total", "loss_base": "base", "loss_extended": "extended", "loss_consistency": "consistency"}
 
@@ -39,7 +39,7 @@ INT_SETTINGS = {"max_steps", "lora_rank", "base_num_frames", "extended_num_frame
                 "seed"}
 
 
-def loss_frame(status: dict, smoothing: float = 0.0) -> pd.DataFrame:
+def loss_frame(status: dict, smoothing: float = 0.0):
     """Loss curves as a long table (step, value, series); EMA smoothing for the training terms."""
     rows = []
     train = status.get("train_events") or []
@@ -52,33 +52,13 @@ def loss_frame(status: dict, smoothing: float = 0.0) -> pd.DataFrame:
             rows.append({"step": e["step"], "value": ema, "series": name})
     for e in status.get("validation_events") or []:
         rows.append({"step": e["step"], "value": e["val_loss"], "series": "validation"})
-    # Explicit dtypes: an empty first frame would otherwise make the plot treat values as categories.
-    return pd.DataFrame(rows, columns=["step", "value", "series"]).astype({"step": "int64", "value": "float64", "series": "str"})
+    return curves_frame(rows)
 
 
 def status_line(status: dict) -> str:
     if not status:
         return "No run selected. Start one, or pick a past run."
-    state = status.get("state")
-    parts = [f"**{status['run_id']}**: {state}"]
-    if status.get("queue_position"):
-        parts.append(f"queue position {status['queue_position']}")
-    if status.get("total_steps"):
-        parts.append(f"step {status.get('step', 0)}/{status['total_steps']}")
-    if status.get("it_per_s"):
-        parts.append(f"{status['it_per_s']:.2f} it/s")
-    if status.get("eta_seconds") and state == "running":
-        parts.append(f"ETA {status['eta_seconds']:.0f} s")
-    if status.get("loss") is not None:
-        parts.append(f"loss {status['loss']:.4f}")
-    if status.get("best_val_loss") is not None:
-        parts.append(f"best val {status['best_val_loss']:.4f}")
-    line = " · ".join(parts)
-    if status.get("error"):
-        line += f"\n\n**Error:** {status['error']}"
-    if status.get("log_tail"):
-        line += f"\n\n```\n{status['log_tail']}\n```"
-    return line
+    return job_status_markdown(status, status["run_id"])
 
 
 def _run_choices() -> list[tuple[str, str]]:

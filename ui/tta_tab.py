@@ -16,6 +16,7 @@ from engine.train.tta import continuation_presets
 from engine.train.tta_runs import start_tta, start_tta_sweep, stop_tta, tta_status
 
 from .errors import user_errors_as_messages
+from .job_view import curves_frame, job_status_markdown
 
 METRIC_ROWS = ("psnr", "ssim", "lpips", "temporal_consistency", "first_frame_psnr")
 
@@ -23,8 +24,7 @@ METRIC_ROWS = ("psnr", "ssim", "lpips", "temporal_consistency", "first_frame_psn
 def _loss_frame(status: dict) -> pd.DataFrame:
     rows = [{"step": e["step"], "value": e["loss"], "series": e.get("setting", "tta")}
             for e in status.get("loss_events") or [] if "loss" in e]
-    return pd.DataFrame(rows, columns=["step", "value", "series"]).astype({"step": "int64", "value": "float64",
-                                                                           "series": "str"})
+    return curves_frame(rows)
 
 
 def _metrics_table(status: dict) -> pd.DataFrame:
@@ -39,23 +39,8 @@ def _metrics_table(status: dict) -> pd.DataFrame:
 def _status_line(s: dict) -> str:
     if not s:
         return "No TTA run selected."
-    parts = [f"**{s['run_id']}** ({s['kind']}): {s['state']}"]
-    if s.get("queue_position"):
-        parts.append(f"queue position {s['queue_position']}")
-    if s.get("phase"):
-        parts.append(f"phase {s['phase']}")
-    if s.get("total_steps"):
-        parts.append(f"step {s.get('step', 0)}/{s['total_steps']}")
-    if s.get("loss") is not None:
-        parts.append(f"loss {s['loss']:.4f}")
-    line = " · ".join(parts)
-    if s.get("error"):
-        line += f"\n\n**Error:** {s['error']}"
-    if s.get("log_tail"):
-        line += f"\n\n```\n{s['log_tail']}\n```"
-    if s.get("summary_md"):
-        line += "\n\n" + s["summary_md"]
-    return line
+    line = job_status_markdown(s, f"{s['run_id']} ({s['kind']})")
+    return line + ("\n\n" + s["summary_md"] if s.get("summary_md") else "")
 
 
 def _view(s: dict):

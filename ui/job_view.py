@@ -1,0 +1,38 @@
+"""Text and tables shared by the tabs that follow background jobs."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+
+def job_status_markdown(status: dict, title: str) -> str:
+    """One status line (state, queue, phase, step, speed, ETA, losses), then any error and log tail."""
+    state = status.get("state")
+    parts = [f"**{title}**: {state}"]
+    if status.get("queue_position"):
+        parts.append(f"queue position {status['queue_position']}")
+    if status.get("phase") and state == "running":
+        parts.append(f"phase {status['phase']}")
+    if status.get("total_steps"):
+        parts.append(f"step {status.get('step', 0)}/{status['total_steps']}")
+    if status.get("it_per_s"):
+        parts.append(f"{status['it_per_s']:.2f} it/s")
+    if status.get("eta_seconds") and state == "running":
+        parts.append(f"ETA {status['eta_seconds']:.0f} s")
+    if status.get("loss") is not None:
+        parts.append(f"loss {status['loss']:.4f}")
+    if status.get("best_val_loss") is not None:
+        parts.append(f"best val {status['best_val_loss']:.4f}")
+    line = " · ".join(parts)
+    if status.get("error"):
+        line += f"\n\n**Error:** {status['error']}"
+    if status.get("log_tail"):
+        line += f"\n\n```\n{status['log_tail']}\n```"
+    return line
+
+
+def curves_frame(rows: list[dict]) -> pd.DataFrame:
+    """A long table (step, value, series) for gr.LinePlot, with explicit dtypes: an empty first
+    frame would otherwise make the plot treat values as categories."""
+    return pd.DataFrame(rows, columns=["step", "value", "series"]).astype(
+        {"step": "int64", "value": "float64", "series": "str"})
