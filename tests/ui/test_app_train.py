@@ -86,6 +86,18 @@ def test_path_escapes_and_bad_uploads_get_clear_errors(client, app_url, tmp_path
     assert client.predict(api_name="/train_runs") is not None
 
 
+def test_app_serves_only_its_own_folders(app_url, tmp_path):
+    import httpx
+
+    url, _ = app_url
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the browser")
+    for path in ("/etc/passwd", str(secret)):
+        response = httpx.get(f"{url}gradio_api/file={path}")
+        assert response.status_code in (403, 404), (path, response.status_code)
+        assert "not for the browser" not in response.text
+
+
 def test_uploaded_videos_with_captions_train(client, app_url, tmp_path):
     from engine.train.synthetic import render_clip
     from engine.video import write_mp4
