@@ -12,6 +12,10 @@ ways to hold the prefix (the preset's `continuation` field):
   the other frames at the current timestep, as SkyReels-V2's own extension pipeline does.
 - "vace" (Wan2.1 VACE): the latents are not touched; the known frames reach the model through
   VACE's conditioning video and mask (`control`, see engine/models/wan_vace.py).
+- "v2v_head" (Open-Sora v2.0): the latents are not touched; the known latent frames reach the
+  model through its `cond` input (mask + masked reference latents), and the family's own sampler
+  runs (Euler with a shape-dependent shift and 3-pass image + text guidance, see
+  engine/models/opensora2.py).
 
 The initial noise comes from the seed alone (`initial_noise`), so a baseline and an adapted
 model given the same seed start from the same noise and take the same steps.
@@ -26,7 +30,7 @@ import torch
 
 from .errors import InputError
 
-MODES = ("replacement", "per_token", "vace")
+MODES = ("replacement", "per_token", "vace", "v2v_head")
 SAMPLERS = ("scheduler", "euler")
 
 
@@ -63,6 +67,10 @@ def sample_continuation(pipe, fam, cond_latents: torch.Tensor, total_latent_fram
     if noise.shape[2] != total_latent_frames or not 0 < prefix < total_latent_frames:
         raise InputError(f"noise has {noise.shape[2]} latent frames and the prefix {prefix}; "
                          f"expected {total_latent_frames} with a shorter prefix.")
+    if mode == "v2v_head":  # the family's own sampler (its guidance and schedule are part of the model)
+        return fam.sample_continuation(pipe, cond_latents, total_latent_frames, prompt_embeds, negative_embeds,
+                                       steps=steps, guidance_scale=guidance_scale, noise=noise, control=control,
+                                       progress=progress)
     transformer = pipe.transformer
     device, dtype = transformer.device, transformer.dtype
     scheduler = copy.deepcopy(pipe.scheduler)

@@ -25,8 +25,8 @@ WAN_ATTENTION_PROJECTIONS = ["to_q", "to_k", "to_v", "to_out.0"]
 # How each model family can continue a clean prefix (engine/continuation.py); the first is the
 # default when a preset leaves out `continuation`. null in a preset: it cannot do continuation.
 FAMILY_CONTINUATION = {"wan": ("replacement", "per_token"), "skyreels": ("per_token", "replacement"),
-                       "wan_vace": ("vace",)}
-CONTINUATION_MODES = ("replacement", "per_token", "vace")
+                       "wan_vace": ("vace",), "opensora2": ("v2v_head",)}
+CONTINUATION_MODES = ("replacement", "per_token", "vace", "v2v_head")
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ SCHEMA: dict[str, Any] = {
     "dtype": Field(STR, "bfloat16", choices=DTYPES),
     "license": Field(STR, "apache-2.0"),
     "tiny": Field(dict, None, optional=True),
-    # "replacement" | "per_token" | "vace" | null; default: the family's first mode.
+    # "replacement" | "per_token" | "vace" | "v2v_head" | null; default: the family's first mode.
     "continuation": Field(STR, "replacement", choices=CONTINUATION_MODES, optional=True),
     "generation": {
         "num_frames": Field(INT, 81, _frames),

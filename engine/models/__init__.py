@@ -7,9 +7,9 @@ from collections import OrderedDict
 
 import torch
 
-from . import skyreels, wan, wan_vace
+from . import opensora2, skyreels, wan, wan_vace
 
-FAMILIES = {"wan": wan, "skyreels": skyreels, "wan_vace": wan_vace}
+FAMILIES = {"wan": wan, "skyreels": skyreels, "wan_vace": wan_vace, "opensora2": opensora2}
 
 # Loading a real model takes minutes; keep the last one (a bounded cache, one entry by default).
 _MAX_PIPELINES = 1

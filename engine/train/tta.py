@@ -13,7 +13,9 @@ Objectives (one per run):
 - "continuation": within the conditioning window, the first k latent frames (k drawn per step
   from 1..P-1) are the context and the loss is on the rest: the task met at generation. The
   context is given exactly as the backbone's continuation mode gives it when sampling: clean at
-  timestep 0 ("per_token"), in VACE's conditioning video and mask ("vace"), or carrying the
+  timestep 0 ("per_token"), in VACE's conditioning video and mask ("vace"), in Open-Sora v2's
+  v2v_head conditioning (mask + reference latents on the first k latent frames, "v2v_head"; the
+  diffusion objective gives it zero conditioning, as its text-only pass), or carrying the
   true latents noised to the current level with the same noise ("replacement"; a uniform-
   timestep model sees a noised prefix at generation, never a clean one).
 
@@ -229,7 +231,12 @@ class VideoSession:
             pos, neg = fam.encode_prompt(pipe, clip.prompt, sample.negative_prompt, sample.guidance_scale)
         self.prompt_embeds = pos.to(self.device, self.dtype)
         self.negative_embeds = None if neg is None else neg.to(self.device, self.dtype)
-        self.control = fam.control_latents(pipe, self.pixels, cond_frames) if mode == "vace" else None
+        if mode == "vace":
+            self.control = fam.control_latents(pipe, self.pixels, cond_frames)
+        elif mode == "v2v_head":  # mask + reference latents on the prefix latent frames
+            self.control = fam.v2v_cond(self.cond, total_latents)
+        else:
+            self.control = None
         self._train_controls: dict[int, torch.Tensor] = {}
 
     @property
@@ -259,13 +266,18 @@ class VideoSession:
         """The TTA loss for one (noise, sigma, k) on the conditioning latents."""
         cond = self.cond
         sigmas = torch.tensor([sigma], dtype=torch.float32)
-        xt = flow.noisy_latents(cond, noise, sigmas)
-        target = flow.velocity_target(cond, noise)
+        if hasattr(self.fam, "flow_pair"):  # the family's own flow-matching convention (Open-Sora v2)
+            xt, target = self.fam.flow_pair(cond, noise, sigmas)
+        else:
+            xt = flow.noisy_latents(cond, noise, sigmas)
+            target = flow.velocity_target(cond, noise)
         t = flow.timesteps_from_sigmas(sigmas).to(self.device)
         control, start = None, 0
         if objective == "diffusion":
             if self.mode == "vace":
                 control = self.train_control(0)  # VACE's plain generation: nothing known
+            elif self.mode == "v2v_head":
+                control = self.fam.v2v_cond(cond[:, :, :0], cond.shape[2])  # zero conditioning
         else:
             start = k
             if self.mode == "per_token":
@@ -273,6 +285,8 @@ class VideoSession:
                 t = frame_timesteps(t.item(), 1, cond.shape[2], k, self.device)
             elif self.mode == "vace":
                 control = self.train_control(k)
+            elif self.mode == "v2v_head":  # the first k latent frames known; the noisy latents are not overwritten
+                control = self.fam.v2v_cond(cond[:, :, :k], cond.shape[2])
         autocast = torch.autocast("cuda", dtype=self.dtype) if self.device.type == "cuda" and self.dtype != torch.float32 \
             else torch.autocast("cpu", enabled=False)
         with autocast:
@@ -318,7 +332,9 @@ def adapt(session: VideoSession, settings: AdaptSettings, *, snapshots: list[int
     transformer = pipe.transformer
     snapshots = sorted(set(snapshots or [settings.steps]))
     targets = fam.LORA_TARGET_MODULES_FULL if settings.include_mlp else fam.LORA_TARGET_MODULES
-    shift = float(pipe.scheduler.config.get("flow_shift", 3.0) or 3.0)
+    # A family with its own training noise schedule (Open-Sora v2: shape-dependent shift) says so.
+    own_sigma = getattr(fam, "sample_train_sigma", None)
+    shift = None if own_sigma is not None else float(pipe.scheduler.config.get("flow_shift", 3.0) or 3.0)
     losses: list[float] = []
     probe: dict[int, float] = {}
     try:
@@ -334,7 +350,10 @@ def adapt(session: VideoSession, settings: AdaptSettings, *, snapshots: list[int
             t0 = time.perf_counter()
             gen = torch.Generator("cpu").manual_seed(settings.seed * 1_000_003 + step)
             noise = torch.randn(session.cond.shape, generator=gen).to(session.cond)
-            sigma = float(flow.sample_sigmas(1, gen, "logit_normal", shift)[0])
+            if own_sigma is not None:
+                sigma = own_sigma(gen, session.cond.shape)
+            else:
+                sigma = float(flow.sample_sigmas(1, gen, "logit_normal", shift)[0])
             k = int(torch.randint(1, session.prefix_latents, (1,), generator=gen)) if session.prefix_latents > 1 else 0
             loss = session.objective_loss(settings.objective, noise, sigma, k)
             if not torch.isfinite(loss):
