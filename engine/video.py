@@ -1,4 +1,4 @@
-"""Read and write mp4 files (moviepy / ffmpeg). Frames are uint8 arrays [F, H, W, 3]."""
+"""Read and write mp4 files through ffmpeg (imageio-ffmpeg). Frames are uint8 arrays [F, H, W, 3]."""
 
 from __future__ import annotations
 
@@ -21,47 +21,28 @@ def to_uint8(frames) -> np.ndarray:
     return arr
 
 
-def write_mp4(frames, path: str | os.PathLike, fps: int = 16) -> Path:
-    """Write frames to an H.264 mp4 (yuv420p, plays in browsers). Written atomically."""
-    from moviepy import ImageSequenceClip
+def write_mp4(frames, path: str | os.PathLike, fps: float = 16) -> Path:
+    """Write frames to an H.264 mp4 (yuv420p, plays in browsers). Written atomically.
+
+    Frames go straight to ffmpeg (imageio-ffmpeg), one input frame per output frame: moviepy's
+    writer samples frames by time and drops one at rates like 24 fps (65 frames -> 64).
+    """
+    import imageio_ffmpeg
 
     arr = to_uint8(frames)
+    height, width = arr.shape[1:3]
+    if height % 2 or width % 2:
+        raise InputError(f"frames are {height}x{width}; H.264 (yuv420p) needs even sizes.")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".mp4", dir=path.parent, prefix=f".{path.stem}-")
     os.close(fd)
     try:
-        clip = ImageSequenceClip(list(arr), fps=fps)
-        clip.write_videofile(tmp, fps=fps, codec="libx264", audio=False, logger=None,
-                             ffmpeg_params=["-pix_fmt", "yuv420p", "-crf", "18"])
-        clip.close()
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def write_lossless(frames, path: str | os.PathLike, fps: int = 16) -> Path:
-    """Write frames losslessly (H.264 in RGB, qp 0, .mkv): decoding gives back the exact pixels.
-
-    For metrics that must be recomputed later; browsers do not play it (use write_mp4 for viewing).
-    Written atomically.
-    """
-    import imageio_ffmpeg
-
-    arr = to_uint8(frames)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=path.suffix or ".mkv", dir=path.parent, prefix=f".{path.stem}-")
-    os.close(fd)
-    try:
         writer = imageio_ffmpeg.write_frames(
-            tmp, (arr.shape[2], arr.shape[1]), fps=fps, codec="libx264rgb", pix_fmt_in="rgb24", pix_fmt_out="rgb24",
-            quality=None, output_params=["-qp", "0", "-preset", "veryfast"], macro_block_size=1,
-            ffmpeg_log_level="error",
+            tmp, (width, height), fps=float(fps), codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
+            quality=None, macro_block_size=1, ffmpeg_log_level="error", output_params=["-crf", "18"],
         )
-        writer.send(None)
+        writer.send(None)  # start ffmpeg
         for frame in arr:
             writer.send(np.ascontiguousarray(frame))
         writer.close()
