@@ -2,30 +2,33 @@
 # presets with one (`docker run --gpus all -p 7860:7860 radial-studio`). Also the image of a
 # Docker Space on the Hugging Face Hub (docs/spaces.md).
 #
-# Base image: python:3.11-slim rather than nvidia/cuda:*-runtime. torch==2.13.0 from PyPI is the
-# CUDA build on Linux x86_64 and installs its own CUDA runtime, cuBLAS, cuDNN and NCCL as
-# nvidia-* wheels, so a CUDA runtime base would only add a second copy of those libraries
-# (~3 GB) and need Python 3.11 from a PPA (Ubuntu 22.04 ships 3.10). The GPU driver comes from
-# the host through the NVIDIA Container Toolkit, which the two NVIDIA_* variables below request,
-# exactly as the nvidia/cuda images do.
-FROM python:3.11-slim
+# Base image: the CUDA runtime (as the project asks for), with Python 3.11 from the deadsnakes
+# PPA (Ubuntu 22.04 ships 3.10). torch==2.13.0 from PyPI brings its own CUDA libraries as
+# nvidia-* wheels; the base adds the CUDA userspace and the NVIDIA Container Toolkit wiring
+# (NVIDIA_* variables), and the host's driver comes in at `docker run --gpus all`.
+FROM nvidia/cuda:12.8.1-runtime-ubuntu22.04
 
-ENV PYTHONUNBUFFERED=1 \
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     GRADIO_ANALYTICS_ENABLED=False
 
-# Triton compiles a small C launcher the first time a kernel runs: it needs a C compiler.
+# Python 3.11, and gcc: Triton compiles a small C launcher the first time a kernel runs.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && apt-get install -y --no-install-recommends software-properties-common gpg-agent \
+    && add-apt-repository -y ppa:deadsnakes/ppa \
+    && apt-get update \
+    && apt-get install -y --no-install-recommends python3.11 python3.11-venv python3.11-dev gcc libc6-dev \
+    && python3.11 -m venv /opt/venv \
     && rm -rf /var/lib/apt/lists/*
+ENV PATH=/opt/venv/bin:$PATH
 
 # A non-root user with uid 1000 (the uid Hugging Face Spaces runs containers as).
 RUN useradd --create-home --uid 1000 user
 ENV HOME=/home/user \
-    PATH=/home/user/.local/bin:$PATH \
     HF_HOME=/home/user/.cache/huggingface \
     TRITON_CACHE_DIR=/home/user/.cache/triton \
     RADIAL_STUDIO_CACHE=/home/user/.cache/radial-studio \
