@@ -3,8 +3,9 @@
 One invocation does everything (meant for one H100 call of < 10 minutes):
 
 1. ceilings: a bf16 8192^3 matmul;
-2. a small config sweep of the Triton kernel (forward, then backward tiles) on
-   one mid shape; the best configs are used for the rest;
+2. a small config sweep of the plain Triton kernels (forward, then backward
+   tiles) on one mid shape; the best configs are used for the rest (the
+   warp-specialised kernels keep their own configs; skip with --skip-sweep);
 3. correctness at full size for every shape: the Triton forward and dQ/dK/dV on
    a one-head strided slice against a chunked fp32 reference (explicit softmax
    and gradients per query chunk, fp32 matmuls), plus a full-width forward
@@ -17,6 +18,9 @@ pairs inside computed blocks (S^2 for dense); forward+backward = 3.5x forward
 (backward counted as 2.5x forward). Speedups are time ratios.
 
     PYTHONUNBUFFERED=1 python bench/attention.py --out $OUT
+
+Other modes: --explore (A/B of kernel variants, runs 4-5), --triton-fb-only
+(WS dK/dV checks + Triton forward+backward times, run 8).
 """
 
 from __future__ import annotations
@@ -94,7 +98,11 @@ def make_qkv(S, H, requires_grad=False, dtype=torch.bfloat16):
 
 
 def rel(a, b):
+    """Relative L2 error; inf when `a` holds a non-finite value (so max() over errors cannot drop a NaN:
+    run 7's check reported ok with NaN dK/dV because max(x, nan) == x)."""
     a, b = a.float(), b.float()
+    if not bool(torch.isfinite(a).all()):
+        return float("inf")
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
@@ -172,6 +180,8 @@ BWD_CANDIDATES = [  # (dkdv, dq); run 1: 4 warps and 128x128 tiles 2.5x slower
 
 
 def sweep(results):
+    """Tunes the plain (non-warp-specialised) kernels; the WS flags are restored afterwards."""
+    ws_flags = {key: TR.CONFIGS[key].get("WS") for key in ("fwd", "bwd_dkdv")}
     _, H, T, F_ = SHAPES[1]
     decay = 1.0
     S = T * F_
@@ -183,7 +193,7 @@ def sweep(results):
     best = None
     rows = []
     for cfg in FWD_CANDIDATES:
-        TR.CONFIGS["fwd"] = dict(cfg)
+        TR.CONFIGS["fwd"] = dict(cfg, WS=False)
         clear_cache()
         try:
             with torch.no_grad():
@@ -199,7 +209,7 @@ def sweep(results):
     TR.CONFIGS["fwd"] = dict(best[1])
     bbest = None
     for dkdv, dq in BWD_CANDIDATES:
-        TR.CONFIGS["bwd_dkdv"], TR.CONFIGS["bwd_dq"] = dict(dkdv), dict(dq)
+        TR.CONFIGS["bwd_dkdv"], TR.CONFIGS["bwd_dq"] = dict(dkdv, WS=False), dict(dq)
         clear_cache()
         try:
             ms = timeit(fwd_bwd(lambda a, b, c: tri_fwd(a, b, c, T, F_, decay), q, k, v, do))
@@ -212,6 +222,8 @@ def sweep(results):
         if bbest is None or ms < bbest[0]:
             bbest = (ms, dkdv, dq)
     TR.CONFIGS["bwd_dkdv"], TR.CONFIGS["bwd_dq"] = dict(bbest[1]), dict(bbest[2])
+    for key, flag in ws_flags.items():
+        TR.CONFIGS[key]["WS"] = flag
     clear_cache()
     log("chosen configs:", json.dumps(TR.CONFIGS))
     results["sweep"] = [dict(kind=r[0], cfg=r[1], ms=r[2], tflops=r[3]) for r in rows]
@@ -304,6 +316,232 @@ def check(results):
     return all(e["ok"] for e in out) and results["small_checks_ok"]
 
 
+# ---------------------------------------------------------------- variant exploration (run 4)
+# Run 4 also timed a fused dK/dV/dQ backward with fp32 atomics (pointer and TMA-reduce, rotated
+# order, 32x128 / 4-stage variants) and a host-TMA forward; none was faster (docs/kernel_notes.md v4).
+BWD_VARIANTS = [  # name, {CONFIGS key: overrides}
+    ("bwd plain dkdv", dict(bwd_dkdv=dict(WS=False))),
+    ("bwd dkdv-ws 64x128 s2", dict(bwd_dkdv=dict(WS=True), bwd_dkdv_ws=dict(BLOCK_M=64, num_stages=2))),
+    ("bwd dkdv-ws 64x128 s3", dict(bwd_dkdv=dict(WS=True), bwd_dkdv_ws=dict(BLOCK_M=64, num_stages=3))),
+]
+FWD_VARIANTS = [  # name, {CONFIGS key: overrides}
+    ("fwd plain s3", dict(fwd=dict(WS=False))),
+    ("fwd ws 128x128 s2", dict(fwd=dict(WS=True), fwd_ws=dict(BLOCK_N=128, num_stages=2))),
+    ("fwd ws 128x64 s3", dict(fwd=dict(WS=True), fwd_ws=dict(BLOCK_N=64, num_stages=3))),
+]
+EXPLORE_SHAPES = [SHAPES[1] + (1.0,), SHAPES[2] + (0.2,), SHAPES[0] + (0.2,), SHAPES[3] + (0.2,)]
+_BASE_CONFIGS = json.loads(json.dumps(TR.CONFIGS))
+
+
+def _set_variant(*overrides):
+    TR.CONFIGS.clear()
+    TR.CONFIGS.update(json.loads(json.dumps(_BASE_CONFIGS)))
+    for ov in overrides:
+        for key, kv in (ov or {}).items():
+            TR.CONFIGS[key].update(kv)
+    clear_cache()
+
+
+def event_median(fn, budget_ms=1500.0, min_n=3, max_n=20):
+    torch.cuda.synchronize()
+    t = time.time()
+    fn()
+    torch.cuda.synchronize()
+    once = (time.time() - t) * 1e3
+    fn()  # second warm-up (the first may have compiled)
+    n = int(max(min_n, min(max_n, budget_ms / max(once, 1e-3))))
+    times = []
+    for _ in range(n):
+        s0, e0 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s0.record()
+        fn()
+        e0.record()
+        torch.cuda.synchronize()
+        times.append(s0.elapsed_time(e0))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def explore(results, out_dir, stop_s=240.0):
+    """Correctness then timing of backward / forward variants (one call); table printed last."""
+    TR.POISON_OUTPUTS = True
+    checks = []
+    # small random-mask checks for the new paths
+    for name, cfg in BWD_VARIANTS[1:]:
+        for fwdv in FWD_VARIANTS[1:]:
+            _set_variant(cfg, fwdv[1])
+            for dtype, Dh, bs, S, H in ((torch.float16, 64, 64, 1000, 3), (torch.bfloat16, 128, 128, 777, 2)):
+                n = -(-S // bs)
+                blk = torch.rand(n, n, device="cuda") < 0.4
+                blk.fill_diagonal_(True)
+                q, k, v = (torch.randn(2, S, H, Dh, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
+                do = torch.randn_like(q)
+                o = TR.radial_attention_triton(q, k, v, blk, bs)
+                o.backward(do)
+                idx = torch.arange(S, device="cuda") // bs
+                qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+                ref = F.scaled_dot_product_attention(qd.transpose(1, 2), kd.transpose(1, 2), vd.transpose(1, 2),
+                                                     attn_mask=blk[idx][:, idx]).transpose(1, 2)
+                ref.backward(do.double())
+                e = max(rel(o, ref), rel(q.grad, qd.grad), rel(k.grad, kd.grad), rel(v.grad, vd.grad))
+                ok = e < 1e-2 and all(bool(torch.isfinite(t).all()) for t in (o, q.grad, k.grad, v.grad))
+                log(f"small check {name} / {fwdv[0]} {dtype} D={Dh} bs={bs} S={S}: max rel err {e:.2e} ok={ok}")
+                checks.append(dict(kind="small", variant=name, fwd=fwdv[0], S=S, D=Dh, err=e, ok=ok))
+    # full-size one-head checks vs the chunked fp32 reference, every variant
+    for name_, H, T, F_, decay in (EXPLORE_SHAPES[2], EXPLORE_SHAPES[3]):
+        S = T * F_
+        blk = cached_block_mask(F_, T, block_size=BS, decay_factor=decay, device="cuda")
+        q, k, v = make_qkv(S, H)
+        do = torch.randn_like(q)
+        h0 = H // 2
+        sl = [t[:, :, h0:h0 + 1] for t in (q, k, v, do)]
+        ro, rdq, rdk, rdv = chunked_reference(*sl, blk, BS)
+        _set_variant()
+        with torch.no_grad():
+            o_base = tri_fwd(q, k, v, T, F_, decay)
+        for fname, fcfg in FWD_VARIANTS:
+            _set_variant(fcfg)
+            with torch.no_grad():
+                of = tri_fwd(q, k, v, T, F_, decay)
+            e = dict(vs_base=rel(of, o_base), finite=bool(torch.isfinite(of).all()))
+            e["ok"] = e["finite"] and e["vs_base"] < 1e-2
+            log(f"check {fname} {name_} F={F_} decay={decay}: {json.dumps(e)}")
+            checks.append(dict(kind="fwd_full", variant=fname, S=S, **e))
+            del of
+        for vname, cfg in BWD_VARIANTS:
+            for fname, fcfg in FWD_VARIANTS[:1] if vname != BWD_VARIANTS[0][0] else FWD_VARIANTS:
+                _set_variant(cfg, fcfg)
+                qs, ks, vs = (t.detach().requires_grad_() for t in sl[:3])
+                o1 = TR.radial_attention_triton(qs, ks, vs, blk, BS)
+                o1.backward(sl[3])
+                e = dict(out=rel(o1[0, :, 0], ro), dq=rel(qs.grad[0, :, 0], rdq), dk=rel(ks.grad[0, :, 0], rdk),
+                         dv=rel(vs.grad[0, :, 0], rdv))
+                e["ok"] = max(e.values()) < 1e-2 and all(bool(torch.isfinite(t).all())
+                                                         for t in (o1, qs.grad, ks.grad, vs.grad))
+                log(f"check {vname} / {fname} {name_} F={F_} decay={decay}: {json.dumps(e)}")
+                checks.append(dict(kind="full", variant=vname, fwd=fname, S=S, **e))
+                del qs, ks, vs, o1
+        del q, k, v, do, sl, ro, rdq, rdk, rdv, o_base
+        torch.cuda.empty_cache()
+    TR.POISON_OUTPUTS = False
+    good = all(c["ok"] for c in checks)
+    log("explore correctness", "PASS" if good else "FAIL")
+    results["explore_checks"] = checks
+
+    rows = []
+    for name_, H, T, F_, decay in EXPLORE_SHAPES:
+        S = T * F_
+        blk = cached_block_mask(F_, T, block_size=BS, decay_factor=decay, device="cuda")
+        q, k, v = make_qkv(S, H)
+        do = torch.randn_like(q)
+        scale = 1.0 / math.sqrt(D)
+        for fname, fcfg in FWD_VARIANTS:
+            _set_variant(fcfg)
+            plan = TR._Plan(blk, BS, S, q.device, None)
+            ms = event_median(lambda: TR._fwd(q, k, v, plan, scale))
+            rows.append(dict(shape=f"{name_} F={F_}", decay=decay, S=S, variant=fname, ms=ms))
+            log(f"time {fname} {name_} F={F_} decay={decay}: {ms:.2f} ms")
+        _set_variant()
+        plan = TR._Plan(blk, BS, S, q.device, None)
+        o, lse = TR._fwd(q, k, v, plan, scale)
+        for vname, cfg in BWD_VARIANTS:
+            if time.time() - T0 > stop_s:
+                log(f"skip {vname} at S={S}: explore time budget")
+                continue
+            _set_variant(cfg)
+            plan = TR._Plan(blk, BS, S, q.device, None)
+            try:
+                ms = event_median(lambda: TR._bwd(do, q, k, v, o, lse, plan, scale))
+            except Exception as ex:  # compile failure (shared memory) etc.
+                log(f"bwd variant {vname} failed: {repr(ex)[:300]}")
+                continue
+            rows.append(dict(shape=f"{name_} F={F_}", decay=decay, S=S, variant=vname, ms=ms))
+            log(f"time {vname} {name_} F={F_} decay={decay}: bwd {ms:.2f} ms")
+        del q, k, v, do, o, lse
+        torch.cuda.empty_cache()
+    results["explore_timing"] = rows
+    _set_variant()
+    # table: bwd variants relative to det, and projected f+b = best fwd + bwd vs run-3 flex f+b
+    run3_flex_fb = {("1.3B-480p F=21", 0.2): 22.54, ("1.3B-480p F=81", 1.0): 186.83,
+                    ("14B-720p F=21", 0.2): 298.09, ("14B-720p F=81", 0.2): 2064.58}
+    run3_flex_f = {("1.3B-480p F=21", 0.2): 7.09, ("1.3B-480p F=81", 1.0): 54.30,
+                   ("14B-720p F=21", 0.2): 87.00, ("14B-720p F=81", 0.2): 616.71}
+    lines = ["| shape | decay | variant | ms | vs plain bwd / vs plain fwd | plain fwd + this bwd (ms) | run-3 flex f+b / that |",
+             "|---|---|---|---|---|---|---|"]
+    for key in run3_flex_fb:
+        sub = [r for r in rows if (r["shape"], r["decay"]) == key]
+        det_ms = next((r["ms"] for r in sub if r["variant"] == BWD_VARIANTS[0][0]), float("nan"))
+        fptr = next((r["ms"] for r in sub if r["variant"] == FWD_VARIANTS[0][0]), float("nan"))
+        for r in sub:
+            if r["variant"].startswith("fwd"):
+                lines.append(f"| {key[0]} | {key[1]} | {r['variant']} | {r['ms']:.2f} | {fptr / r['ms']:.3f}x "
+                             f"| | run-3 flex fwd / this: {run3_flex_f[key] / r['ms']:.2f}x |")
+            else:
+                fb = fptr + r["ms"]
+                lines.append(f"| {key[0]} | {key[1]} | {r['variant']} | {r['ms']:.2f} | {det_ms / r['ms']:.3f}x "
+                             f"| {fb:.2f} | {run3_flex_fb[key] / fb:.2f}x |")
+    tab = "\n".join(lines)
+    with open(os.path.join(out_dir, "explore_table.md"), "w") as f:
+        f.write(tab + "\n")
+    return good, tab
+
+
+def triton_fb_only(results):
+    """Run 8: WS vs plain dK/dV on full-width tensors (twice: a race shows), one-head checks against the
+    fp32 reference, then Triton forward+backward times only (the baselines come from a full run)."""
+    TR.POISON_OUTPUTS = True
+    ok = True
+    S, H, T, F_ = SHAPES[0][2] * SHAPES[0][3], SHAPES[0][1], SHAPES[0][2], SHAPES[0][3]
+    blk = cached_block_mask(F_, T, block_size=BS, decay_factor=0.2, device="cuda")
+    q, k, v = make_qkv(S, H)
+    do = torch.randn_like(q)
+    keep = TR.CONFIGS["bwd_dkdv"].get("WS")
+    res = []
+    for ws in (False, True, True):
+        TR.CONFIGS["bwd_dkdv"]["WS"] = ws
+        qq, kk, vv = (t.detach().requires_grad_() for t in (q, k, v))
+        TR.radial_attention_triton(qq, kk, vv, blk, BS).backward(do)
+        res.append((kk.grad, vv.grad))
+    TR.CONFIGS["bwd_dkdv"]["WS"] = keep
+    for i in (1, 2):
+        e = max(rel(res[i][0], res[0][0]), rel(res[i][1], res[0][1]))
+        ok &= e == 0.0
+        log(f"full width S={S}: WS dK/dV (call {i}) vs plain: rel {e:.2e}")
+    del q, k, v, do, res
+    for (name, H, T, F_), decay in ((SHAPES[0], 0.2), (SHAPES[3], 0.2)):
+        S = T * F_
+        blk = cached_block_mask(F_, T, block_size=BS, decay_factor=decay, device="cuda")
+        q, k, v = make_qkv(S, H)
+        do = torch.randn_like(q)
+        h0 = H // 2
+        qs, ks, vs = (t[:, :, h0:h0 + 1].detach().requires_grad_() for t in (q, k, v))
+        dos = do[:, :, h0:h0 + 1]
+        o1 = tri_fwd(qs, ks, vs, T, F_, decay)
+        o1.backward(dos)
+        ro, rdq, rdk, rdv = chunked_reference(qs.detach(), ks.detach(), vs.detach(), dos, blk, BS)
+        e = dict(out=rel(o1[0, :, 0], ro), dq=rel(qs.grad[0, :, 0], rdq), dk=rel(ks.grad[0, :, 0], rdk),
+                 dv=rel(vs.grad[0, :, 0], rdv))
+        ok &= max(e.values()) < 1e-2
+        log(f"one-head check {name} F={F_} decay={decay}: {json.dumps(e)}")
+        del q, k, v, do, qs, ks, vs, o1
+        torch.cuda.empty_cache()
+    TR.POISON_OUTPUTS = False
+    rows = []
+    for name, H, T, F_ in SHAPES:
+        S = T * F_
+        q, k, v = make_qkv(S, H, requires_grad=True)
+        do = torch.randn_like(q)
+        for decay in DECAYS:
+            f = lambda a, b, c, T=T, F_=F_, decay=decay: tri_fwd(a, b, c, T, F_, decay)  # noqa: E731
+            ms = timeit(fwd_bwd(f, q, k, v, do))
+            rows.append(dict(shape=f"{name} F={F_}", decay=decay, triton_fb_ms=ms))
+            log(f"triton f+b {name} F={F_} decay={decay}: {ms:.2f} ms")
+        del q, k, v, do
+        torch.cuda.empty_cache()
+    results["triton_fb_only"] = rows
+    return ok, rows
+
+
 # ---------------------------------------------------------------- timing
 def timing(results, budget_s):
     rows = []
@@ -370,6 +608,9 @@ def main():
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     ap.add_argument("--skip-sweep", action="store_true")
     ap.add_argument("--heaviest-first", action="store_true", help="launch heaviest tiles first (v2 order)")
+    ap.add_argument("--explore", action="store_true", help="backward/forward variant A/B only (runs 4-5)")
+    ap.add_argument("--triton-fb-only", action="store_true",
+                    help="WS dK/dV checks + Triton forward+backward times only (run 8)")
     ap.add_argument("--dense-budget-s", type=float, default=480.0,
                     help="skip dense fwd+bwd once the run has lasted this long")
     args = ap.parse_args()
@@ -386,6 +627,24 @@ def main():
     log(f"bf16 matmul 8192^3: {results['matmul_bf16_tflops']:.0f} TFLOP/s")
     del a
 
+    if args.triton_fb_only:
+        good, rows = triton_fb_only(results)
+        with open(os.path.join(args.out, "attention_results.json"), "w") as f:
+            json.dump(results, f, indent=1)
+        print(f"correctness {'PASS' if good else 'FAIL'}")
+        print(json.dumps(rows))
+        return
+    if args.explore:
+        good, tab = explore(results, args.out)
+        results["elapsed_s"] = time.time() - T0
+        with open(os.path.join(args.out, "attention_results.json"), "w") as f:
+            json.dump(results, f, indent=1)
+        print()
+        print(f"device {results['device']} torch {results['torch']} triton {results['triton']}; "
+              f"bf16 matmul {results['matmul_bf16_tflops']:.0f} TFLOP/s; explore correctness "
+              f"{'PASS' if good else 'FAIL'}; elapsed {results['elapsed_s']:.0f} s")
+        print(tab)
+        return
     if not args.skip_sweep:
         sweep(results)
     order_ab(results)

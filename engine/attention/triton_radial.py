@@ -11,7 +11,16 @@ Flash-attention-2 style. Layout ``[B, S, H, D]`` (any strides), softmax scale
 * backward: ``delta = rowsum(dO * O)`` (preprocess kernel); dK/dV: one program
   per key tile iterating over the query tiles that attend it (transposed
   lists); dQ: one program per query tile iterating over its key tiles. No
-  atomics, so the backward is deterministic.
+  atomics, so the backward is deterministic (a fused dK/dV/dQ kernel with fp32
+  atomics for dQ was measured no faster on H100 and removed, see
+  docs/kernel_notes.md v4).
+
+On Hopper (fp16/bf16, D 64 or 128, 128-token tiles, TMA-aligned strides) the
+forward and the dK/dV pass use warp-specialised variants (``_fwd_ws_kernel``,
+``_bwd_dkdv_ws_kernel``: Triton's automatic warp specialisation, one TMA
+producer warp group and two consumer warp groups, device-side tensor
+descriptors; ``CONFIGS[...]["WS"]``). Elsewhere, or with ``WS`` off, the plain
+kernels run; both compute the same values (bitwise equal on H100, runs 6 and 8).
 
 Any ``S`` works: loads and stores are masked at the tail, padded key columns
 get ``-inf``, padded query rows get ``lse=+inf`` (so they contribute nothing).
@@ -47,9 +56,14 @@ __all__ = ["radial_attention_triton", "CONFIGS", "HAS_TRITON", "triton_usable"]
 _LOG2E = 1.4426950408889634
 
 # Per pass: tile sizes (capped at the mask block size), warps, pipeline stages.
+# WS=True: use the warp-specialised kernel of that pass where _ws_ok allows (its own config below,
+# num_warps per warp group: 4 -> 12 warps in all). The dQ kernel has no WS variant (Triton 3.6's
+# WS pass fails on it).
 CONFIGS = {
-    "fwd": dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
-    "bwd_dkdv": dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=3),
+    "fwd": dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, WS=True),
+    "fwd_ws": dict(BLOCK_M=128, BLOCK_N=128, num_warps=4, num_stages=2),
+    "bwd_dkdv": dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=3, WS=True),
+    "bwd_dkdv_ws": dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=2),  # 3 stages gave wrong dK/dV (kernel_notes v7)
     "bwd_dq": dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
     "bwd_pre": dict(BLOCK_M=64, num_warps=4),
 }
@@ -184,6 +198,69 @@ if HAS_TRITON:
         tl.store(LSE + bh.to(tl.int64) * S + offs_m, lse, mask=row_ok)
 
     @triton.jit
+    def _fwd_ws_kernel(
+        Q, K, V, O, LSE,
+        row_off, row_idx, row_order,
+        sqb, sqs, sqh,
+        skb, sks, skh,
+        svb, svs, svh,
+        sob, sos, soh, sod,
+        H, S, qk_scale, ZERO,
+        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr,
+    ):
+        # Forward with Hopper warp specialisation (Triton's automatic WS, num_warps=4): a producer warp
+        # group issues the TMA loads of Q/K/V through device-side descriptors, two consumer warp groups
+        # take 64 query rows each. The WS pass accepts one plain loop only, so every tile applies the
+        # key-column mask (TMA zero-fills rows past S; the mask turns their scores into -inf).
+        pid = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // H
+        h = bh % H
+        mt = tl.load(row_order + pid)
+        start = tl.load(row_off + mt)
+        end = tl.load(row_off + mt + 1)
+        k_desc = tl.make_tensor_descriptor(K + b.to(tl.int64) * skb + h.to(tl.int64) * skh, shape=[S, HEAD_DIM],
+                                           strides=[sks, 1], block_shape=[BLOCK_N, HEAD_DIM])
+        v_desc = tl.make_tensor_descriptor(V + b.to(tl.int64) * svb + h.to(tl.int64) * svh, shape=[S, HEAD_DIM],
+                                           strides=[svs, 1], block_shape=[BLOCK_N, HEAD_DIM])
+        q_desc = tl.make_tensor_descriptor(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, shape=[S, HEAD_DIM],
+                                           strides=[sqs, 1], block_shape=[BLOCK_M, HEAD_DIM])
+        # The WS pass gives the second consumer group its 64 rows by rewriting the Q load's row coordinate
+        # (+64) in that group, and separately splits tl.arange(0, BLOCK_M). In Triton 3.6 an epilogue
+        # that reuses the same mt*BLOCK_M value therefore got +64 twice (rows 64-127 of every tile
+        # unwritten, the next tile's rows overwritten). ZERO (a runtime 0) keeps the two values apart.
+        q = q_desc.load([mt * BLOCK_M + ZERO, 0])
+        offs_m = mt * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        row_ok = offs_m < S
+        offs_n = tl.arange(0, BLOCK_N)
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
+        acc = tl.full([BLOCK_M, HEAD_DIM], 0.0, dtype=tl.float32)
+        for it in tl.range(start, end, warp_specialize=True):
+            n0 = tl.load(row_idx + it) * BLOCK_N
+            k = k_desc.load([n0, 0])
+            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+            qk = tl.where((n0 + offs_n)[None, :] < S, qk, float("-inf"))
+            m_new = tl.maximum(m_i, _row_max(qk, 1) * qk_scale)
+            p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+            l_i = l_i * alpha + _row_sum(p, 1)
+            acc = acc * alpha[:, None]
+            v = v_desc.load([n0, 0])
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+            m_i = m_new
+
+        empty = l_i == 0.0
+        l_safe = tl.where(empty, 1.0, l_i)
+        out = acc / l_safe[:, None]
+        lse = tl.where(empty, float("inf"), m_i + tl.math.log2(l_safe))
+        o_base = O + b.to(tl.int64) * sob + h.to(tl.int64) * soh
+        tl.store(o_base + offs_m[:, None] * sos + offs_d[None, :] * sod, out.to(O.dtype.element_ty),
+                 mask=row_ok[:, None])
+        tl.store(LSE + bh.to(tl.int64) * S + offs_m, lse, mask=row_ok)
+
+    @triton.jit
     def _bwd_preprocess(
         O, DO, DELTA,
         sob, sos, soh, sod,
@@ -285,6 +362,64 @@ if HAS_TRITON:
         tl.store(DV + g_off, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
 
     @triton.jit
+    def _bwd_dkdv_ws_kernel(
+        Q, K, V, DO, DK, DV, LSE, DELTA,
+        col_off, col_idx, col_order,
+        sqb, sqs, sqh,
+        skb, sks, skh,
+        svb, svs, svh,
+        sdb, sds, sdh,
+        sgb, sgs, sgh, sgd,
+        H, S, qk_scale, sm_scale, ZERO,
+        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr,
+    ):
+        # _bwd_dkdv_kernel with Hopper warp specialisation (num_warps=4): a producer group loads the
+        # Q / dO tiles through device-side TMA descriptors, two consumer groups hold 64 key rows each.
+        # Rows past S come back as zeros (TMA) with lse = +inf, so they add nothing: no masks needed.
+        pid = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // H
+        h = bh % H
+        nt = tl.load(col_order + pid)
+        start = tl.load(col_off + nt)
+        end = tl.load(col_off + nt + 1)
+        q_desc = tl.make_tensor_descriptor(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, shape=[S, HEAD_DIM],
+                                           strides=[sqs, 1], block_shape=[BLOCK_M, HEAD_DIM])
+        do_desc = tl.make_tensor_descriptor(DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh, shape=[S, HEAD_DIM],
+                                            strides=[sds, 1], block_shape=[BLOCK_M, HEAD_DIM])
+        offs_n = nt * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_m = tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        col_ok = offs_n < S
+        k_desc = tl.make_tensor_descriptor(K + b.to(tl.int64) * skb + h.to(tl.int64) * skh, shape=[S, HEAD_DIM],
+                                           strides=[sks, 1], block_shape=[BLOCK_N, HEAD_DIM])
+        v_desc = tl.make_tensor_descriptor(V + b.to(tl.int64) * svb + h.to(tl.int64) * svh, shape=[S, HEAD_DIM],
+                                           strides=[svs, 1], block_shape=[BLOCK_N, HEAD_DIM])
+        k = k_desc.load([nt * BLOCK_N + ZERO, 0])  # ZERO: see _fwd_ws_kernel
+        v = v_desc.load([nt * BLOCK_N + ZERO, 0])
+        lse_base = LSE + bh.to(tl.int64) * S
+        delta_base = DELTA + bh.to(tl.int64) * S
+        dk = tl.full([BLOCK_N, HEAD_DIM], 0.0, dtype=tl.float32)
+        dv = tl.full([BLOCK_N, HEAD_DIM], 0.0, dtype=tl.float32)
+        for it in tl.range(start, end, warp_specialize=True):
+            m0 = tl.load(col_idx + it) * BLOCK_M
+            rows = m0 + offs_m
+            q = q_desc.load([m0, 0])
+            do = do_desc.load([m0, 0])
+            lse = tl.load(lse_base + rows, mask=rows < S, other=float("inf"))
+            delta = tl.load(delta_base + rows, mask=rows < S, other=0.0)
+            qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PREC)
+            pT = tl.math.exp2(qkT * qk_scale - lse[None, :])
+            dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PREC)
+            dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+            dsT = pT * (dpT - delta[None, :])
+            dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=DOT_PREC)
+        dk = dk * sm_scale
+        g_off = b.to(tl.int64) * sgb + h.to(tl.int64) * sgh + offs_n[:, None] * sgs + offs_d[None, :] * sgd
+        tl.store(DK + g_off, dk.to(DK.dtype.element_ty), mask=col_ok[:, None])
+        tl.store(DV + g_off, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
+
+    @triton.jit
     def _dq_tile(q, do, lse, delta, dq, k_base, v_base, n0, offs_n, offs_d, sks, skd, svs, svd, S, qk_scale,
                  MASK: tl.constexpr, DOT_PREC: tl.constexpr):
         kp = k_base + n0.to(tl.int64) * sks + offs_n[:, None] * sks + offs_d[None, :] * skd
@@ -375,16 +510,20 @@ def _dot_prec(dtype: torch.dtype):
 
 
 class _Plan:
-    """Everything that depends only on the geometry: the three tile lists."""
+    """Everything that depends only on the geometry: the tile lists of each pass, built on first use."""
 
     def __init__(self, mask, block_size, seq_len, device, key):
         self.block_size = block_size
-        fm, fn = _tiles(CONFIGS["fwd"], block_size)
-        self.fwd = get_tile_lists(mask, block_size, seq_len, fm, fn, device, key)
-        km, kn = _tiles(CONFIGS["bwd_dkdv"], block_size)
-        self.dkdv = get_tile_lists(mask, block_size, seq_len, km, kn, device, key)
-        qm, qn = _tiles(CONFIGS["bwd_dq"], block_size)
-        self.dq = get_tile_lists(mask, block_size, seq_len, qm, qn, device, key)
+        self._args = (mask, block_size, seq_len, device, key)
+        self._lists = {}
+        self.fwd = self.lists("fwd")
+
+    def lists(self, pass_name: str) -> TileLists:
+        if pass_name not in self._lists:
+            mask, block_size, seq_len, device, key = self._args
+            tm, tn = _tiles(CONFIGS[pass_name], block_size)
+            self._lists[pass_name] = get_tile_lists(mask, block_size, seq_len, tm, tn, device, key)
+        return self._lists[pass_name]
 
 
 def _new(shape, dtype, device):
@@ -397,12 +536,55 @@ def _strides(t: torch.Tensor):
     return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
 
 
+def _ws_ok(tensors, split_tile: int) -> bool:
+    """The warp-specialised kernels need Hopper (or the interpreter) and TMA-compatible operands:
+    16-byte aligned bases and row strides (the last stride is 1 already)."""
+    q = tensors[0]
+    if q.dtype not in (torch.float16, torch.bfloat16) and not _interpreting():
+        return False
+    if q.shape[-1] not in (64, 128) and not _interpreting():  # the head dims compiled and measured
+        return False
+    if not _interpreting():
+        if not q.is_cuda or torch.cuda.get_device_capability(q.device)[0] != 9:
+            return False
+        if split_tile != 128:  # the WS pass splits 128 rows over two consumer groups
+            return False
+    es = q.element_size()
+    for t in tensors:
+        if t.data_ptr() % 16 or (t.stride(1) * es) % 16 or (t.stride(2) * es) % 16 or (t.stride(0) * es) % 16:
+            return False
+    return True
+
+
+def _ensure_allocator():
+    # device-side TMA descriptors need a small global scratch per program (Triton's allocator hook,
+    # a context variable: set it where it is still Triton's raising default)
+    from triton.runtime import _allocation
+
+    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
+
+
 def _fwd(q, k, v, plan: _Plan, sm_scale: float):
     B, S, H, D = q.shape
     o = _new((B, S, H, D), q.dtype, q.device)
     lse = _new((B * H, S), torch.float32, q.device)
-    tl_ = plan.fwd
     cfg = CONFIGS["fwd"]
+    if cfg.get("WS") and _ws_ok((q, k, v), _tiles(CONFIGS["fwd_ws"], plan.block_size)[0]):
+        wcfg = CONFIGS["fwd_ws"]
+        L = plan.lists("fwd_ws")
+        if q.is_cuda:
+            _ensure_allocator()
+        _fwd_ws_kernel[(L.n_q_tiles, B * H)](
+            q, k, v, o, lse,
+            L.row_offsets, L.row_indices, L.row_order,
+            *_strides(q)[:3], *_strides(k)[:3], *_strides(v)[:3], *_strides(o),
+            H, S, sm_scale * _LOG2E, 0,
+            HEAD_DIM=D, BLOCK_M=L.tile_m, BLOCK_N=L.tile_n, DOT_PREC=_dot_prec(q.dtype),
+            **_launch_kw(wcfg),
+        )
+        return o, lse
+    tl_ = plan.fwd
     grid = (tl_.n_q_tiles, B * H)
     _fwd_kernel[grid](
         q, k, v, o, lse,
@@ -431,17 +613,30 @@ def _bwd(do, q, k, v, o, lse, plan: _Plan, sm_scale: float):
     dk = _new((B, S, H, D), k.dtype, q.device)
     dv = _new((B, S, H, D), v.dtype, q.device)
     prec = _dot_prec(q.dtype)
-    L = plan.dkdv
-    _bwd_dkdv_kernel[(L.n_k_tiles, B * H)](
-        q, k, v, do, dk, dv, lse, delta,
-        L.col_offsets, L.col_indices, L.col_order,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk),
-        H, S, sm_scale * _LOG2E, sm_scale,
-        HEAD_DIM=D, BLOCK_M=L.tile_m, BLOCK_N=L.tile_n,
-        EVEN_M=(S % L.tile_m == 0), DOT_PREC=prec,
-        **_launch_kw(CONFIGS["bwd_dkdv"]),
-    )
-    L = plan.dq
+    if CONFIGS["bwd_dkdv"].get("WS") and _ws_ok((q, k, v, do), _tiles(CONFIGS["bwd_dkdv_ws"], plan.block_size)[1]):
+        L = plan.lists("bwd_dkdv_ws")
+        if q.is_cuda:
+            _ensure_allocator()
+        _bwd_dkdv_ws_kernel[(L.n_k_tiles, B * H)](
+            q, k, v, do, dk, dv, lse, delta,
+            L.col_offsets, L.col_indices, L.col_order,
+            *_strides(q)[:3], *_strides(k)[:3], *_strides(v)[:3], *_strides(do)[:3], *_strides(dk),
+            H, S, sm_scale * _LOG2E, sm_scale, 0,
+            HEAD_DIM=D, BLOCK_M=L.tile_m, BLOCK_N=L.tile_n, DOT_PREC=prec,
+            **_launch_kw(CONFIGS["bwd_dkdv_ws"]),
+        )
+    else:
+        L = plan.lists("bwd_dkdv")
+        _bwd_dkdv_kernel[(L.n_k_tiles, B * H)](
+            q, k, v, do, dk, dv, lse, delta,
+            L.col_offsets, L.col_indices, L.col_order,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk),
+            H, S, sm_scale * _LOG2E, sm_scale,
+            HEAD_DIM=D, BLOCK_M=L.tile_m, BLOCK_N=L.tile_n,
+            EVEN_M=(S % L.tile_m == 0), DOT_PREC=prec,
+            **_launch_kw(CONFIGS["bwd_dkdv"]),
+        )
+    L = plan.lists("bwd_dq")
     _bwd_dq_kernel[(L.n_q_tiles, B * H)](
         q, k, v, do, dq, lse, delta,
         L.row_offsets, L.row_indices, L.row_order,
