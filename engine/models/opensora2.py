@@ -607,9 +607,24 @@ def transformer_forward(transformer, hidden_states: torch.Tensor, timestep: torc
     if txt.shape[0] != b:
         txt, pooled = txt.expand(b, -1, -1), pooled.expand(b, -1)
     txt_ids = torch.zeros(txt.shape[1], 3, device=img.device, dtype=dtype)
-    out = official_forward(transformer, img, image_ids(t, h, w, img.device).to(dtype), txt, txt_ids,
-                           (timestep / 1000.0).to(img.device), pooled, cond)
+    with _sdpa_without_cudnn(img.device):
+        out = official_forward(transformer, img, image_ids(t, h, w, img.device).to(dtype), txt, txt_ids,
+                               (timestep / 1000.0).to(img.device), pooled, cond)
     return unpack(out, t, h, w)
+
+
+def _sdpa_without_cudnn(device: torch.device):
+    """SDPA backends other than cuDNN on CUDA. Seen on an H100 (torch 2.11, 2026-11-23,
+    bench/opensora2_gpu.py): the cuDNN attention backward hit an illegal memory access at the
+    real config (4,688 joint tokens, bf16); flash / memory-efficient attention ran it. The
+    backend of the backward is fixed at forward time, so scoping the forward is enough."""
+    import contextlib
+
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def time_shift_alpha(latent_frames: int, height: int, width: int) -> float:
