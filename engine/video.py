@@ -21,26 +21,24 @@ def to_uint8(frames) -> np.ndarray:
     return arr
 
 
-def write_mp4(frames, path: str | os.PathLike, fps: float = 16) -> Path:
-    """Write frames to an H.264 mp4 (yuv420p, plays in browsers). Written atomically.
+def _encode(frames, path: str | os.PathLike, fps: float, *, codec: str, pix_fmt_out: str,
+            output_params: list[str]) -> Path:
+    """Frames straight to ffmpeg (imageio-ffmpeg), one output frame per input frame, written atomically.
 
-    Frames go straight to ffmpeg (imageio-ffmpeg), one input frame per output frame: moviepy's
-    writer samples frames by time and drops one at rates like 24 fps (65 frames -> 64).
+    Not moviepy's writer: it samples frames by time and drops one at rates like 24 fps (65 -> 64).
     """
     import imageio_ffmpeg
 
     arr = to_uint8(frames)
-    height, width = arr.shape[1:3]
-    if height % 2 or width % 2:
-        raise InputError(f"frames are {height}x{width}; H.264 (yuv420p) needs even sizes.")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".mp4", dir=path.parent, prefix=f".{path.stem}-")
+    fd, tmp = tempfile.mkstemp(suffix=path.suffix or ".mp4", dir=path.parent, prefix=f".{path.stem}-")
     os.close(fd)
     try:
         writer = imageio_ffmpeg.write_frames(
-            tmp, (width, height), fps=float(fps), codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
-            quality=None, macro_block_size=1, ffmpeg_log_level="error", output_params=["-crf", "18"],
+            tmp, (arr.shape[2], arr.shape[1]), fps=float(fps), codec=codec, pix_fmt_in="rgb24",
+            pix_fmt_out=pix_fmt_out, quality=None, macro_block_size=1, ffmpeg_log_level="error",
+            output_params=output_params,
         )
         writer.send(None)  # start ffmpeg
         for frame in arr:
@@ -51,6 +49,23 @@ def write_mp4(frames, path: str | os.PathLike, fps: float = 16) -> Path:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def write_mp4(frames, path: str | os.PathLike, fps: float = 16) -> Path:
+    """Write frames to an H.264 mp4 (yuv420p: plays in browsers; lossy). Written atomically."""
+    height, width = to_uint8(frames).shape[1:3]
+    if height % 2 or width % 2:
+        raise InputError(f"frames are {height}x{width}; H.264 (yuv420p) needs even sizes.")
+    return _encode(frames, path, fps, codec="libx264", pix_fmt_out="yuv420p", output_params=["-crf", "18"])
+
+
+def write_lossless(frames, path: str | os.PathLike, fps: float = 16) -> Path:
+    """Write frames losslessly (H.264 in RGB, qp 0, .mkv): decoding gives back the exact pixels.
+
+    For metrics that must be recomputed later; browsers do not play it (use write_mp4 for viewing).
+    """
+    return _encode(frames, path, fps, codec="libx264rgb", pix_fmt_out="rgb24",
+                   output_params=["-qp", "0", "-preset", "veryfast"])
 
 
 def frame_stream(path: Path):

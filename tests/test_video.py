@@ -37,3 +37,11 @@ def test_side_by_side_holds_the_shorter_video_and_labels():
     assert out[0, :strip].max() > 100  # label text drawn
     with pytest.raises(InputError):
         side_by_side([a], ["one", "two"])
+
+
+def test_lossless_roundtrip_is_exact(tmp_path):
+    from engine.video import write_lossless
+
+    video = np.random.default_rng(1).integers(0, 255, (65, 24, 40, 3), dtype=np.uint8)
+    back, fps = read_mp4(write_lossless(video, tmp_path / "v.mkv", fps=24))
+    assert np.array_equal(back, video) and fps == 24

@@ -69,7 +69,7 @@ class TrainConfig:
     # hardware
     use_mixed_precision: bool = True
     use_gradient_checkpointing: bool = True
-    use_model_offload: bool = False
+    use_model_offload: bool = False  # the VAE stays on the CPU for sample videos too (encoders always leave the GPU)
     use_sage_attention: bool = False
 
     # fields that may differ between a run and its resume

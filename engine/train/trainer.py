@@ -217,7 +217,8 @@ def write_samples(pipe, schedule, val_entries: list, val: CachedClips, config: T
         schedule.training = False
     embeds = val.items[0]["prompt_embeds"].to(pipe.transformer.device, pipe.transformer.dtype)
     vae_device = pipe.vae.device
-    pipe.vae.to(pipe.transformer.device)  # the encoders were moved off the accelerator for training
+    if not config.use_model_offload:  # offload: the VAE stays on the CPU and decodes there (slower, less memory)
+        pipe.vae.to(pipe.transformer.device)  # the encoders were moved off the accelerator for training
     try:
         for name, frames in (("base", config.base_num_frames), ("extended", config.extended_num_frames)):
             if schedule is not None:

@@ -50,3 +50,11 @@ def test_tta_bad_inputs_are_clear(client, tmp_path):
         client.predict(None, "tiny-wan", 0, api_name="/tta_run")
     with pytest.raises(Exception, match="steps"):
         client.predict(None, "tiny-wan", 16, 2e-4, 0, api_name="/tta_run")
+
+
+@pytest.mark.slow
+def test_tta_tab_runs_the_open_sora_backbone(client):
+    out = client.predict(None, "tiny-opensora2", 4, 2e-4, 2, "continuation", 0, "", api_name="/tta_run")
+    raw = _wait(client, out[0])
+    assert raw["state"] == "finished", raw
+    assert raw["metrics"]["continuation"] == "v2v_head" and len(raw["loss_events"]) == 2
