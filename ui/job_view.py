@@ -31,8 +31,13 @@ def job_status_markdown(status: dict, title: str) -> str:
     return line
 
 
-def curves_frame(rows: list[dict]) -> pd.DataFrame:
-    """A long table (step, value, series) for gr.LinePlot, with explicit dtypes: an empty first
-    frame would otherwise make the plot treat values as categories."""
+def curves_frame(rows: list[dict]) -> pd.DataFrame | None:
+    """A long table (step, value, series) for gr.LinePlot, or None before the first point.
+
+    None rather than an empty table: a LinePlot that first held an empty table draws later
+    data with no colour scale (invisible lines, no legend; seen with Gradio 6.31). Explicit
+    dtypes keep the values numeric."""
+    if not rows:
+        return None
     return pd.DataFrame(rows, columns=["step", "value", "series"]).astype(
         {"step": "int64", "value": "float64", "series": "str"})

@@ -123,7 +123,8 @@ def _cli(*args):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_an_uninterrupted_run(dataset, tmp_path):
-    flags = ["train", "--preset", "tiny-wan", "--data_dir", str(dataset), "--max_steps", "9",
+    # Long enough that the kill lands mid-run even on a fast idle machine.
+    flags = ["train", "--preset", "tiny-wan", "--data_dir", str(dataset), "--max_steps", "60",
              "--checkpointing_steps", "3", "--validation_steps", "100", "--use_gradient_checkpointing", "false",
              "--quiet"]
     killed = tmp_path / "killed"
@@ -139,11 +140,11 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(dataset, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     events = [json.loads(line) for line in (killed / "events.jsonl").read_text().splitlines()]
     resume_event = next(e for e in events if e["type"] == "resume")
-    assert resume_event["step"] in (3, 6)
-    assert [e["step"] for e in events if e["type"] == "train"] == list(range(1, 10))
+    assert resume_event["step"] >= 3 and resume_event["step"] % 3 == 0
+    assert [e["step"] for e in events if e["type"] == "train"] == list(range(1, 61))
 
     whole = tmp_path / "whole"
-    status = train(_config(dataset, whole, max_steps=9, checkpointing_steps=3))
+    status = train(_config(dataset, whole, max_steps=60, checkpointing_steps=3))
     assert status["state"] == "finished"
     a = load_file(str(killed / "final" / DIFFUSERS_WEIGHT_NAME))
     b = load_file(str(whole / "final" / DIFFUSERS_WEIGHT_NAME))

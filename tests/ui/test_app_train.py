@@ -29,23 +29,14 @@ def _wait(client, run_id, predicate, timeout=300):
 
 
 @pytest.mark.slow
-def test_train_start_with_defaults_status_stop_resume_to_the_end(client):
-    out = client.predict(api_name="/train_start")  # every parameter has a default: the tiny demo
-    run_id = out[0]
-    status = _wait(client, run_id, lambda s: s.get("step", 0) >= 3)
-    assert status["state"] == "running" and status["total_steps"] == 40
-    plot = client.predict(run_id, 0.0, api_name="/train_status")[1]
-    series = {row[2] for row in plot["data"]}
-    assert {"total", "base", "extended", "consistency", "validation"} <= series
-    stopped = client.predict(run_id, 0.0, api_name="/train_stop")[-1]
-    assert stopped["state"] in ("stopping", "stopped")
-    status = _wait(client, run_id, lambda s: s["state"] in ("stopped", "failed", "finished"))
-    assert status["state"] == "stopped" and status["checkpoints"][-1] == f"step-{status['step']:06d}"
-    client.predict(run_id, 0.0, api_name="/train_resume")
+def test_train_start_with_defaults_runs_the_demo_and_compare_uses_it(client):
+    run_id = client.predict(api_name="/train_start")[0]  # every parameter has a default: the tiny demo
     status = _wait(client, run_id, lambda s: s["state"] in ("finished", "failed"), timeout=400)
-    assert status["state"] == "finished" and status["step"] == 40, status
+    assert status["state"] == "finished" and status["step"] == status["total_steps"] == 40, status
     assert status["final"] and status["samples"]["extended"].endswith("extended.mp4")
     assert [e["step"] for e in status["train_events"]] == list(range(1, 41))
+    plot = client.predict(run_id, 0.0, api_name="/train_status")[1]
+    assert {row[2] for row in plot["data"]} >= {"total", "base", "extended", "consistency", "validation"}
     runs = client.predict(api_name="/train_runs")
     assert runs[0]["run_id"] == run_id and runs[0]["state"] == "finished"
 
@@ -55,6 +46,22 @@ def test_train_start_with_defaults_status_stop_resume_to_the_end(client):
     assert read_mp4(base)[0].shape[0] == 5 and read_mp4(ext)[0].shape[0] == 9
     assert read_mp4(composed)[0].shape[0] == 9
     assert info["adapter"].endswith("final") and info["extended_seconds"] > 0
+
+
+@pytest.mark.slow
+def test_train_stop_then_resume_to_the_end(client):
+    # Long enough that the stop lands mid-run even on a fast machine (~0.05 s a step when idle).
+    run_id = client.predict(max_steps=150, validation_steps=50, checkpointing_steps=50, sample_steps=0,
+                            api_name="/train_start")[0]
+    _wait(client, run_id, lambda s: s.get("step", 0) >= 3)
+    client.predict(run_id, 0.0, api_name="/train_stop")
+    status = _wait(client, run_id, lambda s: s["state"] in ("stopped", "failed", "finished"))
+    assert status["state"] == "stopped" and status["step"] < 150, status
+    assert status["checkpoints"][-1] == f"step-{status['step']:06d}"  # stop wrote a checkpoint at its step
+    client.predict(run_id, 0.0, api_name="/train_resume")
+    status = _wait(client, run_id, lambda s: s["state"] in ("finished", "failed"), timeout=600)
+    assert status["state"] == "finished" and status["step"] == 150, status
+    assert [e["step"] for e in status["train_events"]] == list(range(1, 151))
 
 
 def test_path_escapes_and_bad_uploads_get_clear_errors(client, app_url, tmp_path):

@@ -43,9 +43,13 @@ def test_browser_starts_training_sees_losses_and_reattaches_after_reload(page, a
         "() => { const t = document.querySelector('#train-status')?.innerText || '';"
         " const m = t.match(/step (\\d+)\\/(\\d+)/); return m && Number(m[1]) >= 3; }", timeout=180_000)
     run_id = re.search(r"(\d{8}-\d{6}-[0-9a-f]{6})", _status_text(page)).group(1)
-    # The loss plot draws its lines (Vega line marks, not just axes) once loss points arrive.
+    # The loss plot draws its lines once loss points arrive: line marks with a colour, and a legend
+    # naming the series (paths alone are not enough: without a colour scale they are invisible).
     page.wait_for_function(
-        "() => document.querySelectorAll('#loss-plot .mark-line path').length > 0", timeout=60_000)
+        "() => { const lines = [...document.querySelectorAll('#loss-plot .mark-line path')];"
+        " const labels = [...document.querySelectorAll('#loss-plot .role-legend-label text')].map(t => t.textContent);"
+        " return lines.length > 0 && lines.every(p => (p.getAttribute('stroke') || 'none') !== 'none')"
+        " && labels.includes('total') && labels.includes('validation'); }", timeout=60_000)
     page.screenshot(path=str(ARTIFACTS / "train-running.png"), full_page=True)
 
     page.reload()
