@@ -21,10 +21,6 @@ def finished_adapters() -> list[tuple[str, str]]:
     return out
 
 
-def adapter_choices() -> list[tuple[str, str]]:
-    return finished_adapters()
-
-
 def resolve_adapter_ref(ref: str) -> Path | str:
     """A local LoRA folder for `ref`: 'run:<id>/<final|best_model>', a path under the data root, or a Hub id."""
     ref = (ref or "").strip()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from engine.adapters import adapter_choices, resolve_adapter_ref
+from engine.adapters import finished_adapters, resolve_adapter_ref
 from engine.compare import compare_base_extended
 from engine.presets import list_presets, load_preset
 from engine.spaces_support import generation_seconds, gpu_task
@@ -47,7 +47,7 @@ def build(default_preset: str) -> None:
             with gr.Column():
                 prompt = gr.Textbox(label="Prompt", value="a red circle moves from left to right on a dark blue background", lines=2)
                 preset = gr.Dropdown(list_presets(), value=default_preset, label="Preset")
-                adapter = gr.Dropdown(choices=adapter_choices(), value="", allow_custom_value=True,
+                adapter = gr.Dropdown(choices=finished_adapters(), value="", allow_custom_value=True,
                                       label="Adapter: a finished run, a folder under the data root, or a Hub id (user/repo)",
                                       info="empty: the base model alone at extended length")
                 with gr.Row():
@@ -70,7 +70,7 @@ def build(default_preset: str) -> None:
                 info = gr.JSON(label="Timings and settings")
         preset.change(lambda n: _defaults(n), preset, [base_frames, extended_frames, steps, decay, dense_layers,
                                                        dense_timesteps], api_name=False)
-        refresh.click(lambda: gr.Dropdown(choices=adapter_choices()), None, adapter, api_name=False)
+        refresh.click(lambda: gr.Dropdown(choices=finished_adapters()), None, adapter, api_name=False)
         button.click(run_compare, [prompt, preset, adapter, base_frames, extended_frames, steps, seed, decay,
                                    dense_layers, dense_timesteps], [composed, base_video, ext_video, info],
                      api_name="compare")

@@ -15,10 +15,6 @@ from engine.spaces_support import on_spaces
 from .errors import user_errors_as_messages
 
 
-def _runs_with_adapters() -> list[tuple[str, str]]:
-    return finished_adapters()
-
-
 @user_errors_as_messages
 def hub_push(adapter: str, repo_id: str, token: str = "", public: bool = False,
              oauth_token: gr.OAuthToken | None = None, progress=gr.Progress()):
@@ -46,7 +42,7 @@ def build() -> None:
             gr.LoginButton()
         with gr.Row():
             with gr.Column():
-                adapter = gr.Dropdown(choices=_runs_with_adapters(), value="", allow_custom_value=True,
+                adapter = gr.Dropdown(choices=finished_adapters(), value="", allow_custom_value=True,
                                       label="Adapter (a finished run, or a folder under the data root)")
                 repo_id = gr.Textbox(label="Repo id", placeholder="your-name/wan-radial-lora")
                 token = gr.Textbox(label="Token (optional: else HF_TOKEN, your login, or the sign-in button)",
@@ -63,4 +59,4 @@ def build() -> None:
         pulled = gr.JSON(label="Pulled adapter")
         push.click(hub_push, [adapter, repo_id, token, public], [result, message], api_name="hub_push")
         pull.click(hub_pull, [ref, token], pulled, api_name="hub_pull")
-        refresh.click(lambda: gr.Dropdown(choices=_runs_with_adapters()), None, adapter, api_name=False)
+        refresh.click(lambda: gr.Dropdown(choices=finished_adapters()), None, adapter, api_name=False)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gradio as gr
 
 from engine.presets import list_presets, load_preset
-from engine.train.runs import TINY_DEMO, list_runs, resume_training, start_training, stop_training, training_status
+from engine.train.runs import TINY_DEMO, active_or_newest_run, list_runs, resume_training, start_training, stop_training, training_status
 
 from .errors import user_errors_as_messages
 from .job_view import curves_frame, job_status_markdown
@@ -94,11 +94,7 @@ def train_start(preset="tiny-wan", data_source="synthetic", num_samples=4, uploa
 
 def _default_run(run_id: str | None) -> str | None:
     """An empty run id means the active run (running or queued), else the newest one."""
-    if run_id:
-        return run_id
-    runs = list_runs()
-    active = next((r for r in runs if r["state"] in ("running", "stopping", "queued")), runs[0] if runs else None)
-    return active["run_id"] if active else None
+    return run_id or active_or_newest_run("train")
 
 
 @user_errors_as_messages
@@ -107,20 +103,21 @@ def train_status(run_id="", smoothing=0.0):
     return _view(training_status(run_id) if run_id else {}, smoothing)
 
 
-@user_errors_as_messages
-def train_stop(run_id="", smoothing=0.0):
+def _act(action, verb: str, run_id: str, smoothing: float):
     run_id = _default_run(run_id)
     if not run_id:
-        raise gr.Error("There is no run to stop.")
-    return _view(stop_training(run_id), smoothing)
+        raise gr.Error(f"There is no run to {verb}.")
+    return _view(action(run_id), smoothing)
+
+
+@user_errors_as_messages
+def train_stop(run_id="", smoothing=0.0):
+    return _act(stop_training, "stop", run_id, smoothing)
 
 
 @user_errors_as_messages
 def train_resume(run_id="", smoothing=0.0):
-    run_id = _default_run(run_id)
-    if not run_id:
-        raise gr.Error("There is no run to resume.")
-    return _view(resume_training(run_id), smoothing)
+    return _act(resume_training, "resume", run_id, smoothing)
 
 
 def train_runs() -> list[dict]:

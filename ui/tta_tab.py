@@ -11,7 +11,7 @@ import pandas as pd
 
 from engine.presets import load_preset
 from engine.spaces_support import gpu_task, num_tokens, on_zero_gpu, work_seconds
-from engine.train.runs import list_runs
+from engine.train.runs import active_or_newest_run
 from engine.train.tta import continuation_presets
 from engine.train.tta_runs import start_tta, start_tta_sweep, stop_tta, tta_status
 
@@ -49,10 +49,7 @@ def _view(s: dict):
 
 
 def _latest_tta_run() -> str | None:
-    runs = list_runs("tta") + list_runs("tta-sweep")
-    runs.sort(key=lambda r: r["run_id"], reverse=True)
-    active = next((r for r in runs if r["state"] in ("running", "stopping", "queued")), runs[0] if runs else None)
-    return active["run_id"] if active else None
+    return active_or_newest_run(("tta", "tta-sweep"))
 
 
 def _gpu_seconds(video=None, preset="tiny-wan", rank=16, lr=2e-4, steps=20, *rest, **kw):

@@ -140,19 +140,27 @@ def resume_training(run_id: str) -> dict:
     return training_status(run_id)
 
 
-def list_runs(kind: str | None = "train") -> list[dict]:
-    """Past and current runs of one kind ("train", "tta", "tta-sweep"; None: all), newest first."""
+def list_runs(kind: str | tuple[str, ...] | None = "train") -> list[dict]:
+    """Past and current runs of some kinds ("train", "tta", "tta-sweep"; None: all), newest first."""
+    kinds = (kind,) if isinstance(kind, str) else kind
     pump_queue()
     rows = []
     for path in reversed(list_run_dirs()):
         if path.name.startswith("_"):
             continue
         s = job_status(path)
-        if kind is not None and s.get("kind", "train") != kind:
+        if kinds is not None and s.get("kind", "train") not in kinds:
             continue
         rows.append({"run_id": path.name, "kind": s.get("kind", "train"), "state": s.get("state"), "step": s.get("step", 0),
                      "total_steps": s.get("total_steps"), "preset": s.get("preset")})
     return rows
+
+
+def active_or_newest_run(kind: str | tuple[str, ...] | None = "train") -> str | None:
+    """The running (or queued) run of these kinds, else the newest one: what an empty run id means."""
+    runs = list_runs(kind)
+    active = next((r for r in runs if r["state"] in ("running", "stopping", "queued")), runs[0] if runs else None)
+    return active["run_id"] if active else None
 
 
 def training_status(run_id: str) -> dict:

@@ -114,7 +114,7 @@ def check_dataset(config: TrainConfig) -> list:
     return entries
 
 
-def load_clips(pipe, preset: dict, config: TrainConfig, entries: list) -> tuple[CachedClips, CachedClips, list]:
+def load_clips(pipe, preset: dict, config: TrainConfig, entries: list) -> tuple[CachedClips, CachedClips]:
     """Encode (once, cached) and split into training clips and held-out validation clips."""
     from .latent_cache import build_latent_cache, load_cached
 
@@ -130,7 +130,7 @@ def load_clips(pipe, preset: dict, config: TrainConfig, entries: list) -> tuple[
     base_lf = (config.base_num_frames - 1) // 4 + 1
     train = CachedClips([items[i] for i in order[:-n_val]], base_lf)
     val = CachedClips([items[i] for i in order[-n_val:]], base_lf)
-    return train, val, [entries[i] for i in order[-n_val:]]
+    return train, val
 
 
 def _sample_indices(config: TrainConfig, n: int, step: int, micro: int, rank: int, world: int) -> list[int]:
@@ -206,7 +206,7 @@ def validation_loss(model, schedule, clips: CachedClips, config: TrainConfig, de
 
 
 @torch.no_grad()
-def write_samples(pipe, schedule, val_entries: list, val: CachedClips, config: TrainConfig, step: int, run: RunDir) -> dict:
+def write_samples(pipe, schedule, val: CachedClips, config: TrainConfig, step: int, run: RunDir) -> dict:
     """Base (dense) and extended (radial) videos for the first held-out prompt."""
     from ..video import write_mp4
 
@@ -283,7 +283,7 @@ def _train(config: TrainConfig, run: RunDir, entries: list, resume: bool, progre
     preset = config.preset_dict()
     fam = family(preset)
     pipe = fam.load_pipeline(preset, accelerator.device)
-    train_clips, val_clips, val_entries = load_clips(pipe, preset, config, entries)
+    train_clips, val_clips = load_clips(pipe, preset, config, entries)
     free_encoders(pipe)
 
     transformer = pipe.transformer
@@ -341,7 +341,7 @@ def _train(config: TrainConfig, run: RunDir, entries: list, resume: bool, progre
                 _save_lora_atomically(transformer, run.path / "best_model")
                 event["best"] = True
             if config.sample_steps > 0:
-                event["samples"] = write_samples(pipe, schedule, val_entries, val_clips, config, at_step, run)
+                event["samples"] = write_samples(pipe, schedule, val_clips, config, at_step, run)
             run.append_event(event)
             model.train()
         accelerator.wait_for_everyone()
