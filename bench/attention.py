@@ -19,8 +19,9 @@ pairs inside computed blocks (S^2 for dense); forward+backward = 3.5x forward
 
     PYTHONUNBUFFERED=1 python bench/attention.py --out $OUT
 
-Other modes: --explore (A/B of kernel variants, runs 4-5), --triton-fb-only
-(WS dK/dV checks + Triton forward+backward times, run 8).
+Other modes: --explore (correctness + A/B timing of kernel variants, runs 4-5
+and 9), --triton-fb-only (WS backward checks + Triton forward+backward times,
+run 8).
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ BWD_CANDIDATES = [  # (dkdv, dq); run 1: 4 warps and 128x128 tiles 2.5x slower
 
 def sweep(results):
     """Tunes the plain (non-warp-specialised) kernels; the WS flags are restored afterwards."""
-    ws_flags = {key: TR.CONFIGS[key].get("WS") for key in ("fwd", "bwd_dkdv")}
+    ws_flags = {key: TR.CONFIGS[key].get("WS") for key in ("fwd", "bwd_dkdv", "bwd_dq")}
     _, H, T, F_ = SHAPES[1]
     decay = 1.0
     S = T * F_
@@ -279,7 +280,8 @@ def small_checks():
 def check(results):
     TR.POISON_OUTPUTS = True
     out = []
-    results["small_checks_ok"] = small_checks()
+    results["small_checks_ok"] = small_checks() and ws_vs_plain(results)
+    TR.POISON_OUTPUTS = True
     for name, H, T, F_ in SHAPES:
         S = T * F_
         for decay in DECAYS:
@@ -316,20 +318,24 @@ def check(results):
     return all(e["ok"] for e in out) and results["small_checks_ok"]
 
 
-# ---------------------------------------------------------------- variant exploration (run 4)
-# Run 4 also timed a fused dK/dV/dQ backward with fp32 atomics (pointer and TMA-reduce, rotated
-# order, 32x128 / 4-stage variants) and a host-TMA forward; none was faster (docs/kernel_notes.md v4).
-BWD_VARIANTS = [  # name, {CONFIGS key: overrides}
-    ("bwd plain dkdv", dict(bwd_dkdv=dict(WS=False))),
-    ("bwd dkdv-ws 64x128 s2", dict(bwd_dkdv=dict(WS=True), bwd_dkdv_ws=dict(BLOCK_M=64, num_stages=2))),
-    ("bwd dkdv-ws 64x128 s3", dict(bwd_dkdv=dict(WS=True), bwd_dkdv_ws=dict(BLOCK_M=64, num_stages=3))),
+# ---------------------------------------------------------------- variant exploration
+# Runs 4-5 explored fused dK/dV/dQ backwards with fp32 atomics, a host-TMA forward and the WS forward /
+# dK/dV kernels (docs/kernel_notes.md v4-v6). Run 9: the warp-specialised dQ kernel (v9).
+BWD_VARIANTS = [  # name, {CONFIGS key: overrides}; the first is the baseline of the table
+    ("bwd dq plain", dict(bwd_dq=dict(WS=False))),
+    ("bwd dq-ws 128x64 s2", dict(bwd_dq=dict(WS=True), bwd_dq_ws=dict(BLOCK_N=64, num_stages=2))),
+    ("bwd dq-ws 128x64 s3", dict(bwd_dq=dict(WS=True), bwd_dq_ws=dict(BLOCK_N=64, num_stages=3))),
+    ("bwd dq-ws 128x128 s2", dict(bwd_dq=dict(WS=True), bwd_dq_ws=dict(BLOCK_N=128, num_stages=2))),
 ]
-FWD_VARIANTS = [  # name, {CONFIGS key: overrides}
-    ("fwd plain s3", dict(fwd=dict(WS=False))),
-    ("fwd ws 128x128 s2", dict(fwd=dict(WS=True), fwd_ws=dict(BLOCK_N=128, num_stages=2))),
-    ("fwd ws 128x64 s3", dict(fwd=dict(WS=True), fwd_ws=dict(BLOCK_N=64, num_stages=3))),
+FWD_VARIANTS = [  # name, {CONFIGS key: overrides}; the first is the baseline
+    ("fwd default (ws 128x128 s2)", {}),
 ]
-EXPLORE_SHAPES = [SHAPES[1] + (1.0,), SHAPES[2] + (0.2,), SHAPES[0] + (0.2,), SHAPES[3] + (0.2,)]
+# Flex times of run 7 (same benchmark, same machine kind) for the projected ratios of the table.
+RUN7_FLEX_FB = {("1.3B-480p F=21", 0.2): 22.47, ("1.3B-480p F=81", 1.0): 187.25,
+                ("14B-720p F=21", 0.2): 298.74, ("14B-720p F=81", 0.2): 2067.88}
+RUN7_FLEX_F = {("1.3B-480p F=21", 0.2): 6.58, ("1.3B-480p F=81", 1.0): 53.20,
+               ("14B-720p F=21", 0.2): 86.92, ("14B-720p F=81", 0.2): 613.00}
+EXPLORE_SHAPES = [SHAPES[2] + (0.2,), SHAPES[3] + (0.2,), SHAPES[1] + (1.0,), SHAPES[0] + (0.2,)]
 _BASE_CONFIGS = json.loads(json.dumps(TR.CONFIGS))
 
 
@@ -362,13 +368,14 @@ def event_median(fn, budget_ms=1500.0, min_n=3, max_n=20):
     return times[len(times) // 2]
 
 
-def explore(results, out_dir, stop_s=240.0):
+def explore(results, out_dir, stop_s=480.0):
     """Correctness then timing of backward / forward variants (one call); table printed last."""
     TR.POISON_OUTPUTS = True
     checks = []
+    ws_ok = ws_vs_plain(results)
     # small random-mask checks for the new paths
     for name, cfg in BWD_VARIANTS[1:]:
-        for fwdv in FWD_VARIANTS[1:]:
+        for fwdv in FWD_VARIANTS:
             _set_variant(cfg, fwdv[1])
             for dtype, Dh, bs, S, H in ((torch.float16, 64, 64, 1000, 3), (torch.bfloat16, 128, 128, 777, 2)):
                 n = -(-S // bs)
@@ -388,7 +395,7 @@ def explore(results, out_dir, stop_s=240.0):
                 log(f"small check {name} / {fwdv[0]} {dtype} D={Dh} bs={bs} S={S}: max rel err {e:.2e} ok={ok}")
                 checks.append(dict(kind="small", variant=name, fwd=fwdv[0], S=S, D=Dh, err=e, ok=ok))
     # full-size one-head checks vs the chunked fp32 reference, every variant
-    for name_, H, T, F_, decay in (EXPLORE_SHAPES[2], EXPLORE_SHAPES[3]):
+    for name_, H, T, F_, decay in (EXPLORE_SHAPES[3], EXPLORE_SHAPES[1]):  # 480p-21f, 720p-81f
         S = T * F_
         blk = cached_block_mask(F_, T, block_size=BS, decay_factor=decay, device="cuda")
         q, k, v = make_qkv(S, H)
@@ -424,7 +431,7 @@ def explore(results, out_dir, stop_s=240.0):
         del q, k, v, do, sl, ro, rdq, rdk, rdv, o_base
         torch.cuda.empty_cache()
     TR.POISON_OUTPUTS = False
-    good = all(c["ok"] for c in checks)
+    good = all(c["ok"] for c in checks) and ws_ok
     log("explore correctness", "PASS" if good else "FAIL")
     results["explore_checks"] = checks
 
@@ -461,53 +468,71 @@ def explore(results, out_dir, stop_s=240.0):
         torch.cuda.empty_cache()
     results["explore_timing"] = rows
     _set_variant()
-    # table: bwd variants relative to det, and projected f+b = best fwd + bwd vs run-3 flex f+b
-    run3_flex_fb = {("1.3B-480p F=21", 0.2): 22.54, ("1.3B-480p F=81", 1.0): 186.83,
-                    ("14B-720p F=21", 0.2): 298.09, ("14B-720p F=81", 0.2): 2064.58}
-    run3_flex_f = {("1.3B-480p F=21", 0.2): 7.09, ("1.3B-480p F=81", 1.0): 54.30,
-                   ("14B-720p F=21", 0.2): 87.00, ("14B-720p F=81", 0.2): 616.71}
-    lines = ["| shape | decay | variant | ms | vs plain bwd / vs plain fwd | plain fwd + this bwd (ms) | run-3 flex f+b / that |",
+    # table: bwd variants relative to the first, and projected f+b = fwd + bwd vs run-7 flex f+b
+    lines = ["| shape | decay | variant | ms | vs first bwd / fwd | fwd + this bwd (ms) | run-7 flex f+b / that |",
              "|---|---|---|---|---|---|---|"]
-    for key in run3_flex_fb:
+    for key in RUN7_FLEX_FB:
         sub = [r for r in rows if (r["shape"], r["decay"]) == key]
         det_ms = next((r["ms"] for r in sub if r["variant"] == BWD_VARIANTS[0][0]), float("nan"))
         fptr = next((r["ms"] for r in sub if r["variant"] == FWD_VARIANTS[0][0]), float("nan"))
         for r in sub:
             if r["variant"].startswith("fwd"):
                 lines.append(f"| {key[0]} | {key[1]} | {r['variant']} | {r['ms']:.2f} | {fptr / r['ms']:.3f}x "
-                             f"| | run-3 flex fwd / this: {run3_flex_f[key] / r['ms']:.2f}x |")
+                             f"| | run-7 flex fwd / this: {RUN7_FLEX_F[key] / r['ms']:.2f}x |")
             else:
                 fb = fptr + r["ms"]
                 lines.append(f"| {key[0]} | {key[1]} | {r['variant']} | {r['ms']:.2f} | {det_ms / r['ms']:.3f}x "
-                             f"| {fb:.2f} | {run3_flex_fb[key] / fb:.2f}x |")
+                             f"| {fb:.2f} | {RUN7_FLEX_FB[key] / fb:.2f}x |")
     tab = "\n".join(lines)
     with open(os.path.join(out_dir, "explore_table.md"), "w") as f:
         f.write(tab + "\n")
     return good, tab
 
 
-def triton_fb_only(results):
-    """Run 8: WS vs plain dK/dV on full-width tensors (twice: a race shows), one-head checks against the
-    fp32 reference, then Triton forward+backward times only (the baselines come from a full run)."""
+def ws_vs_plain(results):
+    """Each warp-specialised backward pass against its plain kernel on full-width tensors, WS called twice
+    (a pipeline race shows as a difference between calls, run 7): radial 480p-21f, and random masks at odd
+    lengths (S % 4 != 0 exercises the padded LSE rows the WS dQ kernel reads through TMA)."""
     TR.POISON_OUTPUTS = True
     ok = True
-    S, H, T, F_ = SHAPES[0][2] * SHAPES[0][3], SHAPES[0][1], SHAPES[0][2], SHAPES[0][3]
-    blk = cached_block_mask(F_, T, block_size=BS, decay_factor=0.2, device="cuda")
-    q, k, v = make_qkv(S, H)
-    do = torch.randn_like(q)
-    keep = TR.CONFIGS["bwd_dkdv"].get("WS")
-    res = []
-    for ws in (False, True, True):
-        TR.CONFIGS["bwd_dkdv"]["WS"] = ws
-        qq, kk, vv = (t.detach().requires_grad_() for t in (q, k, v))
-        TR.radial_attention_triton(qq, kk, vv, blk, BS).backward(do)
-        res.append((kk.grad, vv.grad))
-    TR.CONFIGS["bwd_dkdv"]["WS"] = keep
-    for i in (1, 2):
-        e = max(rel(res[i][0], res[0][0]), rel(res[i][1], res[0][1]))
-        ok &= e == 0.0
-        log(f"full width S={S}: WS dK/dV (call {i}) vs plain: rel {e:.2e}")
-    del q, k, v, do, res
+    cases = [("radial 480p-21f", torch.bfloat16, D, BS, SHAPES[0][2] * SHAPES[0][3], SHAPES[0][1]),
+             ("random", torch.float16, 64, 64, 1001, 3), ("random", torch.bfloat16, 128, 128, 2049, 2)]
+    rows = []
+    for label, dtype, Dh, bs, S, H in cases:
+        if label.startswith("radial"):
+            blk = cached_block_mask(SHAPES[0][3], SHAPES[0][2], block_size=BS, decay_factor=0.2, device="cuda")
+        else:
+            n = -(-S // bs)
+            blk = torch.rand(n, n, device="cuda") < 0.4
+            blk.fill_diagonal_(True)
+        q, k, v = (torch.randn(1, S, H, Dh, device="cuda", dtype=dtype) for _ in range(3))
+        do = torch.randn_like(q)
+        for key, grads in (("bwd_dkdv", (1, 2)), ("bwd_dq", (0,))):
+            keep = TR.CONFIGS[key].get("WS")
+            res = []
+            for ws in (False, True, True):
+                TR.CONFIGS[key]["WS"] = ws
+                qq, kk, vv = (t.detach().requires_grad_() for t in (q, k, v))
+                TR.radial_attention_triton(qq, kk, vv, blk, bs).backward(do)
+                res.append([(qq.grad, kk.grad, vv.grad)[i] for i in grads])
+            TR.CONFIGS[key]["WS"] = keep
+            for call in (1, 2):
+                e = max(rel(a, b) for a, b in zip(res[call], res[0]))
+                same = all(torch.equal(a, b) for a, b in zip(res[call], res[0]))
+                ok &= e < 1e-2
+                rows.append(dict(case=label, S=S, D=Dh, dtype=str(dtype), pass_=key, call=call, rel=e, bitwise=same))
+                log(f"WS vs plain {key} {label} S={S} D={Dh} {dtype} (call {call}): rel {e:.2e} bitwise {same}")
+        del q, k, v, do
+    TR.POISON_OUTPUTS = False
+    results["ws_vs_plain"] = rows
+    return ok
+
+
+def triton_fb_only(results):
+    """Run 8: WS vs plain backward kernels, one-head checks against the fp32 reference, then Triton
+    forward+backward times only (the baselines come from a full run)."""
+    ok = ws_vs_plain(results)
+    TR.POISON_OUTPUTS = True
     for (name, H, T, F_), decay in ((SHAPES[0], 0.2), (SHAPES[3], 0.2)):
         S = T * F_
         blk = cached_block_mask(F_, T, block_size=BS, decay_factor=decay, device="cuda")
@@ -543,7 +568,7 @@ def triton_fb_only(results):
 
 
 # ---------------------------------------------------------------- timing
-def timing(results, budget_s):
+def timing(results, budget_s, no_flash_fb=False):
     rows = []
     dense_done = {}
     for name, H, T, F_ in SHAPES:
@@ -569,11 +594,11 @@ def timing(results, budget_s):
                     f = lambda a, b, c, w=which: dense(a, b, c, w)  # noqa: E731
                     with torch.no_grad():
                         dd[f"{which}_fwd_ms"] = timeit(lambda: f(q, k, v))
-                    if time.time() - T0 < budget_s and not (which == "flash" and S > 200_000):
+                    if time.time() - T0 < budget_s and not (which == "flash" and (S > 200_000 or no_flash_fb)):
                         dd[f"{which}_fb_ms"] = timeit(fwd_bwd(f, q, k, v, do.transpose(1, 2)))
                     else:
                         dd[f"{which}_fb_ms"] = float("nan")
-                        log(f"skip dense {which} fwd+bwd at S={S}: time budget (flash skipped above 200k tokens)")
+                        log(f"skip dense {which} fwd+bwd at S={S}: time budget, --no-flash-fb, or flash above 200k tokens")
                     dd[f"{which}_fwd_tflops"] = dense_fl / dd[f"{which}_fwd_ms"] / 1e9
                     dd[f"{which}_fb_tflops"] = 3.5 * dense_fl / dd[f"{which}_fb_ms"] / 1e9
                 dense_done[S] = dd
@@ -611,6 +636,8 @@ def main():
     ap.add_argument("--explore", action="store_true", help="backward/forward variant A/B only (runs 4-5)")
     ap.add_argument("--triton-fb-only", action="store_true",
                     help="WS dK/dV checks + Triton forward+backward times only (run 8)")
+    ap.add_argument("--no-flash-fb", action="store_true",
+                    help="skip SDPA flash forward+backward (not in the table; saves minutes)")
     ap.add_argument("--dense-budget-s", type=float, default=480.0,
                     help="skip dense fwd+bwd once the run has lasted this long")
     args = ap.parse_args()
@@ -650,7 +677,7 @@ def main():
     order_ab(results)
     good = check(results)
     log("correctness", "PASS" if good else "FAIL")
-    rows = timing(results, args.dense_budget_s)
+    rows = timing(results, args.dense_budget_s, args.no_flash_fb)
     results["elapsed_s"] = time.time() - T0
     with open(os.path.join(args.out, "attention_results.json"), "w") as f:
         json.dump(results, f, indent=1)

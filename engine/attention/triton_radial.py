@@ -16,8 +16,8 @@ Flash-attention-2 style. Layout ``[B, S, H, D]`` (any strides), softmax scale
   docs/kernel_notes.md v4).
 
 On Hopper (fp16/bf16, D 64 or 128, 128-token tiles, TMA-aligned strides) the
-forward and the dK/dV pass use warp-specialised variants (``_fwd_ws_kernel``,
-``_bwd_dkdv_ws_kernel``: Triton's automatic warp specialisation, one TMA
+forward and both backward passes use warp-specialised variants (``_fwd_ws_kernel``,
+``_bwd_dkdv_ws_kernel``, ``_bwd_dq_ws_kernel``: Triton's automatic warp specialisation, one TMA
 producer warp group and two consumer warp groups, device-side tensor
 descriptors; ``CONFIGS[...]["WS"]``). Elsewhere, or with ``WS`` off, the plain
 kernels run; both compute the same values (bitwise equal on H100, runs 6 and 8).
@@ -57,14 +57,14 @@ _LOG2E = 1.4426950408889634
 
 # Per pass: tile sizes (capped at the mask block size), warps, pipeline stages.
 # WS=True: use the warp-specialised kernel of that pass where _ws_ok allows (its own config below,
-# num_warps per warp group: 4 -> 12 warps in all). The dQ kernel has no WS variant (Triton 3.6's
-# WS pass fails on it).
+# num_warps per warp group: 4 -> 12 warps in all).
 CONFIGS = {
     "fwd": dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, WS=True),
     "fwd_ws": dict(BLOCK_M=128, BLOCK_N=128, num_warps=4, num_stages=2),
     "bwd_dkdv": dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=3, WS=True),
     "bwd_dkdv_ws": dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=2),  # 3 stages gave wrong dK/dV (kernel_notes v7)
-    "bwd_dq": dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
+    "bwd_dq": dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, WS=True),
+    "bwd_dq_ws": dict(BLOCK_M=128, BLOCK_N=128, num_warps=4, num_stages=2),  # run 9: >= 128x64 s2/s3
     "bwd_pre": dict(BLOCK_M=64, num_warps=4),
 }
 # Tests/bench set this to allocate outputs filled with NaN (proves every element is written).
@@ -150,7 +150,7 @@ if HAS_TRITON:
         skb, sks, skh, skd,
         svb, svs, svh, svd,
         sob, sos, soh, sod,
-        H, S, qk_scale,
+        H, S, SL, qk_scale,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         EVEN_N: tl.constexpr, DOT_PREC: tl.constexpr,
     ):
@@ -195,7 +195,7 @@ if HAS_TRITON:
         o_base = O + b.to(tl.int64) * sob + h.to(tl.int64) * soh
         tl.store(o_base + offs_m[:, None] * sos + offs_d[None, :] * sod, out.to(O.dtype.element_ty),
                  mask=row_ok[:, None])
-        tl.store(LSE + bh.to(tl.int64) * S + offs_m, lse, mask=row_ok)
+        tl.store(LSE + bh.to(tl.int64) * SL + offs_m, lse, mask=row_ok)
 
     @triton.jit
     def _fwd_ws_kernel(
@@ -205,7 +205,7 @@ if HAS_TRITON:
         skb, sks, skh,
         svb, svs, svh,
         sob, sos, soh, sod,
-        H, S, qk_scale, ZERO,
+        H, S, SL, qk_scale, ZERO,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr,
     ):
         # Forward with Hopper warp specialisation (Triton's automatic WS, num_warps=4): a producer warp
@@ -258,14 +258,14 @@ if HAS_TRITON:
         o_base = O + b.to(tl.int64) * sob + h.to(tl.int64) * soh
         tl.store(o_base + offs_m[:, None] * sos + offs_d[None, :] * sod, out.to(O.dtype.element_ty),
                  mask=row_ok[:, None])
-        tl.store(LSE + bh.to(tl.int64) * S + offs_m, lse, mask=row_ok)
+        tl.store(LSE + bh.to(tl.int64) * SL + offs_m, lse, mask=row_ok)
 
     @triton.jit
     def _bwd_preprocess(
         O, DO, DELTA,
         sob, sos, soh, sod,
         sdb, sds, sdh, sdd,
-        H, S,
+        H, S, SL,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
     ):
         pid = tl.program_id(0)
@@ -279,7 +279,7 @@ if HAS_TRITON:
                     mask=ok[:, None], other=0.0).to(tl.float32)
         do = tl.load(DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh + offs_m[:, None] * sds
                      + offs_d[None, :] * sdd, mask=ok[:, None], other=0.0).to(tl.float32)
-        tl.store(DELTA + bh.to(tl.int64) * S + offs_m, _row_sum(o * do, 1), mask=ok)
+        tl.store(DELTA + bh.to(tl.int64) * SL + offs_m, _row_sum(o * do, 1), mask=ok)
 
     @triton.jit
     def _dkdv_tile(k, v, dk, dv, q_base, do_base, lse_base, delta_base, m0, offs_m, offs_d, sqs, sqd, sds, sdd,
@@ -317,7 +317,7 @@ if HAS_TRITON:
         svb, svs, svh, svd,
         sdb, sds, sdh, sdd,
         sgb, sgs, sgh, sgd,  # dK and dV share one layout
-        H, S, qk_scale, sm_scale,
+        H, S, SL, qk_scale, sm_scale,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         EVEN_M: tl.constexpr, DOT_PREC: tl.constexpr,
     ):
@@ -341,8 +341,8 @@ if HAS_TRITON:
                     mask=col_ok[:, None], other=0.0)
         v = tl.load(V + b.to(tl.int64) * svb + h.to(tl.int64) * svh + offs_n[:, None] * svs + offs_d[None, :] * svd,
                     mask=col_ok[:, None], other=0.0)
-        lse_base = LSE + bh.to(tl.int64) * S
-        delta_base = DELTA + bh.to(tl.int64) * S
+        lse_base = LSE + bh.to(tl.int64) * SL
+        delta_base = DELTA + bh.to(tl.int64) * SL
 
         dk = tl.full([BLOCK_N, HEAD_DIM], 0.0, dtype=tl.float32)
         dv = tl.full([BLOCK_N, HEAD_DIM], 0.0, dtype=tl.float32)
@@ -370,7 +370,7 @@ if HAS_TRITON:
         svb, svs, svh,
         sdb, sds, sdh,
         sgb, sgs, sgh, sgd,
-        H, S, qk_scale, sm_scale, ZERO,
+        H, S, SL, qk_scale, sm_scale, ZERO,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr,
     ):
         # _bwd_dkdv_kernel with Hopper warp specialisation (num_warps=4): a producer group loads the
@@ -397,8 +397,8 @@ if HAS_TRITON:
                                            strides=[svs, 1], block_shape=[BLOCK_N, HEAD_DIM])
         k = k_desc.load([nt * BLOCK_N + ZERO, 0])  # ZERO: see _fwd_ws_kernel
         v = v_desc.load([nt * BLOCK_N + ZERO, 0])
-        lse_base = LSE + bh.to(tl.int64) * S
-        delta_base = DELTA + bh.to(tl.int64) * S
+        lse_base = LSE + bh.to(tl.int64) * SL
+        delta_base = DELTA + bh.to(tl.int64) * SL
         dk = tl.full([BLOCK_N, HEAD_DIM], 0.0, dtype=tl.float32)
         dv = tl.full([BLOCK_N, HEAD_DIM], 0.0, dtype=tl.float32)
         for it in tl.range(start, end, warp_specialize=True):
@@ -449,7 +449,7 @@ if HAS_TRITON:
         svb, svs, svh, svd,
         sdb, sds, sdh, sdd,
         sgb, sgs, sgh, sgd,
-        H, S, qk_scale, sm_scale,
+        H, S, SL, qk_scale, sm_scale,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         EVEN_N: tl.constexpr, DOT_PREC: tl.constexpr,
     ):
@@ -471,8 +471,8 @@ if HAS_TRITON:
                     mask=row_ok[:, None], other=0.0)
         do = tl.load(DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh + offs_m[:, None] * sds
                      + offs_d[None, :] * sdd, mask=row_ok[:, None], other=0.0)
-        lse = tl.load(LSE + bh.to(tl.int64) * S + offs_m, mask=row_ok, other=float("inf"))
-        delta = tl.load(DELTA + bh.to(tl.int64) * S + offs_m, mask=row_ok, other=0.0)
+        lse = tl.load(LSE + bh.to(tl.int64) * SL + offs_m, mask=row_ok, other=float("inf"))
+        delta = tl.load(DELTA + bh.to(tl.int64) * SL + offs_m, mask=row_ok, other=0.0)
         k_base = K + b.to(tl.int64) * skb + h.to(tl.int64) * skh
         v_base = V + b.to(tl.int64) * svb + h.to(tl.int64) * svh
 
@@ -487,6 +487,64 @@ if HAS_TRITON:
                 dq = _dq_tile(q, do, lse, delta, dq, k_base, v_base, n0, offs_n, offs_d, sks, skd, svs, svd, S,
                               qk_scale, True, DOT_PREC)
 
+        dq = dq * sm_scale
+        tl.store(DQ + b.to(tl.int64) * sgb + h.to(tl.int64) * sgh + offs_m[:, None] * sgs + offs_d[None, :] * sgd,
+                 dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
+
+    @triton.jit
+    def _bwd_dq_ws_kernel(
+        Q, K, V, DO, DQ, LSE, DELTA,
+        row_off, row_idx, row_order,
+        sqb, sqs, sqh,
+        skb, sks, skh,
+        svb, svs, svh,
+        sdb, sds, sdh,
+        sgb, sgs, sgh, sgd,
+        H, S, SL, qk_scale, sm_scale, ZERO,
+        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr,
+    ):
+        # _bwd_dq_kernel with Hopper warp specialisation (num_warps=4): a producer group loads K / V
+        # tiles through device-side TMA descriptors, two consumer groups hold 64 query rows each.
+        # No column mask: TMA zero-fills key rows past S, so their dS columns multiply zero K rows.
+        pid = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // H
+        h = bh % H
+        mt = tl.load(row_order + pid)
+        start = tl.load(row_off + mt)
+        end = tl.load(row_off + mt + 1)
+        q_desc = tl.make_tensor_descriptor(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, shape=[S, HEAD_DIM],
+                                           strides=[sqs, 1], block_shape=[BLOCK_M, HEAD_DIM])
+        do_desc = tl.make_tensor_descriptor(DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh, shape=[S, HEAD_DIM],
+                                            strides=[sds, 1], block_shape=[BLOCK_M, HEAD_DIM])
+        k_desc = tl.make_tensor_descriptor(K + b.to(tl.int64) * skb + h.to(tl.int64) * skh, shape=[S, HEAD_DIM],
+                                           strides=[sks, 1], block_shape=[BLOCK_N, HEAD_DIM])
+        v_desc = tl.make_tensor_descriptor(V + b.to(tl.int64) * svb + h.to(tl.int64) * svh, shape=[S, HEAD_DIM],
+                                           strides=[svs, 1], block_shape=[BLOCK_N, HEAD_DIM])
+        q = q_desc.load([mt * BLOCK_M + ZERO, 0])  # ZERO: see _fwd_ws_kernel
+        do = do_desc.load([mt * BLOCK_M + ZERO, 0])
+        offs_m = mt * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        row_ok = offs_m < S
+        # lse / delta through 1-D descriptors too: Triton 3.6's WS pass asserts (WSLowerToken) on pointer
+        # loads of them, before or inside the loop. Their rows start 16-byte aligned (SL, _lse_stride).
+        # Rows past S read as 0 (TMA zero fill); their Q and dO rows are 0 too, and they are not stored.
+        lse_desc = tl.make_tensor_descriptor(LSE + bh.to(tl.int64) * SL, shape=[S], strides=[1],
+                                             block_shape=[BLOCK_M])
+        delta_desc = tl.make_tensor_descriptor(DELTA + bh.to(tl.int64) * SL, shape=[S], strides=[1],
+                                               block_shape=[BLOCK_M])
+        lse = lse_desc.load([mt * BLOCK_M + ZERO])
+        delta = delta_desc.load([mt * BLOCK_M + ZERO])
+        dq = tl.full([BLOCK_M, HEAD_DIM], 0.0, dtype=tl.float32)
+        for it in tl.range(start, end, warp_specialize=True):
+            n0 = tl.load(row_idx + it) * BLOCK_N
+            k = k_desc.load([n0, 0])
+            v = v_desc.load([n0, 0])
+            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+            p = tl.math.exp2(qk * qk_scale - lse[:, None])
+            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+            ds = p * (dp - delta[:, None])
+            dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PREC)
         dq = dq * sm_scale
         tl.store(DQ + b.to(tl.int64) * sgb + h.to(tl.int64) * sgh + offs_m[:, None] * sgs + offs_d[None, :] * sgd,
                  dq.to(DQ.dtype.element_ty), mask=row_ok[:, None])
@@ -556,6 +614,12 @@ def _ws_ok(tensors, split_tile: int) -> bool:
     return True
 
 
+def _lse_stride(S: int) -> int:
+    # LSE / delta rows start 16-byte aligned (S rounded up to 4 floats): the WS dQ kernel reads them
+    # through 1-D TMA descriptors. The padding columns are never read or written.
+    return -(-S // 4) * 4
+
+
 def _ensure_allocator():
     # device-side TMA descriptors need a small global scratch per program (Triton's allocator hook,
     # a context variable: set it where it is still Triton's raising default)
@@ -568,7 +632,8 @@ def _ensure_allocator():
 def _fwd(q, k, v, plan: _Plan, sm_scale: float):
     B, S, H, D = q.shape
     o = _new((B, S, H, D), q.dtype, q.device)
-    lse = _new((B * H, S), torch.float32, q.device)
+    SL = _lse_stride(S)
+    lse = _new((B * H, SL), torch.float32, q.device)
     cfg = CONFIGS["fwd"]
     if cfg.get("WS") and _ws_ok((q, k, v), _tiles(CONFIGS["fwd_ws"], plan.block_size)[0]):
         wcfg = CONFIGS["fwd_ws"]
@@ -579,7 +644,7 @@ def _fwd(q, k, v, plan: _Plan, sm_scale: float):
             q, k, v, o, lse,
             L.row_offsets, L.row_indices, L.row_order,
             *_strides(q)[:3], *_strides(k)[:3], *_strides(v)[:3], *_strides(o),
-            H, S, sm_scale * _LOG2E, 0,
+            H, S, SL, sm_scale * _LOG2E, 0,
             HEAD_DIM=D, BLOCK_M=L.tile_m, BLOCK_N=L.tile_n, DOT_PREC=_dot_prec(q.dtype),
             **_launch_kw(wcfg),
         )
@@ -590,7 +655,7 @@ def _fwd(q, k, v, plan: _Plan, sm_scale: float):
         q, k, v, o, lse,
         tl_.row_offsets, tl_.row_indices, tl_.row_order,
         *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-        H, S, sm_scale * _LOG2E,
+        H, S, SL, sm_scale * _LOG2E,
         HEAD_DIM=D, BLOCK_M=tl_.tile_m, BLOCK_N=tl_.tile_n,
         EVEN_N=(S % tl_.tile_n == 0), DOT_PREC=_dot_prec(q.dtype),
         **_launch_kw(cfg),
@@ -602,11 +667,12 @@ def _bwd(do, q, k, v, o, lse, plan: _Plan, sm_scale: float):
     B, S, H, D = q.shape
     if do.stride(-1) != 1:
         do = do.contiguous()
-    delta = _new((B * H, S), torch.float32, q.device)
+    SL = lse.shape[1]
+    delta = _new((B * H, SL), torch.float32, q.device)
     pre = CONFIGS["bwd_pre"]
     pre_bm = pre["BLOCK_M"]
     _bwd_preprocess[(triton.cdiv(S, pre_bm), B * H)](
-        o, do, delta, *_strides(o), *_strides(do), H, S,
+        o, do, delta, *_strides(o), *_strides(do), H, S, SL,
         HEAD_DIM=D, BLOCK_M=pre_bm, num_warps=pre["num_warps"],
     )
     dq = _new((B, S, H, D), q.dtype, q.device)
@@ -621,7 +687,7 @@ def _bwd(do, q, k, v, o, lse, plan: _Plan, sm_scale: float):
             q, k, v, do, dk, dv, lse, delta,
             L.col_offsets, L.col_indices, L.col_order,
             *_strides(q)[:3], *_strides(k)[:3], *_strides(v)[:3], *_strides(do)[:3], *_strides(dk),
-            H, S, sm_scale * _LOG2E, sm_scale, 0,
+            H, S, SL, sm_scale * _LOG2E, sm_scale, 0,
             HEAD_DIM=D, BLOCK_M=L.tile_m, BLOCK_N=L.tile_n, DOT_PREC=prec,
             **_launch_kw(CONFIGS["bwd_dkdv_ws"]),
         )
@@ -631,17 +697,30 @@ def _bwd(do, q, k, v, o, lse, plan: _Plan, sm_scale: float):
             q, k, v, do, dk, dv, lse, delta,
             L.col_offsets, L.col_indices, L.col_order,
             *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk),
-            H, S, sm_scale * _LOG2E, sm_scale,
+            H, S, SL, sm_scale * _LOG2E, sm_scale,
             HEAD_DIM=D, BLOCK_M=L.tile_m, BLOCK_N=L.tile_n,
             EVEN_M=(S % L.tile_m == 0), DOT_PREC=prec,
             **_launch_kw(CONFIGS["bwd_dkdv"]),
         )
+    if CONFIGS["bwd_dq"].get("WS") and _ws_ok((q, k, v, do), _tiles(CONFIGS["bwd_dq_ws"], plan.block_size)[0]):
+        L = plan.lists("bwd_dq_ws")
+        if q.is_cuda:
+            _ensure_allocator()
+        _bwd_dq_ws_kernel[(L.n_q_tiles, B * H)](
+            q, k, v, do, dq, lse, delta,
+            L.row_offsets, L.row_indices, L.row_order,
+            *_strides(q)[:3], *_strides(k)[:3], *_strides(v)[:3], *_strides(do)[:3], *_strides(dq),
+            H, S, SL, sm_scale * _LOG2E, sm_scale, 0,
+            HEAD_DIM=D, BLOCK_M=L.tile_m, BLOCK_N=L.tile_n, DOT_PREC=prec,
+            **_launch_kw(CONFIGS["bwd_dq_ws"]),
+        )
+        return dq, dk, dv
     L = plan.lists("bwd_dq")
     _bwd_dq_kernel[(L.n_q_tiles, B * H)](
         q, k, v, do, dq, lse, delta,
         L.row_offsets, L.row_indices, L.row_order,
         *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq),
-        H, S, sm_scale * _LOG2E, sm_scale,
+        H, S, SL, sm_scale * _LOG2E, sm_scale,
         HEAD_DIM=D, BLOCK_M=L.tile_m, BLOCK_N=L.tile_n,
         EVEN_N=(S % L.tile_n == 0), DOT_PREC=prec,
         **_launch_kw(CONFIGS["bwd_dq"]),

@@ -65,17 +65,18 @@ def assert_close(got, want, rtol=1e-4, name=""):
 
 @pytest.fixture(params=[False, True], ids=["plain", "ws"])
 def ws(request, monkeypatch):
-    # plain kernels, or the warp-specialised forward / dK/dV kernels (which the interpreter runs as
-    # ordinary loops: this checks their indexing, descriptors and the masking of rows past S)
-    for key in ("fwd", "bwd_dkdv"):
+    # plain kernels, or the warp-specialised forward / dK/dV / dQ kernels (which the interpreter runs
+    # as ordinary loops: this checks their indexing, descriptors and the handling of rows past S)
+    for key in ("fwd", "bwd_dkdv", "bwd_dq"):
         monkeypatch.setitem(TR.CONFIGS, key, dict(TR.CONFIGS[key], WS=request.param))
     used = []
-    for name in ("_fwd_ws_kernel", "_bwd_dkdv_ws_kernel"):
+    ws_kernels = {"_fwd_ws_kernel", "_bwd_dkdv_ws_kernel", "_bwd_dq_ws_kernel"}
+    for name in ws_kernels:
         kern = getattr(TR, name)
         monkeypatch.setattr(TR, name, type("Spy", (), {"__getitem__": lambda self, g, k=kern, n=name: (
             used.append(n), k[g])[1]})())
     yield request.param
-    assert (set(used) == {"_fwd_ws_kernel", "_bwd_dkdv_ws_kernel"}) == request.param
+    assert (set(used) == ws_kernels) == request.param
 
 
 def check(B, S, H, D, bs, p, seed, dtype=torch.float32, rtol=1e-4, blk=None):
