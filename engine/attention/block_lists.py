@@ -47,6 +47,10 @@ class TileLists:
     row_offsets: torch.Tensor  # int32 [n_q_tiles + 1]
     row_indices: torch.Tensor  # int32 [nnz] key tiles
     row_order: torch.Tensor  # int32 [n_q_tiles] launch order of the query tiles
+    # row_order split by whether the query tile's list holds the partial last key tile (S % tile_n != 0):
+    # kernels that mask key columns on every tile can skip the mask on the first set.
+    row_order_no_tail: torch.Tensor  # int32
+    row_order_tail: torch.Tensor  # int32
     col_offsets: torch.Tensor  # int32 [n_k_tiles + 1]
     col_indices: torch.Tensor  # int32 [nnz] query tiles
     col_order: torch.Tensor  # int32 [n_k_tiles] launch order of the key tiles
@@ -98,6 +102,10 @@ def build_tile_lists(
     tmask = mask[qb][:, kb]  # (n_q, n_k)
     r_off, r_idx, r_ord = _csr(tmask)
     c_off, c_idx, c_ord = _csr(tmask.t())
+    if seq_len % tile_n:
+        has_tail = tmask[:, n_k - 1][r_ord.long()]
+    else:
+        has_tail = torch.zeros(n_q, dtype=torch.bool)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     to = lambda t: t.to(dev)  # noqa: E731
     return TileLists(
@@ -109,6 +117,8 @@ def build_tile_lists(
         row_offsets=to(r_off),
         row_indices=to(r_idx),
         row_order=to(r_ord),
+        row_order_no_tail=to(r_ord[~has_tail]),
+        row_order_tail=to(r_ord[has_tail]),
         col_offsets=to(c_off),
         col_indices=to(c_idx),
         col_order=to(c_ord),

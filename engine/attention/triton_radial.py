@@ -60,7 +60,7 @@ _LOG2E = 1.4426950408889634
 # num_warps per warp group: 4 -> 12 warps in all).
 CONFIGS = {
     "fwd": dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, WS=True),
-    "fwd_ws": dict(BLOCK_M=128, BLOCK_N=128, num_warps=4, num_stages=2),
+    "fwd_ws": dict(BLOCK_M=128, BLOCK_N=128, num_warps=4, num_stages=2, TAIL_SPLIT=True),
     "bwd_dkdv": dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=3, WS=True),
     "bwd_dkdv_ws": dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=2),  # 3 stages gave wrong dK/dV (kernel_notes v7)
     "bwd_dq": dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, WS=True),
@@ -207,11 +207,14 @@ if HAS_TRITON:
         sob, sos, soh, sod,
         H, S, SL, qk_scale, ZERO,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr,
+        MASK_COLS: tl.constexpr,
     ):
         # Forward with Hopper warp specialisation (Triton's automatic WS, num_warps=4): a producer warp
         # group issues the TMA loads of Q/K/V through device-side descriptors, two consumer warp groups
-        # take 64 query rows each. The WS pass accepts one plain loop only, so every tile applies the
-        # key-column mask (TMA zero-fills rows past S; the mask turns their scores into -inf).
+        # take 64 query rows each. The WS pass accepts one plain loop only (no tail split inside the
+        # kernel), so the host launches query tiles whose list holds the partial last key tile apart,
+        # with MASK_COLS: every tile then masks its key columns (TMA zero-fills rows past S, the mask
+        # turns their scores into -inf). The other query tiles run without any mask.
         pid = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
@@ -241,7 +244,8 @@ if HAS_TRITON:
             n0 = tl.load(row_idx + it) * BLOCK_N
             k = k_desc.load([n0, 0])
             qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
-            qk = tl.where((n0 + offs_n)[None, :] < S, qk, float("-inf"))
+            if MASK_COLS:
+                qk = tl.where((n0 + offs_n)[None, :] < S, qk, float("-inf"))
             m_new = tl.maximum(m_i, _row_max(qk, 1) * qk_scale)
             p = tl.math.exp2(qk * qk_scale - m_new[:, None])
             alpha = tl.math.exp2(m_i - m_new)
@@ -640,14 +644,21 @@ def _fwd(q, k, v, plan: _Plan, sm_scale: float):
         L = plan.lists("fwd_ws")
         if q.is_cuda:
             _ensure_allocator()
-        _fwd_ws_kernel[(L.n_q_tiles, B * H)](
-            q, k, v, o, lse,
-            L.row_offsets, L.row_indices, L.row_order,
-            *_strides(q)[:3], *_strides(k)[:3], *_strides(v)[:3], *_strides(o),
-            H, S, SL, sm_scale * _LOG2E, 0,
-            HEAD_DIM=D, BLOCK_M=L.tile_m, BLOCK_N=L.tile_n, DOT_PREC=_dot_prec(q.dtype),
-            **_launch_kw(wcfg),
-        )
+        if wcfg.get("TAIL_SPLIT", True):
+            launches = ((L.row_order_no_tail, False), (L.row_order_tail, True))
+        else:  # every query tile masks (one launch; kept for A/B in bench/attention.py)
+            launches = ((L.row_order, True),)
+        for order, mask_cols in launches:
+            if order.numel() == 0:
+                continue
+            _fwd_ws_kernel[(order.numel(), B * H)](
+                q, k, v, o, lse,
+                L.row_offsets, L.row_indices, order,
+                *_strides(q)[:3], *_strides(k)[:3], *_strides(v)[:3], *_strides(o),
+                H, S, SL, sm_scale * _LOG2E, 0,
+                HEAD_DIM=D, BLOCK_M=L.tile_m, BLOCK_N=L.tile_n, DOT_PREC=_dot_prec(q.dtype), MASK_COLS=mask_cols,
+                **_launch_kw(wcfg),
+            )
         return o, lse
     tl_ = plan.fwd
     grid = (tl_.n_q_tiles, B * H)

@@ -194,6 +194,13 @@ def test_tile_lists():
         want = [mt for mt in range(L.n_q_tiles) if blk[mt * 16 // bs, nt * 16 // bs]]
         assert col == want
     assert L.row_order.tolist() == list(range(L.n_q_tiles))  # natural launch order
+    # the partial last key tile (tokens 96-99) splits the launch order in two
+    tail = [mt for mt in range(L.n_q_tiles) if blk[mt * 16 // bs, 3]]
+    assert 0 < len(tail) < L.n_q_tiles
+    assert L.row_order_tail.tolist() == tail
+    assert L.row_order_no_tail.tolist() == [mt for mt in range(L.n_q_tiles) if mt not in tail]
+    even = BL.build_tile_lists(blk[:3, :3], bs, 96, 16, 16)  # no partial tile: nothing to mask
+    assert even.row_order_tail.numel() == 0 and torch.equal(even.row_order_no_tail, even.row_order)
     old = BL.HEAVIEST_FIRST
     BL.HEAVIEST_FIRST = True
     try:
