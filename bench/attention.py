@@ -592,7 +592,7 @@ def timing(results, budget_s, no_flash_fb=False):
                 row[f"{be}_fb_tflops"] = 3.5 * fl / row[f"{be}_fb_ms"] / 1e9
             if S not in dense_done:
                 dd = {}
-                for which in ("flash", "cudnn"):
+                for which in ("cudnn", "flash"):  # cuDNN first: the budget guard should drop flash f+b, not cuDNN
                     f = lambda a, b, c, w=which: dense(a, b, c, w)  # noqa: E731
                     with torch.no_grad():
                         dd[f"{which}_fwd_ms"] = timeit(lambda: f(q, k, v))
