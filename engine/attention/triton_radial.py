@@ -20,10 +20,12 @@ forward and both backward passes use warp-specialised variants (``_fwd_ws_kernel
 ``_bwd_dkdv_ws_kernel``, ``_bwd_dq_ws_kernel``: Triton's automatic warp specialisation, one TMA
 producer warp group and two consumer warp groups, device-side tensor
 descriptors; ``CONFIGS[...]["WS"]``). Elsewhere, or with ``WS`` off, the plain
-kernels run; both compute the same values (bitwise equal on H100, runs 6 and 8).
+kernels run; both compute the same values (bitwise equal on H100, runs 6 and 8-12 of
+docs/kernel_notes.md).
 
 Any ``S`` works: loads and stores are masked at the tail, padded key columns
-get ``-inf``, padded query rows get ``lse=+inf`` (so they contribute nothing).
+get ``-inf``, padded query rows get ``lse=+inf`` (so they contribute nothing); the
+warp-specialised kernels rely on TMA's zero fill instead (see their comments).
 A query row with no kept key block (impossible for radial masks, which keep
 the diagonal) gives output 0 and zero gradients.
 
@@ -198,6 +200,12 @@ if HAS_TRITON:
         tl.store(LSE + bh.to(tl.int64) * SL + offs_m, lse, mask=row_ok)
 
     @triton.jit
+    def _head_desc(ptr, b, h, sb, sh, ss, S, HEAD_DIM: tl.constexpr, ROWS: tl.constexpr):
+        # TMA descriptor over one (batch, head) slice [S, HEAD_DIM] of a [B, S, H, D] tensor, ROWS-row tiles
+        return tl.make_tensor_descriptor(ptr + b.to(tl.int64) * sb + h.to(tl.int64) * sh, shape=[S, HEAD_DIM],
+                                         strides=[ss, 1], block_shape=[ROWS, HEAD_DIM])
+
+    @triton.jit
     def _fwd_ws_kernel(
         Q, K, V, O, LSE,
         row_off, row_idx, row_order,
@@ -222,12 +230,9 @@ if HAS_TRITON:
         mt = tl.load(row_order + pid)
         start = tl.load(row_off + mt)
         end = tl.load(row_off + mt + 1)
-        k_desc = tl.make_tensor_descriptor(K + b.to(tl.int64) * skb + h.to(tl.int64) * skh, shape=[S, HEAD_DIM],
-                                           strides=[sks, 1], block_shape=[BLOCK_N, HEAD_DIM])
-        v_desc = tl.make_tensor_descriptor(V + b.to(tl.int64) * svb + h.to(tl.int64) * svh, shape=[S, HEAD_DIM],
-                                           strides=[svs, 1], block_shape=[BLOCK_N, HEAD_DIM])
-        q_desc = tl.make_tensor_descriptor(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, shape=[S, HEAD_DIM],
-                                           strides=[sqs, 1], block_shape=[BLOCK_M, HEAD_DIM])
+        k_desc = _head_desc(K, b, h, skb, skh, sks, S, HEAD_DIM, BLOCK_N)
+        v_desc = _head_desc(V, b, h, svb, svh, svs, S, HEAD_DIM, BLOCK_N)
+        q_desc = _head_desc(Q, b, h, sqb, sqh, sqs, S, HEAD_DIM, BLOCK_M)
         # The WS pass gives the second consumer group its 64 rows by rewriting the Q load's row coordinate
         # (+64) in that group, and separately splits tl.arange(0, BLOCK_M). In Triton 3.6 an epilogue
         # that reuses the same mt*BLOCK_M value therefore got +64 twice (rows 64-127 of every tile
@@ -387,18 +392,14 @@ if HAS_TRITON:
         nt = tl.load(col_order + pid)
         start = tl.load(col_off + nt)
         end = tl.load(col_off + nt + 1)
-        q_desc = tl.make_tensor_descriptor(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, shape=[S, HEAD_DIM],
-                                           strides=[sqs, 1], block_shape=[BLOCK_M, HEAD_DIM])
-        do_desc = tl.make_tensor_descriptor(DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh, shape=[S, HEAD_DIM],
-                                            strides=[sds, 1], block_shape=[BLOCK_M, HEAD_DIM])
+        q_desc = _head_desc(Q, b, h, sqb, sqh, sqs, S, HEAD_DIM, BLOCK_M)
+        do_desc = _head_desc(DO, b, h, sdb, sdh, sds, S, HEAD_DIM, BLOCK_M)
         offs_n = nt * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_m = tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, HEAD_DIM)
         col_ok = offs_n < S
-        k_desc = tl.make_tensor_descriptor(K + b.to(tl.int64) * skb + h.to(tl.int64) * skh, shape=[S, HEAD_DIM],
-                                           strides=[sks, 1], block_shape=[BLOCK_N, HEAD_DIM])
-        v_desc = tl.make_tensor_descriptor(V + b.to(tl.int64) * svb + h.to(tl.int64) * svh, shape=[S, HEAD_DIM],
-                                           strides=[svs, 1], block_shape=[BLOCK_N, HEAD_DIM])
+        k_desc = _head_desc(K, b, h, skb, skh, sks, S, HEAD_DIM, BLOCK_N)
+        v_desc = _head_desc(V, b, h, svb, svh, svs, S, HEAD_DIM, BLOCK_N)
         k = k_desc.load([nt * BLOCK_N + ZERO, 0])  # ZERO: see _fwd_ws_kernel
         v = v_desc.load([nt * BLOCK_N + ZERO, 0])
         lse_base = LSE + bh.to(tl.int64) * SL
@@ -517,14 +518,10 @@ if HAS_TRITON:
         mt = tl.load(row_order + pid)
         start = tl.load(row_off + mt)
         end = tl.load(row_off + mt + 1)
-        q_desc = tl.make_tensor_descriptor(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh, shape=[S, HEAD_DIM],
-                                           strides=[sqs, 1], block_shape=[BLOCK_M, HEAD_DIM])
-        do_desc = tl.make_tensor_descriptor(DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh, shape=[S, HEAD_DIM],
-                                            strides=[sds, 1], block_shape=[BLOCK_M, HEAD_DIM])
-        k_desc = tl.make_tensor_descriptor(K + b.to(tl.int64) * skb + h.to(tl.int64) * skh, shape=[S, HEAD_DIM],
-                                           strides=[sks, 1], block_shape=[BLOCK_N, HEAD_DIM])
-        v_desc = tl.make_tensor_descriptor(V + b.to(tl.int64) * svb + h.to(tl.int64) * svh, shape=[S, HEAD_DIM],
-                                           strides=[svs, 1], block_shape=[BLOCK_N, HEAD_DIM])
+        q_desc = _head_desc(Q, b, h, sqb, sqh, sqs, S, HEAD_DIM, BLOCK_M)
+        do_desc = _head_desc(DO, b, h, sdb, sdh, sds, S, HEAD_DIM, BLOCK_M)
+        k_desc = _head_desc(K, b, h, skb, skh, sks, S, HEAD_DIM, BLOCK_N)
+        v_desc = _head_desc(V, b, h, svb, svh, svs, S, HEAD_DIM, BLOCK_N)
         q = q_desc.load([mt * BLOCK_M + ZERO, 0])  # ZERO: see _fwd_ws_kernel
         do = do_desc.load([mt * BLOCK_M + ZERO, 0])
         offs_m = mt * BLOCK_M + tl.arange(0, BLOCK_M)
