@@ -38,8 +38,9 @@ import numpy as np
 from ..errors import InputError
 from ..validation import SIZE_MULTIPLE, TEMPORAL_FACTOR, nearest_valid_frame_counts
 from ..video import frame_stream as _frame_stream
-from ..video import read_mp4 as read_clip
+from ..video import read_mp4 as read_clip  # noqa: F401  (the clip reader of the training code: latent_cache, tests)
 from ..video import write_mp4
+from .clip_probe import ProbeCache
 
 METADATA_FILE = "metadata.json"
 VIDEOS_DIR = "videos"
@@ -392,19 +393,18 @@ def _check_entry(where: str, entry: Any) -> list[str]:
     return problems
 
 
-def _check_video(entry: dict, video: Path, rel: str) -> list[str]:
+def _check_video(entry: dict, video: Path, rel: str, probes: ProbeCache) -> list[str]:
     if not video.is_file():
         return [f"{rel} (field 'video_id' {entry['video_id']!r}): video file is missing; put the clip there or remove the entry."]
     try:
-        frames, _ = read_clip(video, max_frames=entry["extended_frames"])
+        count, h, w = probes.probe(video, entry["extended_frames"])
     except Exception as err:
         return [f"{rel} (field 'video_id' {entry['video_id']!r}): unreadable or corrupt video ({getattr(err, 'detail', type(err).__name__)}); "
                 "replace the file or remove the entry."]
     problems = []
-    if len(frames) < entry["extended_frames"]:
-        problems.append(f"{rel} (field 'extended_frames'): video has {len(frames)} frames; needs at least "
+    if count < entry["extended_frames"]:
+        problems.append(f"{rel} (field 'extended_frames'): video has {count} frames; needs at least "
                         f"{entry['extended_frames']}.")
-    h, w = frames.shape[1:3]
     if (h, w) != (entry["height"], entry["width"]):
         problems.append(f"{rel} (fields 'height', 'width'): frames are {h}x{w} (height x width) but the entry says "
                         f"{entry['height']}x{entry['width']}; re-convert the clip or fix the entry.")
@@ -427,6 +427,7 @@ def _scan(data_dir: Path) -> tuple[list[str], list[ClipEntry]]:
     if not data:
         return [f"{meta}: the list is empty; a dataset needs at least one clip."], []
     problems, entries, seen = [], [], {}
+    probes = ProbeCache()
     for i, entry in enumerate(data):
         label = entry.get("video_id") if isinstance(entry, dict) else None
         where = f"{meta} entry {i}" + (f" (video_id {label!r})" if isinstance(label, str) else "")
@@ -438,17 +439,19 @@ def _scan(data_dir: Path) -> tuple[list[str], list[ClipEntry]]:
             else:
                 seen[video_id] = i
                 rel = f"{data_dir / VIDEOS_DIR / (video_id + '.mp4')}"
-                found = _check_video(entry, Path(rel), rel)
+                found = _check_video(entry, Path(rel), rel, probes)
         problems.extend(found)
         if not found:
             extra = {k: entry[k] for k in entry if k not in FIELDS}
             entries.append(ClipEntry(**{k: entry[k] for k in FIELDS}, path=data_dir / VIDEOS_DIR / f"{entry['video_id']}.mp4",
                                      extra=extra))
+    probes.save()
     return problems, entries
 
 
 def scan_dataset(data_dir: str | os.PathLike) -> tuple[list[str], list[ClipEntry]]:
-    """(every problem, the entries that passed). Reads only; decodes each clip once."""
+    """(every problem, the entries that passed). Reads the dataset only; decodes each clip once per
+    file version (results kept in the engine cache, see clip_probe.py)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         return [f"{data_dir}: dataset folder does not exist."], []
@@ -456,7 +459,7 @@ def scan_dataset(data_dir: str | os.PathLike) -> tuple[list[str], list[ClipEntry
 
 
 def validate_dataset(data_dir: str | os.PathLike) -> list[str]:
-    """Every problem in the dataset folder, each naming the file and field. Reads only."""
+    """Every problem in the dataset folder, each naming the file and field. Reads the dataset only."""
     return scan_dataset(data_dir)[0]
 
 
