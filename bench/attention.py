@@ -39,6 +39,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import triton  # noqa: E402
+from cuda_timing import event_median_ms  # noqa: E402  (bench/, the script's folder)
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 torch._dynamo.config.cache_size_limit = 64
@@ -80,17 +81,7 @@ def timeit(fn, est_hint=None):
     torch.cuda.synchronize()
     once = (time.time() - t) * 1e3
     if once > 150:
-        n = max(2, min(5, int(1500 / once)))
-        times = []
-        for _ in range(n):
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            torch.cuda.synchronize()
-            times.append(s.elapsed_time(e))
-        times.sort()
-        return times[len(times) // 2]
+        return event_median_ms(fn, max(2, min(5, int(1500 / once))))
     return triton.testing.do_bench(fn, warmup=25, rep=150, return_mode="median")
 
 
@@ -254,24 +245,31 @@ def order_ab(results):
 
 
 # ---------------------------------------------------------------- correctness
+def random_mask_check(dtype, Dh, bs, S, H):
+    """Triton forward + grads on a random block mask (diagonal kept) vs fp64 masked SDPA:
+    (max relative error over out, dQ, dK, dV; all finite)."""
+    n = -(-S // bs)
+    blk = torch.rand(n, n, device="cuda") < 0.4
+    blk.fill_diagonal_(True)
+    q, k, v = (torch.randn(2, S, H, Dh, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
+    do = torch.randn_like(q)
+    o = TR.radial_attention_triton(q, k, v, blk, bs)
+    o.backward(do)
+    idx = torch.arange(S, device="cuda") // bs
+    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = F.scaled_dot_product_attention(qd.transpose(1, 2), kd.transpose(1, 2), vd.transpose(1, 2),
+                                         attn_mask=blk[idx][:, idx]).transpose(1, 2)
+    ref.backward(do.double())
+    e = max(rel(o, ref), rel(q.grad, qd.grad), rel(k.grad, kd.grad), rel(v.grad, vd.grad))
+    return e, all(bool(torch.isfinite(t).all()) for t in (o, q.grad, k.grad, v.grad))
+
+
 def small_checks():
     """fp16 / bf16, D=64/128, mask blocks 64/128, S not a block multiple, random masks."""
     errs = []
     for dtype, Dh, bs, S, H in ((torch.float16, 64, 64, 1000, 3), (torch.bfloat16, 128, 128, 777, 2),
                                 (torch.bfloat16, 64, 128, 2049, 2), (torch.float16, 128, 64, 1536, 1)):
-        n = -(-S // bs)
-        blk = torch.rand(n, n, device="cuda") < 0.4
-        blk.fill_diagonal_(True)
-        q, k, v = (torch.randn(2, S, H, Dh, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
-        do = torch.randn_like(q)
-        o = TR.radial_attention_triton(q, k, v, blk, bs)
-        o.backward(do)
-        idx = torch.arange(S, device="cuda") // bs
-        qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
-        ref = F.scaled_dot_product_attention(qd.transpose(1, 2), kd.transpose(1, 2), vd.transpose(1, 2),
-                                             attn_mask=blk[idx][:, idx]).transpose(1, 2)
-        ref.backward(do.double())
-        e = max(rel(o, ref), rel(q.grad, qd.grad), rel(k.grad, kd.grad), rel(v.grad, vd.grad))
+        e, _ = random_mask_check(dtype, Dh, bs, S, H)  # rel() is inf for non-finite outputs
         log(f"small check {dtype} D={Dh} bs={bs} S={S}: max rel err {e:.2e}")
         errs.append(e)
     return max(errs) < 1e-2
@@ -356,17 +354,7 @@ def event_median(fn, budget_ms=1500.0, min_n=3, max_n=20):
     torch.cuda.synchronize()
     once = (time.time() - t) * 1e3
     fn()  # second warm-up (the first may have compiled)
-    n = int(max(min_n, min(max_n, budget_ms / max(once, 1e-3))))
-    times = []
-    for _ in range(n):
-        s0, e0 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s0.record()
-        fn()
-        e0.record()
-        torch.cuda.synchronize()
-        times.append(s0.elapsed_time(e0))
-    times.sort()
-    return times[len(times) // 2]
+    return event_median_ms(fn, int(max(min_n, min(max_n, budget_ms / max(once, 1e-3)))))
 
 
 def explore(results, out_dir, stop_s=480.0):
@@ -379,20 +367,8 @@ def explore(results, out_dir, stop_s=480.0):
         for fwdv in FWD_VARIANTS:
             _set_variant(cfg, fwdv[1])
             for dtype, Dh, bs, S, H in ((torch.float16, 64, 64, 1000, 3), (torch.bfloat16, 128, 128, 777, 2)):
-                n = -(-S // bs)
-                blk = torch.rand(n, n, device="cuda") < 0.4
-                blk.fill_diagonal_(True)
-                q, k, v = (torch.randn(2, S, H, Dh, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
-                do = torch.randn_like(q)
-                o = TR.radial_attention_triton(q, k, v, blk, bs)
-                o.backward(do)
-                idx = torch.arange(S, device="cuda") // bs
-                qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
-                ref = F.scaled_dot_product_attention(qd.transpose(1, 2), kd.transpose(1, 2), vd.transpose(1, 2),
-                                                     attn_mask=blk[idx][:, idx]).transpose(1, 2)
-                ref.backward(do.double())
-                e = max(rel(o, ref), rel(q.grad, qd.grad), rel(k.grad, kd.grad), rel(v.grad, vd.grad))
-                ok = e < 1e-2 and all(bool(torch.isfinite(t).all()) for t in (o, q.grad, k.grad, v.grad))
+                e, finite = random_mask_check(dtype, Dh, bs, S, H)
+                ok = e < 1e-2 and finite
                 log(f"small check {name} / {fwdv[0]} {dtype} D={Dh} bs={bs} S={S}: max rel err {e:.2e} ok={ok}")
                 checks.append(dict(kind="small", variant=name, fwd=fwdv[0], S=S, D=Dh, err=e, ok=ok))
     # full-size one-head checks vs the chunked fp32 reference, every variant

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from cuda_timing import event_median_ms  # bench/, the script's folder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -34,15 +35,7 @@ def cuda_time(fn, reps: int) -> float:
     """Median milliseconds of `fn()` over `reps` runs after one warm-up."""
     fn()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+    return event_median_ms(fn, reps)
 
 
 def rel(a, b) -> float:
