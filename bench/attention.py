@@ -275,6 +275,20 @@ def small_checks():
     return max(errs) < 1e-2
 
 
+def one_head_check(q, k, v, do, blk, T, F_, decay):
+    """Head H//2 of [1, S, H, D] tensors as a strided view (no copy): Triton forward + grads vs the chunked
+    fp32 reference. Returns (relative errors of out/dq/dk/dv, the one-head Triton output)."""
+    h0 = q.shape[2] // 2
+    qs, ks, vs = (t[:, :, h0:h0 + 1].detach().requires_grad_() for t in (q, k, v))
+    dos = do[:, :, h0:h0 + 1]
+    o1 = tri_fwd(qs, ks, vs, T, F_, decay)
+    o1.backward(dos)
+    ro, rdq, rdk, rdv = chunked_reference(qs.detach(), ks.detach(), vs.detach(), dos, blk, BS)
+    errs = dict(out=rel(o1[0, :, 0], ro), dq=rel(qs.grad[0, :, 0], rdq), dk=rel(ks.grad[0, :, 0], rdk),
+                dv=rel(vs.grad[0, :, 0], rdv))
+    return errs, o1.detach()
+
+
 def check(results):
     TR.POISON_OUTPUTS = True
     out = []
@@ -287,16 +301,7 @@ def check(results):
             q, k, v = make_qkv(S, H)
             do = torch.randn_like(q)
             h0 = H // 2
-            # one head as a strided view of the [1, S, H, D] tensors (no copy)
-            qs, ks, vs = (t[:, :, h0:h0 + 1].detach().requires_grad_() for t in (q, k, v))
-            dos = do[:, :, h0:h0 + 1]
-            o1 = tri_fwd(qs, ks, vs, T, F_, decay)
-            o1.backward(dos)
-            ro, rdq, rdk, rdv = chunked_reference(qs.detach(), ks.detach(), vs.detach(), dos, blk, BS)
-            errs = dict(
-                out=rel(o1[0, :, 0], ro), dq=rel(qs.grad[0, :, 0], rdq),
-                dk=rel(ks.grad[0, :, 0], rdk), dv=rel(vs.grad[0, :, 0], rdv),
-            )
+            errs, o1 = one_head_check(q, k, v, do, blk, T, F_, decay)
             with torch.no_grad():
                 ofull = tri_fwd(q, k, v, T, F_, decay)
                 errs["full_vs_slice"] = rel(ofull[:, :, h0:h0 + 1], o1.detach())
@@ -309,7 +314,7 @@ def check(results):
             errs.update(shape=f"{name} F={F_}", decay=decay, S=S, density=mask_density(blk), ok=ok)
             log("check", json.dumps(errs))
             out.append(errs)
-            del q, k, v, do, qs, ks, vs, o1, ofull, ro, rdq, rdk, rdv
+            del q, k, v, do, o1, ofull
             torch.cuda.empty_cache()
     TR.POISON_OUTPUTS = False
     results["correctness"] = out
@@ -516,17 +521,10 @@ def triton_fb_only(results):
         blk = cached_block_mask(F_, T, block_size=BS, decay_factor=decay, device="cuda")
         q, k, v = make_qkv(S, H)
         do = torch.randn_like(q)
-        h0 = H // 2
-        qs, ks, vs = (t[:, :, h0:h0 + 1].detach().requires_grad_() for t in (q, k, v))
-        dos = do[:, :, h0:h0 + 1]
-        o1 = tri_fwd(qs, ks, vs, T, F_, decay)
-        o1.backward(dos)
-        ro, rdq, rdk, rdv = chunked_reference(qs.detach(), ks.detach(), vs.detach(), dos, blk, BS)
-        e = dict(out=rel(o1[0, :, 0], ro), dq=rel(qs.grad[0, :, 0], rdq), dk=rel(ks.grad[0, :, 0], rdk),
-                 dv=rel(vs.grad[0, :, 0], rdv))
+        e, _ = one_head_check(q, k, v, do, blk, T, F_, decay)
         ok &= max(e.values()) < 1e-2
         log(f"one-head check {name} F={F_} decay={decay}: {json.dumps(e)}")
-        del q, k, v, do, qs, ks, vs, o1
+        del q, k, v, do
         torch.cuda.empty_cache()
     TR.POISON_OUTPUTS = False
     rows = []

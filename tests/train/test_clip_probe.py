@@ -39,7 +39,7 @@ def test_probe_decodes_once_then_answers_from_the_cache(tmp_path, monkeypatch):
     assert again.probe(clip, 50) == (9, 32, 32)
 
 
-def test_an_edited_or_replaced_clip_is_decoded_again(tmp_path):
+def test_an_edited_or_replaced_clip_is_decoded_again(tmp_path, monkeypatch):
     clip = _clip(tmp_path / "a.mp4", 9)
     cache = ProbeCache(tmp_path / "probes.json")
     assert cache.probe(clip, 50) == (9, 32, 32)
@@ -50,11 +50,8 @@ def test_an_edited_or_replaced_clip_is_decoded_again(tmp_path):
     os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # touched in place
     calls = []
     real = clip_probe.read_mp4
-    clip_probe.read_mp4 = lambda *a, **k: (calls.append(a), real(*a, **k))[1]
-    try:
-        assert cache.probe(clip, 50) == (17, 48, 48)
-    finally:
-        clip_probe.read_mp4 = real
+    monkeypatch.setattr(clip_probe, "read_mp4", lambda *a, **k: (calls.append(a), real(*a, **k))[1])
+    assert cache.probe(clip, 50) == (17, 48, 48)
     assert len(calls) == 1
 
 
