@@ -11,14 +11,12 @@ from engine import spaces_support  # noqa: F401  (first: ZeroGPU needs `spaces` 
 
 import gradio as gr  # noqa: E402
 
-from engine.jobs import pump_queue, runs_root
-from engine.paths import outputs_dir
-from engine.presets import DEFAULT_PRESET, load_preset
-from ui import compare_tab, generate_tab, hub_tab, train_tab, tta_tab
+from engine import api  # noqa: E402
+from ui import compare_tab, generate_tab, hub_tab, train_tab, tta_tab  # noqa: E402
 
 
-def build_app(preset: str = DEFAULT_PRESET) -> gr.Blocks:
-    load_preset(preset)  # fail fast on a bad --preset
+def build_app(preset: str = api.DEFAULT_PRESET) -> gr.Blocks:
+    api.load_preset(preset)  # fail fast on a bad --preset
     with gr.Blocks(title="Radial Studio") as demo:
         gr.Markdown("# Radial Studio\nLong video generation with LoRA adapters and radial attention.")
         train_tab.build(preset, demo)
@@ -31,13 +29,13 @@ def build_app(preset: str = DEFAULT_PRESET) -> gr.Blocks:
 
 def served_paths() -> list[str]:
     """The app serves files only from its own output folders."""
-    return [str(outputs_dir()), str(runs_root())]
+    return api.served_paths()
 
 
 def _pump_forever(interval: float = 2.0) -> None:
     while True:  # start queued jobs even when no browser is polling
         try:
-            pump_queue()
+            api.pump_queue()
         except Exception:  # a half-written status file; the next round sees it whole
             pass
         time.sleep(interval)
@@ -45,7 +43,7 @@ def _pump_forever(interval: float = 2.0) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--preset", default=DEFAULT_PRESET, help="preset selected at start (default: tiny-wan)")
+    parser.add_argument("--preset", default=api.DEFAULT_PRESET, help="preset selected at start (default: tiny-wan)")
     # Spaces (Gradio SDK) pass the address through these variables.
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))

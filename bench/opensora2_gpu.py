@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.models import opensora2 as osv2  # noqa: E402
 from engine.presets import load_preset  # noqa: E402
-from engine.train.lora import add_lora  # noqa: E402
+from engine.lora import add_lora  # noqa: E402
+from engine.models import TextEmbeds  # noqa: E402
 
 
 def build(cfg: dict, device: torch.device, dtype: torch.dtype):
@@ -104,7 +105,7 @@ def main(argv=None) -> dict:
     result["weights_gib"] = torch.cuda.memory_allocated() / 2**30 if device.type == "cuda" else None
 
     g = torch.Generator().manual_seed(0)
-    text = osv2.OpenSoraText(torch.randn(1, text_len, cfg["context_in_dim"], generator=g),
+    text = TextEmbeds(torch.randn(1, text_len, cfg["context_in_dim"], generator=g),
                              torch.randn(1, cfg["vec_in_dim"], generator=g)).to(device=device, dtype=dtype)
     x0 = torch.randn(1, 16, lat_t, h, w, generator=g).to(device)
 
@@ -152,7 +153,7 @@ def main(argv=None) -> dict:
     # ---- one sampling step: the 3-pass guidance batch over the whole clip (LoRA still attached, as in TTA sampling)
     full_control = osv2.v2v_cond(cond_lat, lat_t)
     conds = torch.cat([full_control, full_control, torch.zeros_like(full_control)])
-    text3 = osv2.OpenSoraText.cat([text, text, text])
+    text3 = TextEmbeds.cat([text, text, text])
     xs = torch.randn(1, 16, lat_t, h, w, generator=g).to(device=device, dtype=dtype).expand(3, -1, -1, -1, -1)
     ts = torch.full((3,), 900.0, device=device)
 

@@ -8,8 +8,8 @@ os.environ.setdefault("RADIAL_STUDIO_CACHE", "/tmp/rs-cache")
 import torch
 sys.path.insert(0, os.getcwd())
 from engine.presets import load_preset
-from engine.train.synthetic import render_clip
-from engine.train.tta import Clip, VideoSession, SampleSettings, AdaptSettings, adapt, _load_model, resolve_preset
+from engine.data.synthetic import render_clip
+from engine.workers.tta import Clip, VideoSession, SampleSettings, AdaptSettings, adapt, _load_model, resolve_preset
 from engine.metrics import continuation_metrics
 
 out = {"torch": torch.__version__, "device": torch.cuda.get_device_name(0)}
@@ -35,7 +35,7 @@ for name in ["tiny-wan", "tiny-skyreels-df", "tiny-wan-vace"]:
 
 # 1.3B-shaped timing (random init, bf16): TTA step on 9 latent frames and one sampling forward on 17, 256x448
 from diffusers import SkyReelsV2Transformer3DModel
-from engine.train.lora import add_lora
+from engine.lora import add_lora
 cfg = dict(num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096, freq_dim=256,
            ffn_dim=8960, num_layers=30, inject_sample_info=True)
 with torch.device("cuda"):

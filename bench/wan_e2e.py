@@ -53,13 +53,16 @@ def main() -> None:
 
     from engine.attention.processor import install_radial_attention, remove_radial_attention
     from engine.attention.schedule import AttentionSettings
-    from engine.train.lora import add_lora
+    from engine.attention.processor import tag_family
+    from engine.lora import add_lora
+    from engine.models.wan import FAMILY
 
     dev = torch.device("cuda")
     torch.manual_seed(0)
     t0 = time.time()
     with dev:
         model = WanTransformer3DModel(**WAN_1_3B).to(torch.bfloat16).eval()
+    tag_family(model, FAMILY)  # built here, not by the family's loader
     print(f"built 1.3B transformer in {time.time() - t0:.1f} s; {torch.cuda.get_device_name()}", flush=True)
     radial = AttentionSettings(pattern="radial", dense_layers=2, dense_timesteps=2, decay_factor=0.2, block_size=128,
                                backend="triton")

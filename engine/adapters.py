@@ -7,7 +7,7 @@ from pathlib import Path
 from .errors import InputError
 from .jobs import runs_root
 from .safe_paths import data_root, resolve_under
-from .train.lora import DIFFUSERS_WEIGHT_NAME
+from .lora import DIFFUSERS_WEIGHT_NAME
 
 
 def finished_adapters() -> list[tuple[str, str]]:

@@ -1,21 +1,18 @@
 """Continuation sampling: generate a clip whose first latent frames are a given (clean) prefix.
 
 The stock pipelines do not take a clean prefix this way, so this is our own loop over a copy of
-the pipeline's scheduler (UniPC for Wan-family models) or a plain Euler step, with one of three
-ways to hold the prefix (the preset's `continuation` field):
+the pipeline's scheduler (UniPC for the Wan-architecture families) or a plain Euler step. How the
+prefix is held is the family's continuation mode (`engine.models.base.ContinuationMode`, named by
+the preset's `continuation` field):
 
-- "replacement" (Wan2.1 T2V): before every model call the prefix latents are set to the
-  conditioning latents noised to the current level with the run's own noise,
-  (1 - sigma) * cond + sigma * noise; after the last step they are the conditioning latents.
-- "per_token" (SkyReels-V2 diffusion forcing; also mechanically possible for Wan through its
-  per-token timesteps): the prefix latents are the clean conditioning latents at timestep 0,
-  the other frames at the current timestep, as SkyReels-V2's own extension pipeline does.
-- "vace" (Wan2.1 VACE): the latents are not touched; the known frames reach the model through
-  VACE's conditioning video and mask (`control`, see engine/models/wan_vace.py).
-- "v2v_head" (Open-Sora v2.0): the latents are not touched; the known latent frames reach the
-  model through its `cond` input (mask + masked reference latents), and the family's own sampler
-  runs (Euler with a shape-dependent shift and 3-pass image + text guidance, see
-  engine/models/opensora2.py).
+- prefix "noised": before every model call the prefix latents are set to the conditioning
+  latents noised to the current level with the run's own noise, (1 - sigma) * cond + sigma * noise;
+  after the last step they are the conditioning latents.
+- prefix "clean": the prefix latents are the clean conditioning latents at timestep 0, the other
+  frames at the current timestep (per-frame timesteps, as diffusion-forcing models take them).
+- prefix "untouched" (with `uses_control`): the latents are not touched; the known frames reach
+  the model only through the family's conditioning (`control`).
+- `own_sampler`: the family samples itself (its guidance and schedule are part of the model).
 
 The initial noise comes from the seed alone (`initial_noise`), so a baseline and an adapted
 model given the same seed start from the same noise and take the same steps.
@@ -29,9 +26,8 @@ from typing import Callable
 import torch
 
 from .errors import InputError
-
-MODES = ("replacement", "per_token", "vace", "v2v_head")
-SAMPLERS = ("scheduler", "euler")
+from .models.base import check_known_mode
+from .settings import TTA_SAMPLERS as SAMPLERS
 
 
 def initial_noise(shape, seed: int) -> torch.Tensor:
@@ -47,31 +43,30 @@ def frame_timesteps(t: torch.Tensor | float, batch: int, frames: int, prefix: in
 
 
 @torch.no_grad()
-def sample_continuation(pipe, fam, cond_latents: torch.Tensor, total_latent_frames: int, prompt_embeds: torch.Tensor,
-                        negative_embeds: torch.Tensor | None, *, mode: str, steps: int, guidance_scale: float,
+def sample_continuation(pipe, fam, cond_latents: torch.Tensor, total_latent_frames: int, prompt_embeds,
+                        negative_embeds, *, mode: str, steps: int, guidance_scale: float,
                         noise: torch.Tensor, control: torch.Tensor | None = None, fps: float | None = None,
                         sampler: str = "scheduler", progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Denoise `noise` [B, C, total_latent_frames, h, w] into latents whose first frames continue from `cond_latents`.
 
-    `fam` is the model family module (its `transformer_forward`); `control` is VACE's conditioning
-    (mode "vace" only); `fps` feeds SkyReels' fps embedding. Returns float32 latents; in the
-    replacement and per-token modes the prefix equals `cond_latents` exactly.
+    `fam` is the model family (its `forward` and continuation modes); `control` is the family's
+    conditioning for modes that use one; `fps` feeds models with an fps embedding. Returns
+    float32 latents; with a "noised" or "clean" prefix the prefix equals `cond_latents` exactly.
     """
-    if mode not in MODES:
-        raise InputError(f"continuation mode must be one of {list(MODES)}, got {mode!r}.")
+    spec = check_known_mode(fam, mode)
     if sampler not in SAMPLERS:
         raise InputError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}.")
-    if mode == "vace" and control is None:
-        raise InputError("mode 'vace' needs the VACE control latents.")
+    if spec.uses_control and control is None:
+        raise InputError(f"mode {mode!r} needs the family's conditioning (control).")
     prefix = cond_latents.shape[2]
     if noise.shape[2] != total_latent_frames or not 0 < prefix < total_latent_frames:
         raise InputError(f"noise has {noise.shape[2]} latent frames and the prefix {prefix}; "
                          f"expected {total_latent_frames} with a shorter prefix.")
-    if mode == "v2v_head":  # the family's own sampler (its guidance and schedule are part of the model)
+    if spec.own_sampler:
         return fam.sample_continuation(pipe, cond_latents, total_latent_frames, prompt_embeds, negative_embeds,
                                        steps=steps, guidance_scale=guidance_scale, noise=noise, control=control,
                                        progress=progress)
-    transformer = pipe.transformer
+    transformer = fam.transformers(pipe)[0]
     device, dtype = transformer.device, transformer.dtype
     scheduler = copy.deepcopy(pipe.scheduler)
     scheduler.set_timesteps(steps, device=device)
@@ -82,18 +77,18 @@ def sample_continuation(pipe, fam, cond_latents: torch.Tensor, total_latent_fram
     use_cfg = guidance_scale > 1.0 and negative_embeds is not None
 
     def velocity(latents, t, embeds):
-        if mode == "per_token":
+        if spec.per_frame_timesteps:
             ts = frame_timesteps(t, latents.shape[0], latents.shape[2], prefix, device)
         else:
             ts = torch.full((latents.shape[0],), float(t), device=device, dtype=torch.float32)
-        return fam.transformer_forward(transformer, latents.to(dtype), ts, embeds.to(device=device, dtype=dtype),
-                                       control=control, fps=fps).float()
+        return fam.forward(transformer, latents.to(dtype), ts, embeds.to(device=device, dtype=dtype),
+                           control=control, fps=fps).float()
 
     for i, t in enumerate(timesteps):
         sigma = float(sigmas[i])
-        if mode == "replacement":
+        if spec.prefix == "noised":
             x[:, :, :prefix] = (1 - sigma) * cond + sigma * noise[:, :, :prefix]
-        elif mode == "per_token":
+        elif spec.prefix == "clean":
             x[:, :, :prefix] = cond
         v = velocity(x, t, prompt_embeds)
         if use_cfg:
@@ -105,6 +100,6 @@ def sample_continuation(pipe, fam, cond_latents: torch.Tensor, total_latent_fram
             x = scheduler.step(v, t, x, return_dict=False)[0].float()
         if progress is not None:
             progress(i + 1, len(timesteps))
-    if mode in ("replacement", "per_token"):
+    if spec.prefix in ("noised", "clean"):
         x[:, :, :prefix] = cond
     return x

@@ -12,12 +12,11 @@ import torch
 
 from .attention.processor import install_radial_attention
 from .attention.schedule import AttentionSettings
-from .errors import InputError
+from .errors import ConfigError, InputError
+from .lora import load_lora_into_pipeline
 from .models import family, get_pipeline
 from .paths import outputs_dir
-from .presets import apply_overrides, load_preset
-from .train.lora import load_lora_into_pipeline
-from .validation import check_frame_count, check_size
+from .presets import apply_overrides, list_presets, load_preset
 from .video import write_mp4
 
 ProgressFn = Callable[[int, int], None]  # (steps done, total steps)
@@ -35,11 +34,27 @@ def resolve_preset(preset: str | dict) -> dict:
     return load_preset(preset) if isinstance(preset, str) else preset
 
 
-def _check_request(prompt, num_frames, height, width, steps, guidance_scale, seed):
+def check_capable(preset: dict, task: str) -> None:
+    """ConfigError when the preset's family cannot do `task` ("generate", "length_extension", "tta")."""
+    fam = family(preset)
+    if not fam.capabilities.can(task):
+        able = []
+        for name in list_presets():
+            try:
+                able += [name] if family(load_preset(name)).capabilities.can(task) else []
+            except ConfigError:
+                continue
+        what = {"generate": "generate videos from text", "length_extension": "train length-extension LoRAs",
+                "tta": "continue a clip (test-time adaptation)"}[task]
+        raise ConfigError(f"preset '{preset['name']}' (model family '{fam.name}') cannot {what}; presets that can: "
+                          f"{', '.join(able) or 'none'}.")
+
+
+def _check_request(fam, prompt, num_frames, height, width, steps, guidance_scale, seed):
     if not isinstance(prompt, str) or not prompt.strip():
         raise InputError("prompt is empty: describe the video to generate, e.g. 'a red ball bounces on a beach'.")
-    check_frame_count(num_frames)
-    check_size(height, width)
+    fam.check_frame_count(num_frames)
+    fam.check_size(height, width)
     if not isinstance(steps, int) or steps < 1:
         raise InputError(f"steps must be a positive integer, got {steps!r}.")
     if guidance_scale < 0:
@@ -72,6 +87,8 @@ def generate_video(
     (diffusers format, e.g. a run's `final/`), applied for this call only.
     """
     preset = resolve_preset(preset)
+    check_capable(preset, "generate")
+    fam = family(preset)
     gen = preset["generation"]
     num_frames = gen["num_frames"] if num_frames is None else int(num_frames)
     height = gen["height"] if height is None else int(height)
@@ -81,42 +98,40 @@ def generate_video(
     seed = gen["seed"] if seed is None else int(seed)
     fps = gen["fps"] if fps is None else int(fps)
     negative_prompt = gen["negative_prompt"] if negative_prompt is None else negative_prompt
-    _check_request(prompt, num_frames, height, width, steps, guidance_scale, seed)
+    _check_request(fam, prompt, num_frames, height, width, steps, guidance_scale, seed)
     if attention:
         preset = apply_overrides(preset, "attention", attention)
     settings = AttentionSettings.from_preset(preset)
 
-    pipe = get_pipeline(preset)
-    install_radial_attention(pipe.transformer, settings)
+    lora_ref = lora_dir
     if lora_dir is not None:
-        load_lora_into_pipeline(pipe, lora_dir)
+        from .hub import resolve_adapter
 
-    def on_step(pipeline, step, timestep, callback_kwargs):
-        if progress is not None:
-            progress(step + 1, steps)
-        return callback_kwargs
+        lora_dir = resolve_adapter(lora_dir)  # a folder, or a Hub id downloaded into the HF cache
+    pipe = get_pipeline(preset)
+    for transformer in fam.transformers(pipe):
+        install_radial_attention(transformer, settings, fam)
+    if lora_dir is not None:
+        load_lora_into_pipeline(pipe, lora_dir, fam)
 
     generator = torch.Generator(device="cpu").manual_seed(seed)
     start = time.perf_counter()
     try:
-        with torch.inference_mode():
-            output = pipe(
-                prompt=prompt, negative_prompt=negative_prompt, height=height, width=width, num_frames=num_frames,
-                num_inference_steps=steps, guidance_scale=guidance_scale, generator=generator, output_type="np",
-                callback_on_step_end=on_step,
-            )
+        video = fam.generate(pipe, prompt=prompt, negative_prompt=negative_prompt, height=height, width=width,
+                             num_frames=num_frames, steps=steps, guidance_scale=guidance_scale, generator=generator,
+                             on_step=None if progress is None else (lambda done: progress(done, steps)))
     finally:
         if lora_dir is not None:  # the loaded model is shared between requests: leave it clean
-            pipe.unload_lora_weights()
+            fam.unload_lora(pipe)
     seconds = time.perf_counter() - start
-    frames = (np.clip(output.frames[0], 0, 1) * 255).round().astype(np.uint8)
+    frames = (np.clip(video, 0, 1) * 255).round().astype(np.uint8)
     if out_path is None:
         out_path = outputs_dir() / f"generate-{time.strftime('%Y%m%d-%H%M%S')}-{seed}.mp4"
     path = write_mp4(frames, out_path, fps=fps)
     record = {
         "preset": preset["name"], "prompt": prompt, "negative_prompt": negative_prompt, "num_frames": num_frames,
         "height": height, "width": width, "steps": steps, "guidance_scale": guidance_scale, "seed": seed,
-        "fps": fps, "attention": settings.to_dict(), "family": family(preset).FAMILY,
-        "lora_dir": str(lora_dir) if lora_dir is not None else None,
+        "fps": fps, "attention": settings.to_dict(), "family": fam.name,
+        "lora_dir": str(lora_ref) if lora_ref is not None else None,
     }
     return GenerationResult(path=Path(path), frames=frames, seconds=seconds, settings=record)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import EngineError, InputError
-from .train.lora import COMFY_WEIGHT_NAME, DIFFUSERS_WEIGHT_NAME
+from .lora import COMFY_WEIGHT_NAME, DIFFUSERS_WEIGHT_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def find_adapter(run_or_dir: str | os.PathLike) -> AdapterSource:
     """Locate the adapter to push: a folder holding the LoRA file, or a run folder's
     `final/` (else `best_model/`, else the latest checkpoint's `lora/`)."""
     from .jobs import RunDir
-    from .train.checkpoint import checkpoint_dirs
+    from .checkpoint import checkpoint_dirs
 
     path = Path(run_or_dir).expanduser()
     if not path.is_dir():
@@ -223,15 +223,28 @@ def public_config(config: dict) -> dict:
     return out
 
 
-def comfy_export_bytes(adapter_dir: Path) -> bytes:
-    """The ComfyUI file: the run's export, or one made from the diffusers-format file."""
+def family_of_config(config: dict):
+    """The model family of a run's config (its preset's), else the default family."""
+    from .models import DEFAULT_FAMILY, family, family_named
+    from .presets import load_preset
+
+    try:
+        return family(load_preset(config.get("preset") or "tiny-wan"))
+    except EngineError:
+        return family_named(DEFAULT_FAMILY)
+
+
+def comfy_export_bytes(adapter_dir: Path, fam) -> bytes | None:
+    """The ComfyUI file: the run's export, or one made from the diffusers-format file (None: the family has none)."""
     existing = adapter_dir / COMFY_WEIGHT_NAME
     if existing.is_file():
         return existing.read_bytes()
+    if not fam.capabilities.comfy_export:
+        return None
     from safetensors import safe_open
     from safetensors.torch import save
 
-    from .train.lora import to_comfy_state_dict
+    from .lora import to_comfy_state_dict
 
     with safe_open(str(adapter_dir / DIFFUSERS_WEIGHT_NAME), "pt") as f:
         meta = json.loads((f.metadata() or {}).get("lora_adapter_metadata", "{}"))
@@ -239,8 +252,10 @@ def comfy_export_bytes(adapter_dir: Path) -> bytes:
     alpha = meta.get("transformer.lora_alpha", meta.get("lora_alpha"))
     if alpha is None:
         raise InputError(f"{adapter_dir / DIFFUSERS_WEIGHT_NAME} has no adapter metadata (lora_alpha), so no "
-                         "ComfyUI export can be made from it; save it with engine.train.lora.save_lora.")
-    return save(to_comfy_state_dict(state, alpha), metadata={"format": "pt"})
+                         "ComfyUI export can be made from it; save it with engine.lora.save_lora.")
+    tensors, skipped = to_comfy_state_dict(state, alpha, fam)
+    metadata = {"format": "pt", **({"comfy_skipped": json.dumps(skipped)} if skipped else {})}
+    return save(dict(sorted(tensors.items())), metadata=metadata)
 
 
 # ---------------------------------------------------------------------------- loss plot
@@ -360,10 +375,11 @@ def build_model_card(run_dir: str | os.PathLike, repo_id: str | None = None, *, 
     src = run_dir if isinstance(run_dir, AdapterSource) else find_adapter(run_dir)
     cfg = src.config
     info = _preset_info(cfg)
+    fam = family_of_config(cfg)
     summary = _summary(src.events)
     meta = adapter_metadata(src.adapter_dir)
     if files is None:
-        files = {DIFFUSERS_WEIGHT_NAME, COMFY_WEIGHT_NAME, CARD_NAME}
+        files = {DIFFUSERS_WEIGHT_NAME, CARD_NAME} | ({COMFY_WEIGHT_NAME} if fam.capabilities.comfy_export else set())
         files |= {TRAINING_CONFIG_NAME} if src.config_path else set()
         files |= {LOSS_PLOT_NAME} if loss_plot_png(src.events) else set()
         files |= {SAMPLE_VIDEO_NAME} if src.sample else set()
@@ -375,13 +391,13 @@ def build_model_card(run_dir: str | os.PathLike, repo_id: str | None = None, *, 
     if base_model:
         front["base_model"] = base_model
     front.update({"library_name": "diffusers", "pipeline_tag": "text-to-video", "license": info["license"],
-                  "tags": list(CARD_TAGS) + (["wan"] if (info["preset"] or {}).get("family", "wan") == "wan" else [])})
+                  "tags": list(CARD_TAGS) + list(fam.card_tags)})
     if not base_model:
         # The Hub checks base_model against existing repos, so an embedded or local model is named here
         # (a plain key the Hub ignores) and in the body, not faked as a base_model id.
         front["base_model_note"] = (
-            "embedded tiny-wan model (random weights built from presets/tiny-wan.json of Radial Studio), not on the Hub"
-            if info["source"] == "tiny" else f"a local model folder ({Path(str(info['source'])).name}), not on the Hub")
+            f"embedded {info['name']} model (random weights built from presets/{info['name']}.json of Radial Studio), "
+            "not on the Hub" if info["source"] == "tiny" else f"a local model folder ({Path(str(info['source'])).name}), not on the Hub")
     yaml_text = yaml.safe_dump(front, sort_keys=False, allow_unicode=True, width=1000)
 
     def g(key, default="n/a"):
@@ -400,9 +416,9 @@ def build_model_card(run_dir: str | os.PathLike, repo_id: str | None = None, *, 
     if base_model:
         lines += [f"Base model: [{base_model}](https://huggingface.co/{base_model}).", ""]
     elif is_tiny:
-        lines += ["Base model: the **embedded tiny-wan model** of Radial Studio: a tiny, randomly initialised "
-                  "Wan2.1-architecture model built from `presets/tiny-wan.json`. It exists for demos and tests; "
-                  "its videos are noise and this adapter is not useful for real generation.", ""]
+        lines += [f"Base model: the **embedded {info['name']} model** of Radial Studio: a tiny, randomly initialised "
+                  f"model of the {fam.description} architecture, built from `presets/{info['name']}.json`. It exists "
+                  "for demos and tests; its videos are noise and this adapter is not useful for real generation.", ""]
     else:
         lines += [f"Base model: a local model folder (`{info['source']}`).", ""]
 
@@ -438,30 +454,12 @@ def build_model_card(run_dir: str | os.PathLike, repo_id: str | None = None, *, 
 
     fps = info["fps"]
     lines += ["## Use it with diffusers", ""]
-    if base_model:
-        lines += ["```python", "import torch", "from diffusers import WanPipeline", "from diffusers.utils import export_to_video", "",
-                  f'pipe = WanPipeline.from_pretrained("{base_model}", torch_dtype=torch.bfloat16).to("cuda")',
-                  f'pipe.load_lora_weights("{repo}", weight_name="{DIFFUSERS_WEIGHT_NAME}")',
-                  f'video = pipe("a red ball bounces on a beach", num_frames={ext_frames or 161}, '
-                  f'height={g("height", 480)}, width={g("width", 832)}).frames[0]',
-                  f'export_to_video(video, "extended.mp4", fps={fps})', "```", ""]
-    elif is_tiny:
-        lines += ["The tiny base model is built by Radial Studio, but it is a stock diffusers `WanPipeline` and the "
-                  "adapter loads with stock `load_lora_weights`:", "",
-                  "```python", "from engine.models import get_pipeline  # Radial Studio, run from its repository",
-                  "from engine.presets import load_preset", "",
-                  'pipe = get_pipeline(load_preset("tiny-wan"))  # a diffusers WanPipeline',
-                  f'pipe.load_lora_weights("{repo}", weight_name="{DIFFUSERS_WEIGHT_NAME}")',
-                  f'video = pipe("a red ball bounces on a beach", num_frames={ext_frames or 33}, '
-                  f'height={g("height", 64)}, width={g("width", 64)}).frames[0]', "```", ""]
-    else:
-        lines += ["```python", "from diffusers import WanPipeline", "",
-                  'pipe = WanPipeline.from_pretrained("path/to/the/base/model")  # the model this adapter was trained on',
-                  f'pipe.load_lora_weights("{repo}", weight_name="{DIFFUSERS_WEIGHT_NAME}")', "```", ""]
+    lines += fam.card_usage(base_model=base_model, repo=repo, weight_name=DIFFUSERS_WEIGHT_NAME,
+                            num_frames=ext_frames or g("num_frames", 81), height=g("height", 480),
+                            width=g("width", 832), fps=fps, tiny=is_tiny)
     lines += ["Stock diffusers samples with dense attention: the adapter works, but long videos cost O(n^2) "
               "attention. Radial Studio samples with the radial attention the adapter was trained with.", "",
-              f"ComfyUI: `{COMFY_WEIGHT_NAME}` uses Wan's original module names "
-              "(`diffusion_model.blocks.N.self_attn.q.lora_down.weight`, with an `.alpha` per module).", "",
+              (f"ComfyUI: `{COMFY_WEIGHT_NAME}` uses {fam.card_comfy_note()}." if COMFY_WEIGHT_NAME in files else ""), "",
               "## Use it with Radial Studio", "", "```bash",
               f"python -m engine generate --preset {info['name'] or 'tiny-wan'} --prompt \"a red ball bounces on a beach\" "
               f"--num_frames {ext_frames or 161} --lora_checkpoint_dir {repo}", "```", "",
@@ -494,7 +492,7 @@ def push_adapter(run_or_dir: str | os.PathLike, repo_id: str, token: str | None 
     m = _HUB_ID.match(repo_id)
     if not m or m.group("rev"):
         raise InputError(f"repo_id '{repo_id}' is not a Hub model id: write it as 'user/name' "
-                         "(letters, digits, '-', '_', '.'), e.g. 'alice/wan-radial-lora'.")
+                         "(letters, digits, '-', '_', '.'), e.g. 'alice/radial-lora'.")
     endpoint = hub_endpoint(endpoint)
     token = resolve_token(token)
     if not token:
@@ -504,8 +502,10 @@ def push_adapter(run_or_dir: str | os.PathLike, repo_id: str, token: str | None 
     report(0.0, "collecting files")
     src = find_adapter(run_or_dir)
     loss_png = loss_plot_png(src.events)
-    ops: dict[str, bytes | Path] = {DIFFUSERS_WEIGHT_NAME: src.adapter_dir / DIFFUSERS_WEIGHT_NAME,
-                                    COMFY_WEIGHT_NAME: comfy_export_bytes(src.adapter_dir)}
+    ops: dict[str, bytes | Path] = {DIFFUSERS_WEIGHT_NAME: src.adapter_dir / DIFFUSERS_WEIGHT_NAME}
+    comfy = comfy_export_bytes(src.adapter_dir, family_of_config(src.config))
+    if comfy is not None:
+        ops[COMFY_WEIGHT_NAME] = comfy
     if src.config_path is not None:
         ops[TRAINING_CONFIG_NAME] = (json.dumps(public_config(src.config), indent=2) + "\n").encode()
     if loss_png:

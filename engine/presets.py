@@ -9,144 +9,68 @@ from __future__ import annotations
 import copy
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import ConfigError, InputError
-from .validation import check_frame_count
+from .models import DEFAULT_FAMILY, family_named, family_names
+from .settings import DICT, PRESET_SECTIONS, STR, Setting, check_section
 
 PRESETS_DIR = Path(os.environ.get("RADIAL_STUDIO_PRESETS", Path(__file__).resolve().parent.parent / "presets"))
 DEFAULT_PRESET = "tiny-wan"
 
 DTYPES = ("float32", "float16", "bfloat16")
-ATTENTION_BACKENDS = ("triton", "flex", "reference", "dense")
-WAN_ATTENTION_PROJECTIONS = ["to_q", "to_k", "to_v", "to_out.0"]
-# How each model family can continue a clean prefix (engine/continuation.py); the first is the
-# default when a preset leaves out `continuation`. null in a preset: it cannot do continuation.
-FAMILY_CONTINUATION = {"wan": ("replacement", "per_token"), "skyreels": ("per_token", "replacement"),
-                       "wan_vace": ("vace",), "opensora2": ("v2v_head",)}
-CONTINUATION_MODES = ("replacement", "per_token", "vace", "v2v_head")
 
-
-@dataclass(frozen=True)
-class Field:
-    type: type | tuple[type, ...]
-    default: Any
-    check: Callable[[Any], str | None] | None = None  # returns a problem description or None
-    choices: tuple | None = None
-    optional: bool = False  # None allowed
-
-
-def _at_least(lo):
-    return lambda v: None if v >= lo else f"must be >= {lo}"
-
-
-def _positive(v):
-    return None if v > 0 else "must be > 0"
-
-
-def _fraction(v):
-    return None if 0 <= v < 1 else "must be in [0, 1)"
-
-
-def _frames(v):
-    try:
-        check_frame_count(v)
-    except InputError as e:
-        return str(e).split(" is not a valid frame count: ", 1)[-1]
-    return None
-
-
-def _size(v):
-    return None if v >= 16 and v % 16 == 0 else f"must be a positive multiple of 16 (nearest: {max(16, v // 16 * 16)} or {max(16, v // 16 * 16) + 16})"
-
-
-def _str_list(v):
-    return None if all(isinstance(x, str) and x for x in v) and v else "must be a non-empty list of module names"
-
-
-INT, FLOAT, STR, BOOL = int, (int, float), str, bool
-
-SCHEMA: dict[str, Any] = {
-    "name": Field(STR, None),
-    "family": Field(STR, "wan", choices=tuple(FAMILY_CONTINUATION)),
-    "description": Field(STR, ""),
+# Top-level preset fields (the sections come from engine.settings.PRESET_SECTIONS).
+TOP_LEVEL = {
+    "name": Setting(STR, None),
+    "family": Setting(STR, DEFAULT_FAMILY, "the model family (engine/models/registry.py)"),
+    "description": Setting(STR, ""),
     # "tiny" (built from `tiny` below), a Hugging Face Hub id, or a local folder.
-    "source": Field(STR, None),
-    "revision": Field(STR, None, optional=True),
-    "dtype": Field(STR, "bfloat16", choices=DTYPES),
-    "license": Field(STR, "apache-2.0"),
-    "tiny": Field(dict, None, optional=True),
-    # "replacement" | "per_token" | "vace" | "v2v_head" | null; default: the family's first mode.
-    "continuation": Field(STR, "replacement", choices=CONTINUATION_MODES, optional=True),
-    "generation": {
-        "num_frames": Field(INT, 81, _frames),
-        "height": Field(INT, 480, _size),
-        "width": Field(INT, 832, _size),
-        "steps": Field(INT, 50, _at_least(1)),
-        "guidance_scale": Field(FLOAT, 5.0, _at_least(0)),
-        "negative_prompt": Field(STR, ""),
-        "fps": Field(INT, 16, _at_least(1)),
-        "seed": Field(INT, 0, _at_least(0)),
-    },
-    "attention": {
-        "pattern": Field(STR, "radial", choices=("radial", "dense")),
-        "dense_layers": Field(INT, 2, _at_least(0)),
-        "dense_timesteps": Field(INT, 2, _at_least(0)),
-        "decay_factor": Field(FLOAT, 0.2, _positive),
-        "block_size": Field(INT, 128, choices=(16, 32, 64, 128)),
-        "backend": Field(STR, None, choices=ATTENTION_BACKENDS, optional=True),
-    },
-    "lora": {
-        "lora_rank": Field(INT, 64, _at_least(1)),
-        "lora_alpha": Field(FLOAT, 64, _positive),
-        "lora_dropout": Field(FLOAT, 0.1, _fraction),
-        "target_modules": Field(list, WAN_ATTENTION_PROJECTIONS, _str_list),
-    },
-    "training": {
-        "learning_rate": Field(FLOAT, 1e-4, _positive),
-        "batch_size": Field(INT, 1, _at_least(1)),
-        "gradient_accumulation_steps": Field(INT, 4, _at_least(1)),
-        "num_epochs": Field(INT, 1, _at_least(1)),
-        "base_num_frames": Field(INT, 69, _frames),
-        "extended_num_frames": Field(INT, 161, _frames),
-        "height": Field(INT, 480, _size),
-        "width": Field(INT, 832, _size),
-    },
-    "tta": {
-        # Test-time adaptation clips are resized to this short side (the long side keeps the aspect).
-        "short_side": Field(INT, 256, _size),
-    },
+    "source": Setting(STR, None),
+    "revision": Setting(STR, None, optional=True),
+    "dtype": Setting(STR, "bfloat16", choices=DTYPES),
+    "license": Setting(STR, "apache-2.0"),
+    "tiny": Setting(DICT, None, optional=True),
+    # A continuation mode of the family, or null (no continuation); default: the family's first mode.
+    "continuation": Setting(STR, None, optional=True),
 }
-
 REQUIRED = ("name", "source")
+FRAME_FIELDS = (("generation", "num_frames"), ("training", "base_num_frames"), ("training", "extended_num_frames"),
+                ("tta", "cond_frames"), ("tta", "total_frames"))
+SIZE_FIELDS = (("generation", "height", "width"), ("training", "height", "width"))
 
 
-def _type_name(t) -> str:
-    if isinstance(t, tuple):
-        return "number"
-    return {int: "integer", str: "string", bool: "boolean", dict: "object", list: "list"}.get(t, t.__name__)
-
-
-def _check_field(where: str, field: Field, value: Any) -> Any:
-    if value is None:
-        if field.optional:
-            return None
-        raise ConfigError(f"{where}: field is null; set it to a {_type_name(field.type)}.")
-    # bool is an int subclass in Python; never accept it for a number field.
-    wrong_bool = isinstance(value, bool) and field.type is not bool
-    if wrong_bool or not isinstance(value, field.type):
+def _family_checks(out: dict, origin: str) -> None:
+    """What depends on the model family: frame rule, size multiple, continuation mode, LoRA targets."""
+    fam = family_named(out["family"])
+    for section, key in FRAME_FIELDS:
+        try:
+            fam.check_frame_count(out[section][key], key)
+        except InputError as err:
+            raise ConfigError(f"{origin}: field '{section}.{key}': {err}") from None
+    for section, h, w in SIZE_FIELDS:
+        try:
+            fam.check_size(out[section][h], out[section][w])
+        except InputError as err:
+            raise ConfigError(f"{origin}: field '{section}.{h}/{w}': {err}") from None
+    modes = list(fam.capabilities.continuation)
+    if out["continuation"] is not None and out["continuation"] not in modes:
         raise ConfigError(
-            f"{where}: expected a {_type_name(field.type)}, got {type(value).__name__} {value!r}."
+            f"{origin}: field 'continuation' is {out['continuation']!r}, which family '{out['family']}' cannot do; "
+            f"choose one of {modes} (or null: no continuation)."
         )
-    if field.choices is not None and value not in field.choices:
-        raise ConfigError(f"{where}: {value!r} is not allowed; choose one of {list(field.choices)}.")
-    if field.check is not None:
-        problem = field.check(value)
-        if problem:
-            raise ConfigError(f"{where}={value!r}: {problem}.")
-    return value
+    if out["lora"]["target_modules"] is None:
+        out["lora"]["target_modules"] = fam.default_lora_targets()
+    train, tta = out["training"], out["tta"]
+    if train["extended_num_frames"] <= train["base_num_frames"]:
+        raise ConfigError(
+            f"{origin}: field 'training.extended_num_frames' ({train['extended_num_frames']}) must be "
+            f"greater than 'training.base_num_frames' ({train['base_num_frames']})."
+        )
+    if tta["total_frames"] <= tta["cond_frames"]:
+        raise ConfigError(f"{origin}: field 'tta.total_frames' ({tta['total_frames']}) must be greater than "
+                          f"'tta.cond_frames' ({tta['cond_frames']}).")
 
 
 def validate_preset(data: Any, origin: str = "preset") -> dict:
@@ -156,44 +80,21 @@ def validate_preset(data: Any, origin: str = "preset") -> dict:
     for key in REQUIRED:
         if key not in data:
             raise ConfigError(f"{origin}: missing required field '{key}'. Add it to the preset file.")
-    out: dict = {}
-    if "continuation" not in data and data.get("family", "wan") in FAMILY_CONTINUATION:
-        data = {**data, "continuation": FAMILY_CONTINUATION[data.get("family", "wan")][0]}
-    for key, spec in SCHEMA.items():
-        if isinstance(spec, dict):
-            section = data.get(key, {})
-            if not isinstance(section, dict):
-                raise ConfigError(f"{origin}: field '{key}' must be an object of settings.")
-            unknown = sorted(set(section) - set(spec))
-            if unknown:
-                raise ConfigError(
-                    f"{origin}: unknown field(s) {', '.join(f'{key}.{u}' for u in unknown)}; "
-                    f"known fields in '{key}': {sorted(spec)}."
-                )
-            out[key] = {
-                name: _check_field(f"{origin}: field '{key}.{name}'", f, copy.deepcopy(section.get(name, f.default)))
-                for name, f in spec.items()
-            }
-        else:
-            value = data.get(key, spec.default)
-            out[key] = _check_field(f"{origin}: field '{key}'", spec, copy.deepcopy(value))
-    unknown = sorted(set(data) - set(SCHEMA))
+    unknown = sorted(set(data) - set(TOP_LEVEL) - set(PRESET_SECTIONS))
     if unknown:
-        raise ConfigError(f"{origin}: unknown field(s) {unknown}; known fields: {sorted(SCHEMA)}.")
+        raise ConfigError(f"{origin}: unknown field(s) {unknown}; known fields: {sorted({*TOP_LEVEL, *PRESET_SECTIONS})}.")
+    out: dict = {}
+    for key, setting in TOP_LEVEL.items():
+        out[key] = setting.check(copy.deepcopy(data.get(key, setting.default)), f"{origin}: field '{key}'")
+    if out["family"] not in family_names():
+        raise ConfigError(f"{origin}: field 'family': {out['family']!r} is not allowed; choose one of {family_names()}.")
+    if "continuation" not in data:  # the family's default mode
+        out["continuation"] = next(iter(family_named(out["family"]).capabilities.continuation), None)
+    for key, group in PRESET_SECTIONS.items():
+        out[key] = check_section(group, data.get(key, {}), origin, key)
     if out["source"] == "tiny" and not out["tiny"]:
         raise ConfigError(f"{origin}: source is 'tiny' but field 'tiny' (the model configs) is missing.")
-    modes = FAMILY_CONTINUATION[out["family"]]
-    if out["continuation"] is not None and out["continuation"] not in modes:
-        raise ConfigError(
-            f"{origin}: field 'continuation' is {out['continuation']!r}, which family '{out['family']}' cannot do; "
-            f"choose one of {list(modes)} (or null: no continuation)."
-        )
-    train = out["training"]
-    if train["extended_num_frames"] <= train["base_num_frames"]:
-        raise ConfigError(
-            f"{origin}: field 'training.extended_num_frames' ({train['extended_num_frames']}) must be "
-            f"greater than 'training.base_num_frames' ({train['base_num_frames']})."
-        )
+    _family_checks(out, origin)
     return out
 
 
@@ -205,7 +106,7 @@ def list_presets(presets_dir: Path | None = None) -> list[str]:
 def load_preset(name_or_path: str, presets_dir: Path | None = None) -> dict:
     """Load a preset by name (presets/<name>.json) or by path to a JSON file."""
     if not isinstance(name_or_path, str) or not name_or_path.strip():
-        raise ConfigError("preset: give a preset name, e.g. 'tiny-wan'.")
+        raise ConfigError(f"preset: give a preset name, e.g. '{DEFAULT_PRESET}'.")
     path = Path(name_or_path)
     if path.suffix != ".json":
         path = Path(presets_dir or PRESETS_DIR) / f"{name_or_path}.json"
@@ -225,7 +126,7 @@ def apply_overrides(preset: dict, section: str, overrides: dict) -> dict:
     for key, value in overrides.items():
         if value is None:
             continue
-        if key not in SCHEMA[section]:
-            raise ConfigError(f"unknown setting '{section}.{key}'; known: {sorted(SCHEMA[section])}.")
+        if key not in PRESET_SECTIONS[section]:
+            raise ConfigError(f"unknown setting '{section}.{key}'; known: {sorted(PRESET_SECTIONS[section])}.")
         updated[section][key] = value
     return validate_preset(updated, origin=f"preset '{preset['name']}' with overrides")

@@ -79,25 +79,28 @@ def gpu_task(duration: int | float | Callable[..., float] | None = None):
 
 # ---------------------------------------------------------------------------- estimates
 
-# Wan2.1 1.3B at 81 frames, 480x832 (32,760 tokens): about 0.9 s per transformer forward on an
+# A 1.3B model (Wan2.1 1.3B) at 81 frames, 480x832 (32,760 tokens): about 0.9 s per transformer forward on an
 # H100/H200-class GPU with dense attention. Radial attention is cheaper at long lengths; the
 # estimate stays on the safe side.
 _REF_TOKENS = 21 * 30 * 52
 _REF_SECONDS_PER_FORWARD = 0.9
 
 
-def num_tokens(num_frames: int, height: int, width: int) -> int:
-    """Wan token count: VAE 4x temporal / 8x spatial, then 1x2x2 patches."""
-    return ((int(num_frames) - 1) // 4 + 1) * (int(height) // 16) * (int(width) // 16)
+def num_tokens(preset: dict, num_frames: int, height: int, width: int) -> int:
+    """The transformer's token count for a video, by the preset's family layout."""
+    from .models import family
+
+    return family(preset).token_layout(int(num_frames), int(height), int(width)).num_tokens
 
 
 def model_scale(preset: dict) -> float:
-    """Cost relative to Wan2.1 1.3B: ~10x for 14B, ~0 for the tiny model."""
-    source = str(preset.get("source", "")).lower()
-    name = str(preset.get("name", "")).lower()
-    if source == "tiny":
+    """Cost relative to a 1.3B model: about width^2 (x10 for 14B), ~0 for the tiny models."""
+    from .models import family
+
+    if preset.get("source") == "tiny":
         return 0.01
-    return 10.0 if "14b" in source or "14b" in name else 1.0
+    width = family(preset).model_width(preset)
+    return (width / 1536) ** 2 if width else 10.0 if "14b" in str(preset.get("name", "")).lower() else 1.0
 
 
 def work_seconds(forward_passes: int, tokens: int, scale: float = 1.0, overhead: float = 20.0) -> float:
@@ -110,7 +113,7 @@ def generation_seconds(preset: dict, num_frames: int, height: int, width: int, s
                        guidance_scale: float = 5.0, videos: int = 1) -> int:
     """A ZeroGPU duration for sampling `videos` videos (clamped)."""
     passes = steps * (2 if guidance_scale and guidance_scale > 1 else 1) * videos
-    return clamp_seconds(work_seconds(passes, num_tokens(num_frames, height, width), model_scale(preset)))
+    return clamp_seconds(work_seconds(passes, num_tokens(preset, num_frames, height, width), model_scale(preset)))
 
 
 # ---------------------------------------------------------------------------- training
@@ -132,5 +135,5 @@ def training_supported() -> tuple[bool, str]:
     except ImportError:  # pragma: no cover
         has_gpu = False
     if not has_gpu:
-        return True, "No GPU here: training runs on the CPU, which is practical only with the tiny-wan preset."
+        return True, "No GPU here: training runs on the CPU, which is practical only with the tiny presets."
     return True, ""

@@ -21,9 +21,9 @@ def write_events(run: Path, steps: range, val_steps) -> None:
 def make_finished_run(run: Path, tiny_preset: dict) -> Path:
     """final/ LoRA (both formats, B != 0), config.json, status, events and sample videos."""
     from engine.jobs import RunDir, atomic_write_json
-    from engine.models.wan import build_tiny_pipeline
-    from engine.train.config import config_from_preset
-    from engine.train.lora import add_lora, save_lora
+    from engine.models.wan import FAMILY, build_tiny_pipeline
+    from engine.config import config_from_preset
+    from engine.lora import add_lora, save_lora
     from engine.video import write_mp4
 
     config = config_from_preset("tiny-wan", output_dir=str(run), data_dir="data/tiny", max_steps=10, seed=7)
@@ -34,7 +34,7 @@ def make_finished_run(run: Path, tiny_preset: dict) -> Path:
         for name, p in pipe.transformer.named_parameters():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
-    save_lora(pipe.transformer, run / "final")
+    save_lora(pipe.transformer, run / "final", FAMILY)
     atomic_write_json(run / "config.json", config.to_dict())
     RunDir(run).update_status(state="finished", step=10, total_steps=10)
     write_events(run, range(1, 11), (0, 5, 10))

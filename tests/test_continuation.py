@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import torch
 
+from engine.attention.processor import remove_radial_attention
 from engine.continuation import initial_noise, sample_continuation
 from engine.errors import InputError
 from engine.models import family, get_pipeline
 from engine.presets import load_preset
-from engine.train.synthetic import render_clip
-from engine.train.tta import to_pixels
+from engine.data.synthetic import render_clip
+from engine.workers.tta import to_pixels
 
 
 @pytest.fixture(scope="module")
@@ -20,21 +21,24 @@ def clip_pixels():
 def _setup(name, clip_pixels):
     preset = load_preset(name)
     pipe, fam = get_pipeline(preset), family(preset)
-    fam.use_dense_attention(pipe.transformer)
+    remove_radial_attention(pipe.transformer)
     cond = fam.encode_video(pipe, clip_pixels[:, :, :33])
     pos, neg = fam.encode_prompt(pipe, "a red circle moves from left to right", "", 5.0)
     return pipe, fam, cond, pos, neg
 
 
 class Spy:
-    """Wraps a family's transformer_forward and records what the model was given."""
+    """Wraps a family's forward and records what the model was given (everything else is the family's)."""
 
     def __init__(self, fam):
         self.fam, self.calls = fam, []
 
-    def transformer_forward(self, transformer, hidden_states, timestep, encoder_hidden_states, **kw):
+    def __getattr__(self, name):
+        return getattr(self.fam, name)
+
+    def forward(self, transformer, hidden_states, timestep, encoder_hidden_states, **kw):
         self.calls.append((hidden_states.clone(), timestep.clone(), kw))
-        return self.fam.transformer_forward(transformer, hidden_states, timestep, encoder_hidden_states, **kw)
+        return self.fam.forward(transformer, hidden_states, timestep, encoder_hidden_states, **kw)
 
 
 def test_encoding_the_prefix_alone_gives_the_first_latents_of_the_whole_clip(tiny_pipe, clip_pixels):
@@ -82,9 +86,9 @@ def test_per_token_mode_on_skyreels_keeps_the_prefix_clean_at_timestep_zero(clip
     t_prefix0 = t_all.clone()
     t_prefix0[:, :9] = 0
     with torch.no_grad():
-        a = fam.transformer_forward(pipe.transformer, x, t_all, pos, fps=16)
-        b = fam.transformer_forward(pipe.transformer, x, t_prefix0, pos, fps=16)
-        c = fam.transformer_forward(pipe.transformer, x, torch.tensor([500.0]), pos, fps=16)
+        a = fam.forward(pipe.transformer, x, t_all, pos, fps=16)
+        b = fam.forward(pipe.transformer, x, t_prefix0, pos, fps=16)
+        c = fam.forward(pipe.transformer, x, torch.tensor([500.0]), pos, fps=16)
     assert not torch.allclose(a, b)
     assert torch.equal(a, c)  # a [B] timestep is the same level on every frame
 

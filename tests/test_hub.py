@@ -1,7 +1,7 @@
 """engine.hub: push a run's adapter with its model card, pull it back by Hub id.
 
 Every test talks to the local Hub-compatible server of tests/hub_server.py (HF_ENDPOINT), never
-the internet. The adapter is a real LoRA on the tiny model, saved by engine.train.lora.
+the internet. The adapter is a real LoRA on the tiny model, saved by engine.lora.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import yaml
 from engine.errors import InputError
 from engine.hub import (CARD_NAME, LOSS_PLOT_NAME, PULL_PATTERNS, SAMPLE_VIDEO_NAME, TRAINING_CONFIG_NAME, HubError,
                         build_model_card, find_adapter, push_adapter, resolve_adapter, resolve_token)
-from engine.train.lora import COMFY_WEIGHT_NAME, DIFFUSERS_WEIGHT_NAME
+from engine.lora import COMFY_WEIGHT_NAME, DIFFUSERS_WEIGHT_NAME
 from tests.hub_server import FakeHub
 from tests.run_factory import make_finished_run, write_events
 
@@ -341,7 +341,7 @@ def _lora_a(transformer, adapter: str) -> torch.Tensor:
 def test_pull_by_id_and_by_revision_loads_into_a_pipeline(hub, run_copy, tiny_pipe, monkeypatch, capsys):
     from safetensors.torch import load_file
 
-    from engine.train.lora import load_lora_into_pipeline
+    from engine.lora import load_lora_into_pipeline
 
     first = push_adapter(run_copy, "alice/pull-me", token=TOKEN)
     write_events(run_copy, range(11, 13), ())
@@ -362,9 +362,11 @@ def test_pull_by_id_and_by_revision_loads_into_a_pipeline(hub, run_copy, tiny_pi
     assert resolve_adapter("alice/pull-me", endpoint=f"http://127.0.0.1:{_closed_port()}") == latest
 
     saved = load_file(run_copy / "final" / DIFFUSERS_WEIGHT_NAME)["transformer.blocks.0.attn1.to_q.lora_A.weight"]
-    monkeypatch.setenv("HF_TOKEN", TOKEN)  # load_lora_into_pipeline takes Hub ids; the token from the env
+    from engine.models.wan import FAMILY
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)  # resolve_adapter takes the token from the env
     for ref in ("alice/pull-me", f"alice/pull-me@{first['commit_oid']}", "alice/pull-me@main"):
-        name = load_lora_into_pipeline(tiny_pipe, ref)
+        name = load_lora_into_pipeline(tiny_pipe, resolve_adapter(ref), FAMILY)
         try:
             assert torch.equal(_lora_a(tiny_pipe.transformer, name), saved)
         finally:

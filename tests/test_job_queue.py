@@ -5,7 +5,7 @@ import time
 import pytest
 
 from engine.jobs import job_status, pump_queue, queue_position, submit_job
-from engine.train.data import create_synthetic_dataset
+from engine.data.dataset import create_synthetic_dataset
 
 
 def _argv(data, run):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from engine.jobs import RunDir, job_status, kill_job, start_job, stop_job
-from engine.train.data import create_synthetic_dataset
+from engine.data.dataset import create_synthetic_dataset
 
 
 def _wait(run, predicate, timeout=300):

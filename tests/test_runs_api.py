@@ -1,4 +1,4 @@
-"""engine.train.runs: which run an empty run id means, and errors for unknown runs."""
+"""engine.launch.training: which run an empty run id means, and errors for unknown runs."""
 
 import os
 import time
@@ -7,7 +7,7 @@ import pytest
 
 from engine.errors import InputError
 from engine.jobs import RunDir
-from engine.train.runs import active_or_newest_run, list_runs, resume_training, training_status
+from engine.launch.training import active_or_newest_run, list_runs, resume_training, training_status
 
 
 def _run(root, name, kind, state, created):

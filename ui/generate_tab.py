@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import gradio as gr
 
-from engine.generate import generate_video
-from engine.presets import list_presets, load_preset
-from engine.spaces_support import generation_seconds, gpu_task
+from engine import api
+from engine.api import gpu_task
 
 from .errors import user_errors_as_messages
 
 
 def _gpu_seconds(preset, prompt, negative_prompt, num_frames, height, width, steps, guidance_scale, *rest, **kw):
-    return generation_seconds(load_preset(preset), int(num_frames), int(height), int(width), int(steps),
-                              float(guidance_scale))
+    return api.generate_gpu_seconds(preset, int(num_frames), int(height), int(width), int(steps), float(guidance_scale))
 
 
 @user_errors_as_messages
@@ -23,7 +21,7 @@ def run_generate(preset, prompt, negative_prompt, num_frames, height, width, ste
     def report(done, total):
         progress((done, total), desc="sampling", unit="steps")
 
-    result = generate_video(
+    result = api.generate(
         prompt, preset=preset, negative_prompt=negative_prompt, num_frames=int(num_frames), height=int(height),
         width=int(width), steps=int(steps), guidance_scale=float(guidance_scale), seed=int(seed), progress=report,
     )
@@ -31,7 +29,7 @@ def run_generate(preset, prompt, negative_prompt, num_frames, height, width, ste
 
 
 def _preset_defaults(name: str):
-    gen = load_preset(name)["generation"]
+    gen = api.generation_defaults(name)
     return gen["num_frames"], gen["height"], gen["width"], gen["steps"], gen["guidance_scale"], gen["seed"]
 
 
@@ -41,11 +39,13 @@ def on_preset_change(name):
 
 
 def build(default_preset: str) -> None:
+    presets = api.presets_for("generate")
+    default_preset = api.default_preset_for("generate", default_preset)
     frames0, height0, width0, steps0, guidance0, seed0 = _preset_defaults(default_preset)
     with gr.Tab("Generate"):
         with gr.Row():
             with gr.Column():
-                preset = gr.Dropdown(list_presets(), value=default_preset, label="Preset")
+                preset = gr.Dropdown(presets, value=default_preset, label="Preset")
                 prompt = gr.Textbox(label="Prompt", value="a red circle moves left on a black background", lines=2)
                 negative = gr.Textbox(label="Negative prompt", value="")
                 with gr.Row():

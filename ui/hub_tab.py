@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from engine.adapters import finished_adapters, resolve_adapter_ref
-from engine.hub import pull_adapter, push_adapter
-from engine.spaces_support import on_spaces
+from engine import api
 
 from .errors import user_errors_as_messages
 
@@ -18,11 +16,8 @@ from .errors import user_errors_as_messages
 @user_errors_as_messages
 def hub_push(adapter: str, repo_id: str, token: str = "", public: bool = False,
              oauth_token: gr.OAuthToken | None = None, progress=gr.Progress()):
-    folder = resolve_adapter_ref(adapter)
-    # A run's adapter lives in runs/<id>/final: push the run so the card gets its config and losses.
-    source = folder.parent if folder.name in ("final", "best_model") else folder
     token = (token or "").strip() or (oauth_token.token if oauth_token is not None else None)
-    result = push_adapter(source, repo_id, token=token, private=not public,
+    result = api.hub_push(adapter, repo_id, token=token, public=public,
                           progress=lambda fraction, message: progress(fraction, desc=message))
     return result, f"Pushed to [{result['repo_id']}]({result['repo_url']}) · commit `{result['commit_oid'][:10]}`"
 
@@ -30,7 +25,7 @@ def hub_push(adapter: str, repo_id: str, token: str = "", public: bool = False,
 @user_errors_as_messages
 def hub_pull(ref: str, token: str = "", oauth_token: gr.OAuthToken | None = None):
     token = (token or "").strip() or (oauth_token.token if oauth_token is not None else None)
-    folder = pull_adapter(ref, token=token)
+    folder = api.pull_adapter(ref, token=token)
     return {"adapter": str(folder), "files": sorted(p.name for p in folder.iterdir())}
 
 
@@ -38,13 +33,13 @@ def build() -> None:
     with gr.Tab("Hub"):
         gr.Markdown("Share an adapter: the LoRA (diffusers + ComfyUI formats), its training config and a model card "
                     "with the loss plot and a sample video. Repos are private unless you tick *public*.")
-        if on_spaces():
+        if api.on_spaces():
             gr.LoginButton()
         with gr.Row():
             with gr.Column():
-                adapter = gr.Dropdown(choices=finished_adapters(), value="", allow_custom_value=True,
+                adapter = gr.Dropdown(choices=api.finished_adapters(), value="", allow_custom_value=True,
                                       label="Adapter (a finished run, or a folder under the data root)")
-                repo_id = gr.Textbox(label="Repo id", placeholder="your-name/wan-radial-lora")
+                repo_id = gr.Textbox(label="Repo id", placeholder="your-name/radial-lora")
                 token = gr.Textbox(label="Token (optional: else HF_TOKEN, your login, or the sign-in button)",
                                    type="password", value="")
                 public = gr.Checkbox(False, label="Public")
@@ -59,4 +54,4 @@ def build() -> None:
         pulled = gr.JSON(label="Pulled adapter")
         push.click(hub_push, [adapter, repo_id, token, public], [result, message], api_name="hub_push")
         pull.click(hub_pull, [ref, token], pulled, api_name="hub_pull")
-        refresh.click(lambda: gr.Dropdown(choices=finished_adapters()), None, adapter, api_name=False)
+        refresh.click(lambda: gr.Dropdown(choices=api.finished_adapters()), None, adapter, api_name=False)

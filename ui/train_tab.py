@@ -1,6 +1,6 @@
 """Length extension tab: start/stop/resume training jobs, live status, loss plot and samples.
 
-All state is on disk (engine.train.runs); a timer polls it, so a page reload or a second
+All state is on disk (engine.launch.training); a timer polls it, so a page reload or a second
 browser shows the same run. API: /train_start, /train_status, /train_stop, /train_resume,
 /train_runs.
 """
@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from engine.presets import list_presets, load_preset
-from engine.train.runs import TINY_DEMO, active_or_newest_run, list_runs, resume_training, start_training, stop_training, training_status
+from engine import api
 
 from .errors import user_errors_as_messages
 from .job_view import curves_frame, job_status_markdown
@@ -18,22 +17,15 @@ from .job_view import curves_frame, job_status_markdown
 LOSS_SERIES = {"loss": "total", "loss_base": "base", "loss_extended": "extended", "loss_consistency": "consistency"}
 
 
+# The settings the form shows; their values come from the preset (engine.api.training_defaults).
+SETTING_NAMES = ["max_steps", "learning_rate", "lora_rank", "lora_alpha", "base_num_frames", "extended_num_frames",
+                 "pattern", "dense_layers", "dense_timesteps", "decay_factor", "block_size",
+                 "gradient_accumulation_steps", "validation_steps", "checkpointing_steps", "sample_steps", "seed"]
+
+
 def preset_training_defaults(name: str) -> dict:
-    p = load_preset(name)
-    t, a, lora = p["training"], p["attention"], p["lora"]
-    demo = TINY_DEMO if name.startswith("tiny") else {}
-    return {
-        "max_steps": demo.get("max_steps", 1000), "learning_rate": t["learning_rate"], "lora_rank": lora["lora_rank"],
-        "lora_alpha": lora["lora_alpha"], "base_num_frames": t["base_num_frames"],
-        "extended_num_frames": t["extended_num_frames"], "pattern": a["pattern"], "dense_layers": a["dense_layers"],
-        "dense_timesteps": a["dense_timesteps"], "decay_factor": a["decay_factor"], "block_size": a["block_size"],
-        "gradient_accumulation_steps": t["gradient_accumulation_steps"],
-        "validation_steps": demo.get("validation_steps", 100), "checkpointing_steps": demo.get("checkpointing_steps", 100),
-        "sample_steps": demo.get("sample_steps", 0), "seed": 0,
-    }
-
-
-SETTING_NAMES = list(preset_training_defaults("tiny-wan"))
+    d = api.training_defaults(name)
+    return {n: d[n] for n in SETTING_NAMES}
 INT_SETTINGS = {"max_steps", "lora_rank", "base_num_frames", "extended_num_frames", "dense_layers", "dense_timesteps",
                 "block_size", "gradient_accumulation_steps", "validation_steps", "checkpointing_steps", "sample_steps",
                 "seed"}
@@ -62,7 +54,8 @@ def status_line(status: dict) -> str:
 
 
 def _run_choices() -> list[tuple[str, str]]:
-    return [(f"{r['run_id']} ({r['state']}, {r['step']}/{r['total_steps'] or '?'})", r["run_id"]) for r in list_runs()]
+    return [(f"{r['run_id']} ({r['state']}, {r['step']}/{r['total_steps'] or '?'})", r["run_id"])
+            for r in api.list_runs()]
 
 
 def _view(status: dict, smoothing: float):
@@ -74,7 +67,7 @@ def _view(status: dict, smoothing: float):
 
 
 @user_errors_as_messages
-def train_start(preset="tiny-wan", data_source="synthetic", num_samples=4, uploads=None, folder="", max_steps=None,
+def train_start(preset=api.DEFAULT_PRESET, data_source="synthetic", num_samples=4, uploads=None, folder="", max_steps=None,
                 learning_rate=None, lora_rank=None, lora_alpha=None, base_num_frames=None, extended_num_frames=None,
                 pattern=None, dense_layers=None, dense_timesteps=None, decay_factor=None, block_size=None,
                 gradient_accumulation_steps=None, validation_steps=None, checkpointing_steps=None, sample_steps=None,
@@ -87,20 +80,20 @@ def train_start(preset="tiny-wan", data_source="synthetic", num_samples=4, uploa
         if value is None or value == "":
             continue
         settings[name] = int(value) if name in INT_SETTINGS else (float(value) if name != "pattern" else value)
-    status = start_training(preset, data_source, uploads=uploads, folder=folder, num_samples=int(num_samples or 4),
+    status = api.start_training(preset, data_source, uploads=uploads, folder=folder, num_samples=int(num_samples or 4),
                             settings=settings)
     return (status["run_id"], *_view(status, smoothing))
 
 
 def _default_run(run_id: str | None) -> str | None:
     """An empty run id means the active run (running or queued), else the newest one."""
-    return run_id or active_or_newest_run("train")
+    return run_id or api.active_or_newest_run("train")
 
 
 @user_errors_as_messages
 def train_status(run_id="", smoothing=0.0):
     run_id = _default_run(run_id)
-    return _view(training_status(run_id) if run_id else {}, smoothing)
+    return _view(api.training_status(run_id) if run_id else {}, smoothing)
 
 
 def _act(action, verb: str, run_id: str, smoothing: float):
@@ -112,16 +105,16 @@ def _act(action, verb: str, run_id: str, smoothing: float):
 
 @user_errors_as_messages
 def train_stop(run_id="", smoothing=0.0):
-    return _act(stop_training, "stop", run_id, smoothing)
+    return _act(api.stop_training, "stop", run_id, smoothing)
 
 
 @user_errors_as_messages
 def train_resume(run_id="", smoothing=0.0):
-    return _act(resume_training, "resume", run_id, smoothing)
+    return _act(api.resume_training, "resume", run_id, smoothing)
 
 
 def train_runs() -> list[dict]:
-    return list_runs()
+    return api.list_runs()
 
 
 def on_load():
@@ -135,11 +128,13 @@ def on_preset_change(name):
 
 
 def build(default_preset: str, demo: gr.Blocks) -> None:
+    presets = api.presets_for("length_extension")
+    default_preset = api.default_preset_for("length_extension", default_preset)
     d = preset_training_defaults(default_preset)
     with gr.Tab("Length extension"):
         with gr.Row():
             with gr.Column(scale=1):
-                preset = gr.Dropdown(list_presets(), value=default_preset, label="Preset")
+                preset = gr.Dropdown(presets, value=default_preset, label="Preset")
                 data_source = gr.Radio(["synthetic", "upload", "folder"], value="synthetic", label="Dataset",
                                        info="synthetic: built-in procedural clips; upload: videos + same-name .txt "
                                             "captions; folder: a path under the server's data root")

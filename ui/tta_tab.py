@@ -9,11 +9,8 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from engine.presets import load_preset
-from engine.spaces_support import gpu_task, num_tokens, on_zero_gpu, work_seconds
-from engine.train.runs import active_or_newest_run
-from engine.train.tta import continuation_presets
-from engine.train.tta_runs import start_tta, start_tta_sweep, stop_tta, tta_status
+from engine import api
+from engine.api import gpu_task
 
 from .errors import user_errors_as_messages
 from .job_view import curves_frame, job_status_markdown
@@ -49,38 +46,39 @@ def _view(s: dict):
 
 
 def _latest_tta_run() -> str | None:
-    return active_or_newest_run(("tta", "tta-sweep"))
+    return api.active_or_newest_run(("tta", "tta-sweep"))
 
 
-def _gpu_seconds(video=None, preset="tiny-wan", rank=16, lr=2e-4, steps=20, *rest, **kw):
-    p = load_preset(preset)
-    side = p["tta"]["short_side"]
-    # steps of forward+backward (~3 passes) on the 33-frame prefix, then two 65-frame samplings
-    passes = 3 * int(steps) + 2 * p["generation"]["steps"] * 2
-    return work_seconds(passes, num_tokens(65, side, side * 16 // 9 // 16 * 16), 1.0)
+def _gpu_seconds(video=None, preset=api.DEFAULT_PRESET, rank=None, lr=None, steps=None, *rest, **kw):
+    return api.tta_gpu_seconds(preset, steps or api.tta_defaults(preset)["steps"])
 
 
 @gpu_task(_gpu_seconds)
 def _tta_in_request(video, preset, rank, lr, steps, objective, seed, prompt):
-    return start_tta(video, preset=preset, rank=rank, lr=lr, steps=steps, objective=objective, seed=seed,
-                     prompt=prompt, in_request=True)
+    return api.start_tta(video, preset=preset, rank=rank, lr=lr, steps=steps, objective=objective, seed=seed,
+                         prompt=prompt, in_request=True)
+
+
+def _number(value, kind):
+    return None if value is None or value == "" else kind(value)
 
 
 @user_errors_as_messages
-def tta_run(video=None, preset="tiny-wan", rank=16, lr=2e-4, steps=20, objective="diffusion", seed=0, prompt=""):
-    """Every parameter has a default: with none, the built-in sample clip on the tiny model."""
-    args = (video or None, preset, int(rank), float(lr), int(steps), objective, int(seed), prompt or None)
-    if on_zero_gpu():  # the GPU is lent to this request only: run here, not as a background job
+def tta_run(video=None, preset=api.DEFAULT_PRESET, rank=None, lr=None, steps=None, objective=None, seed=0, prompt=""):
+    """Every parameter has a default (the preset's tta section): with none, the built-in sample clip on the tiny model."""
+    args = (video or None, preset, _number(rank, int), _number(lr, float), _number(steps, int), objective or None,
+            int(seed), prompt or None)
+    if api.on_zero_gpu():  # the GPU is lent to this request only: run here, not as a background job
         return _view(_tta_in_request(*args))
     video, preset, rank, lr, steps, objective, seed, prompt = args
-    return _view(start_tta(video, preset=preset, rank=rank, lr=lr, steps=steps, objective=objective, seed=seed,
-                           prompt=prompt))
+    return _view(api.start_tta(video, preset=preset, rank=rank, lr=lr, steps=steps, objective=objective, seed=seed,
+                               prompt=prompt))
 
 
 @user_errors_as_messages
 def tta_status_view(run_id=""):
     run_id = run_id or _latest_tta_run()
-    return _view(tta_status(run_id) if run_id else {})
+    return _view(api.tta_status(run_id) if run_id else {})
 
 
 @user_errors_as_messages
@@ -88,18 +86,20 @@ def tta_stop(run_id=""):
     run_id = run_id or _latest_tta_run()
     if not run_id:
         raise gr.Error("There is no TTA run to stop.")
-    return _view(stop_tta(run_id))
+    return _view(api.stop_tta(run_id))
 
 
 @user_errors_as_messages
-def tta_sweep(folder="", preset="tiny-wan", ranks="8,16", lrs="2e-4", steps="5,10", objective="diffusion", seed=0):
-    return _view(start_tta_sweep(folder, preset=preset, ranks=ranks, lrs=lrs, steps=steps, objective=objective,
-                                 seed=int(seed)))
+def tta_sweep(folder="", preset=api.DEFAULT_PRESET, ranks=api.APP_SWEEP["ranks"], lrs=api.APP_SWEEP["lrs"],
+              steps=api.APP_SWEEP["steps"], objective=None, seed=0):
+    return _view(api.start_tta_sweep(folder, preset=preset, ranks=ranks, lrs=lrs, steps=steps,
+                                     objective=objective or None, seed=int(seed)))
 
 
 def build(default_preset: str) -> None:
-    presets = continuation_presets()
-    preset0 = default_preset if default_preset in presets else (presets[0] if presets else None)
+    presets = api.presets_for("tta")
+    preset0 = api.default_preset_for("tta", default_preset)
+    d = api.tta_defaults(preset0) if preset0 else api.tta_defaults(api.DEFAULT_PRESET)
     with gr.Tab("Test-time adaptation"):
         gr.Markdown("A fresh LoRA learns the clip's **first 33 frames**; the model then generates frames 34-65 with "
                     "and without it (same seed and noise), compared with the real frames.")
@@ -109,20 +109,20 @@ def build(default_preset: str) -> None:
                 prompt = gr.Textbox(label="Caption (optional)", value="")
                 preset = gr.Dropdown(presets, value=preset0, label="Backbone preset")
                 with gr.Row():
-                    rank = gr.Number(16, precision=0, label="LoRA rank")
-                    lr = gr.Number(2e-4, label="Learning rate")
-                    steps = gr.Number(20, precision=0, label="Steps")
+                    rank = gr.Number(d["rank"], precision=0, label="LoRA rank")
+                    lr = gr.Number(d["lr"], label="Learning rate")
+                    steps = gr.Number(d["steps"], precision=0, label="Steps")
                 with gr.Row():
-                    objective = gr.Radio(["diffusion", "continuation"], value="diffusion", label="Objective")
-                    seed = gr.Number(0, precision=0, label="Seed")
+                    objective = gr.Radio(list(api.TTA["objective"].choices), value=d["objective"], label="Objective")
+                    seed = gr.Number(d["seed"], precision=0, label="Seed")
                 with gr.Row():
                     run = gr.Button("Run", variant="primary")
                     stop = gr.Button("Stop", variant="stop")
                 with gr.Accordion("Sweep over a dataset (rank x lr x steps)", open=False):
                     folder = gr.Textbox(label="Dataset folder under the data root (empty: two sample clips)", value="")
-                    ranks = gr.Textbox("8,16", label="Ranks")
-                    lrs = gr.Textbox("2e-4", label="Learning rates")
-                    sweep_steps = gr.Textbox("5,10", label="Steps")
+                    ranks = gr.Textbox(api.APP_SWEEP["ranks"], label="Ranks")
+                    lrs = gr.Textbox(api.APP_SWEEP["lrs"], label="Learning rates")
+                    sweep_steps = gr.Textbox(api.APP_SWEEP["steps"], label="Steps")
                     sweep = gr.Button("Run sweep")
             with gr.Column():
                 run_id = gr.Textbox(label="Run", value="", info="empty: the active TTA run, else the newest")

@@ -1,14 +1,19 @@
-"""Radial attention for Wan through diffusers attention processors.
+"""Radial attention in a diffusers transformer, through its attention processors.
 
-`install_radial_attention(transformer, settings)` gives every self-attention layer (`attn1`)
-its own `WanRadialAttnProcessor` that knows its layer index, all sharing one
-`AttentionSchedule`; cross-attention keeps the stock processor. A forward pre-hook on the
-transformer feeds the schedule the timestep and token layout. `pattern="dense"` restores the
-stock processors, so it is exactly stock diffusers.
+`install_radial_attention(transformer, settings, family)` gives every self-attention layer the
+family names (`family.attention_layers`) its own radial processor (`family.radial_processor`),
+all sharing one `AttentionSchedule`; other layers keep their processors. A forward pre-hook on
+the transformer feeds the schedule the timestep and latent shape. `pattern="dense"` restores the
+family's stock processor, so it is exactly stock diffusers. The family comes from the argument or
+from the tag its loader put on the transformer (`tag_family`); this module knows no family.
+
+`attend` is what a family's processor calls once it has q, k, v: radial or dense, as the
+schedule says for that layer and step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import torch
@@ -18,14 +23,7 @@ from .schedule import AttentionSchedule, AttentionSettings
 
 _HOOK_ATTR = "_radial_studio_hook"
 _SCHEDULE_ATTR = "_radial_studio_schedule"
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Wan's RoPE: channel pairs (2i, 2i+1) rotate together; cos/sin come repeated per pair."""
-    even, odd = x.unflatten(-1, (-1, 2)).unbind(-1)
-    cos, sin = cos[..., 0::2], sin[..., 1::2]
-    return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2).type_as(x)
-
+_FAMILY_ATTR = "_radial_studio_family"
 
 _SAGE_NOTICE: list[str] = []
 
@@ -57,39 +55,30 @@ def dense_attention(query, key, value, attention_mask=None, backend: str = "sdpa
     ).transpose(1, 2)
 
 
-class WanRadialAttnProcessor:
-    """Self-attention of one Wan block: radial (block-sparse) or dense, as the schedule says."""
+def attend(schedule: AttentionSchedule, layer_index: int, query, key, value, attention_mask=None):
+    """Attention of one layer on [B, S, H, D]: radial when the schedule says so, else dense."""
+    from . import backends
 
-    def __init__(self, layer_index: int, schedule: AttentionSchedule):
-        self.layer_index = layer_index
-        self.schedule = schedule
+    if schedule.use_radial(layer_index):
+        s = schedule.settings
+        return backends.radial_attention(
+            query, key, value, num_frames=schedule.num_frames, tokens_per_frame=schedule.tokens_per_frame,
+            decay_factor=s.decay_factor, block_size=s.block_size, sink=s.sink, backend=s.backend,
+        )
+    return dense_attention(query, key, value, attention_mask, schedule.settings.dense_backend)
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
-        from .backends import radial_attention
+def tag_family(transformer, family) -> None:
+    """Remember which model family a loaded transformer belongs to (its loader calls this)."""
+    setattr(transformer, _FAMILY_ATTR, family)
 
-        if encoder_hidden_states is not None:
-            raise ValueError("WanRadialAttnProcessor is for self-attention (attn1) only.")
-        query, key, value = _get_qkv_projections(attn, hidden_states, None)
-        query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
-        key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
-        value = value.unflatten(2, (attn.heads, -1))
-        if rotary_emb is not None:
-            query = _rotate(query, *rotary_emb)
-            key = _rotate(key, *rotary_emb)
 
-        sched = self.schedule
-        if sched.use_radial(self.layer_index):
-            s = sched.settings
-            out = radial_attention(
-                query, key, value, num_frames=sched.num_frames, tokens_per_frame=sched.tokens_per_frame,
-                decay_factor=s.decay_factor, block_size=s.block_size, sink=s.sink, backend=s.backend,
-            )
-        else:
-            out = dense_attention(query, key, value, attention_mask, sched.settings.dense_backend)
-        out = out.flatten(2, 3).type_as(query)
-        return attn.to_out[1](attn.to_out[0](out))
+def _family_of(transformer, family):
+    family = family or getattr(transformer, _FAMILY_ATTR, None)
+    if family is None:
+        raise ValueError("this transformer was not loaded through engine.models: pass its model family "
+                         "(e.g. family=engine.models.family_named(...)).")
+    return family
 
 
 def _observe_hook(schedule: AttentionSchedule):
@@ -101,36 +90,37 @@ def _observe_hook(schedule: AttentionSchedule):
     return hook
 
 
-def remove_radial_attention(transformer) -> None:
-    """Back to stock diffusers processors and no hook."""
-    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
-
+def remove_radial_attention(transformer, family=None) -> None:
+    """Back to the family's stock processors and no hook."""
+    family = _family_of(transformer, family)
     handle = getattr(transformer, _HOOK_ATTR, None)
     if handle is not None:
         handle.remove()
         setattr(transformer, _HOOK_ATTR, None)
     setattr(transformer, _SCHEDULE_ATTR, None)
-    transformer.set_attn_processor(WanAttnProcessor())
+    transformer.set_attn_processor(family.stock_processor(transformer))
 
 
-def install_radial_attention(transformer, settings: AttentionSettings) -> AttentionSchedule | None:
-    """Install radial processors on every `attn1` (or stock ones for pattern='dense').
+def install_radial_attention(transformer, settings: AttentionSettings, family=None) -> AttentionSchedule | None:
+    """Install radial processors on the family's self-attention layers (or stock ones for pattern='dense').
 
     Returns the shared schedule (None for the dense pattern). Calling it again replaces the
     previous installation, so one loaded model can switch settings between requests.
     """
-    remove_radial_attention(transformer)
+    family = _family_of(transformer, family)
+    remove_radial_attention(transformer, family)
     if settings.pattern == "dense":
         return None
-    schedule = AttentionSchedule(settings, transformer.config.patch_size)
-    processors = {}
-    for name, proc in transformer.attn_processors.items():
-        # names look like "blocks.<i>.attn1.processor"
-        parts = name.split(".")
-        if parts[0] == "blocks" and parts[2] == "attn1":
-            processors[name] = WanRadialAttnProcessor(int(parts[1]), schedule)
-        else:
-            processors[name] = proc
+    settings = dataclasses.replace(settings, sink=family.attention_sink)
+    patch = getattr(getattr(transformer, "config", None), "patch_size", None)
+    patch = tuple(patch) if isinstance(patch, (list, tuple)) and len(patch) == 3 else family.patch_size
+    schedule = AttentionSchedule(settings, patch)
+    processors = dict(transformer.attn_processors)
+    layers = family.attention_layers(transformer)
+    if not layers:
+        raise ValueError(f"model family '{family.name}' names no attention layer for radial processors in this model.")
+    for layer in layers:
+        processors[layer.processor_name] = family.radial_processor(layer, schedule)
     transformer.set_attn_processor(processors)
     handle = transformer.register_forward_pre_hook(_observe_hook(schedule), with_kwargs=True)
     setattr(transformer, _HOOK_ATTR, handle)

@@ -13,17 +13,32 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
+from ..errors import ConfigError
+from ..settings import ATTENTION
+
+
+_A = ATTENTION
+
 
 @dataclass(frozen=True)
 class AttentionSettings:
-    pattern: str = "radial"  # "radial" | "dense"
-    dense_layers: int = 2  # the first N transformer blocks stay dense
-    dense_timesteps: int = 2  # the first N denoising steps stay dense (sampling only)
-    decay_factor: float = 0.2
-    block_size: int = 128
-    backend: str | None = None  # None: triton on CUDA, reference on CPU
-    sink: bool = True  # Wan attends to the first frame from everywhere
+    """The attention fields of engine.settings.ATTENTION (defaults and checks there), plus two set by
+    the code: `sink` (from the model family) and `dense_backend` (from `use_sage_attention`)."""
+
+    pattern: str = _A["pattern"].default  # "radial" | "dense"
+    dense_layers: int = _A["dense_layers"].default  # the first N transformer blocks stay dense
+    dense_timesteps: int = _A["dense_timesteps"].default  # the first N denoising steps stay dense (sampling only)
+    decay_factor: float = _A["decay_factor"].default
+    block_size: int = _A["block_size"].default
+    backend: str | None = _A["backend"].default  # None: triton on CUDA, reference on CPU
+    sink: bool = True  # every token attends to the first frame (the family says whether)
     dense_backend: str = "sdpa"  # dense layers/steps: "sdpa", or "sage" (SageAttention when installed)
+
+    def __post_init__(self):
+        for name, setting in ATTENTION.items():
+            setting.check(getattr(self, name), f"attention setting '{name}'")
+        if self.dense_backend not in ("sdpa", "sage"):
+            raise ConfigError(f"attention setting 'dense_backend'={self.dense_backend!r}: choose 'sdpa' or 'sage'.")
 
     @classmethod
     def from_preset(cls, preset: dict, **overrides) -> "AttentionSettings":

@@ -1,4 +1,4 @@
-"""Model families (one module each) and a small cache of loaded pipelines."""
+"""Model families (one module each, on the `ModelFamily` contract) and a small cache of loaded pipelines."""
 
 from __future__ import annotations
 
@@ -7,17 +7,12 @@ from collections import OrderedDict
 
 import torch
 
-from . import opensora2, skyreels, wan, wan_vace
-
-FAMILIES = {"wan": wan, "skyreels": skyreels, "wan_vace": wan_vace, "opensora2": opensora2}
+from .base import Capabilities, ContinuationMode, ModelFamily, TextEmbeds, TokenLayout  # noqa: F401
+from .registry import DEFAULT_FAMILY, family, family_named, family_names  # noqa: F401
 
 # Loading a real model takes minutes; keep the last one (a bounded cache, one entry by default).
 _MAX_PIPELINES = 1
 _pipelines: "OrderedDict[tuple, object]" = OrderedDict()
-
-
-def family(preset: dict):
-    return FAMILIES[preset["family"]]
 
 
 def get_pipeline(preset: dict, device: torch.device | None = None):

@@ -33,14 +33,12 @@ from typing import Callable
 
 import torch
 
+from ..attention.processor import tag_family
 from ..errors import ModelLoadError
-from .wan import (  # noqa: F401  (the family interface shared with Wan)
-    TokenLayout, compute_dtype, default_device, layout_from_latents, token_layout,
-)
+from .base import Capabilities, ContinuationMode, ModelFamily, TextEmbeds
 
-FAMILY = "opensora2"
+NAME = "opensora2"
 TINY_FORMAT_VERSION = 1
-CONTINUATION_MODES = ("v2v_head",)
 
 HUB_ID = "hpcai-tech/Open-Sora-v2"
 TRANSFORMER_FILE = "Open_Sora_v2.safetensors"
@@ -344,30 +342,6 @@ def v2v_cond(ref_latents: torch.Tensor | None, total_latent_frames: int, like: t
     return cond
 
 
-# ---------------------------------------------------------------------------- text
-
-
-class OpenSoraText:
-    """The two text inputs of the model: T5 sequence [B, L, 4096] and CLIP pooled [B, 768].
-
-    Behaves like a tensor where the project's code moves prompt embeddings around (`.to()`).
-    """
-
-    def __init__(self, txt: torch.Tensor, pooled: torch.Tensor):
-        self.txt, self.pooled = txt, pooled
-
-    def to(self, *args, **kwargs) -> "OpenSoraText":
-        return OpenSoraText(self.txt.to(*args, **kwargs), self.pooled.to(*args, **kwargs))
-
-    @staticmethod
-    def cat(items: list["OpenSoraText"]) -> "OpenSoraText":
-        return OpenSoraText(torch.cat([i.txt for i in items]), torch.cat([i.pooled for i in items]))
-
-    @property
-    def shape(self):
-        return self.txt.shape
-
-
 # ---------------------------------------------------------------------------- the pipeline container
 
 
@@ -405,7 +379,7 @@ class OpenSora2Pipeline:
 def tiny_model_dir(tiny: dict) -> Path:
     from .wan import tiny_model_dir as _dir
 
-    return _dir({"opensora2_v": TINY_FORMAT_VERSION, **tiny}, FAMILY)
+    return _dir({"opensora2_v": TINY_FORMAT_VERSION, **tiny}, NAME)
 
 
 def build_tiny_folder(tiny: dict, target: Path) -> None:
@@ -532,14 +506,15 @@ def _load_text(folder: Path, device, dtype):
 def load_pipeline(preset: dict, device: torch.device | None = None) -> OpenSora2Pipeline:
     from safetensors.torch import load_file
 
-    device = device or default_device()
-    dtype = compute_dtype(preset, device)
+    device = device or FAMILY.default_device()
+    dtype = FAMILY.compute_dtype(preset, device)
     folder = _resolve_files(preset)
     meta = json.loads((folder / TINY_CONFIG_FILE).read_text()) if (folder / TINY_CONFIG_FILE).is_file() else {}
     cfg = meta.get("transformer", REAL_CONFIG)
     transformer = load_official_transformer(load_file(str(folder / TRANSFORMER_FILE)), cfg, dtype).to(device)
     vae = load_vae(folder / VAE_FILE, meta.get("vae")).to(device)  # float32: causal conv VAEs drift in half precision
     t5, tok, clip, tok2 = _load_text(folder, device, dtype)
+    tag_family(transformer, FAMILY)
     return OpenSora2Pipeline(transformer, vae, t5, tok, clip, tok2, cfg,
                              text_max_length=int(meta.get("text_max_length", T5_MAX_LENGTH)))
 
@@ -548,7 +523,7 @@ def load_pipeline(preset: dict, device: torch.device | None = None) -> OpenSora2
 
 
 @torch.no_grad()
-def encode_text(pipe: OpenSora2Pipeline, prompts: list[str]) -> OpenSoraText:
+def encode_text(pipe: OpenSora2Pipeline, prompts: list[str]) -> TextEmbeds:
     """T5 (padded to max length, no attention mask, as the original) and the CLIP pooler output."""
     device = pipe.text_encoder.device
     ids = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.text_max_length, truncation=True,
@@ -557,13 +532,13 @@ def encode_text(pipe: OpenSora2Pipeline, prompts: list[str]) -> OpenSoraText:
     ids2 = pipe.tokenizer_2(prompts, padding="max_length", max_length=CLIP_MAX_LENGTH, truncation=True,
                             return_tensors="pt").input_ids.to(pipe.text_encoder_2.device)
     pooled = pipe.text_encoder_2(input_ids=ids2, attention_mask=None).pooler_output
-    return OpenSoraText(txt, pooled)
+    return TextEmbeds(txt, pooled)
 
 
 def encode_prompt(pipe, prompt: str, negative_prompt: str | None, guidance_scale: float, max_sequence_length: int = 512):
     """(prompt with the motion/FPS suffix, the empty prompt): Open-Sora's guidance uses "" as the negative."""
     both = encode_text(pipe, [prompt + PROMPT_SUFFIX, negative_prompt or ""])
-    return OpenSoraText(both.txt[:1], both.pooled[:1]), OpenSoraText(both.txt[1:], both.pooled[1:])
+    return TextEmbeds(both.sequence[:1], both.pooled[:1]), TextEmbeds(both.sequence[1:], both.pooled[1:])
 
 
 @torch.no_grad()
@@ -589,7 +564,7 @@ def decode_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
 
 
 def transformer_forward(transformer, hidden_states: torch.Tensor, timestep: torch.Tensor,
-                        encoder_hidden_states: OpenSoraText, control: torch.Tensor | None = None, **_) -> torch.Tensor:
+                        encoder_hidden_states: TextEmbeds, control: torch.Tensor | None = None, **_) -> torch.Tensor:
     """Velocity for latents [B, 16, T, H, W] at `timestep` [B] on the project's 0..1000 scale.
 
     `control` is the v2v_head conditioning [B, 17, T, H, W] (`v2v_cond`); None: zero conditioning.
@@ -603,7 +578,7 @@ def transformer_forward(transformer, hidden_states: torch.Tensor, timestep: torc
     cond = pack(control.to(hidden_states.device, dtype)) if control is not None else None
     if cond is not None and cond.shape[0] != b:
         cond = cond.expand(b, -1, -1)
-    txt, pooled = encoder_hidden_states.txt.to(dtype), encoder_hidden_states.pooled.to(dtype)
+    txt, pooled = encoder_hidden_states.sequence.to(dtype), encoder_hidden_states.pooled.to(dtype)
     if txt.shape[0] != b:
         txt, pooled = txt.expand(b, -1, -1), pooled.expand(b, -1)
     txt_ids = torch.zeros(txt.shape[1], 3, device=img.device, dtype=dtype)
@@ -664,8 +639,8 @@ def sample_timesteps(steps: int, alpha: float) -> list[float]:
 
 
 @torch.no_grad()
-def sample_continuation(pipe, cond_latents: torch.Tensor, total_latent_frames: int, prompt_embeds: OpenSoraText,
-                        negative_embeds: OpenSoraText | None, *, steps: int, noise: torch.Tensor,
+def sample_continuation(pipe, cond_latents: torch.Tensor, total_latent_frames: int, prompt_embeds: TextEmbeds,
+                        negative_embeds: TextEmbeds | None, *, steps: int, noise: torch.Tensor,
                         guidance_scale: float = 7.5, image_guidance_scale: float = 3.0, oscillate: bool = True,
                         control: torch.Tensor | None = None,
                         progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
@@ -683,7 +658,7 @@ def sample_continuation(pipe, cond_latents: torch.Tensor, total_latent_frames: i
     alpha = time_shift_alpha(t_lat, h, w)
     ts = sample_timesteps(steps, alpha)
     neg = negative_embeds if negative_embeds is not None else encode_prompt(pipe, "", None, 1.0)[1]
-    text = OpenSoraText.cat([prompt_embeds.to(device), neg.to(device), neg.to(device)])
+    text = TextEmbeds.cat([prompt_embeds.to(device), neg.to(device), neg.to(device)])
     conds = torch.cat([control, control, torch.zeros_like(control)])
     for i in range(steps):
         t_curr, t_prev = ts[i], ts[i + 1]
@@ -699,11 +674,68 @@ def sample_continuation(pipe, cond_latents: torch.Tensor, total_latent_frames: i
     return x
 
 
-def use_dense_attention(transformer) -> None:
-    """diffusers' stock Flux attention processors (TTA runs dense; no radial hook for this family yet)."""
-    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+# ---------------------------------------------------------------------------- the family
 
-    from ..attention.processor import remove_radial_attention
 
-    remove_radial_attention(transformer)
-    transformer.set_attn_processor(FluxAttnProcessor())
+class OpenSora2Family(ModelFamily):
+    """Open-Sora v2.0: test-time adaptation (v2v_head continuation) only."""
+
+    name = NAME
+    description = "Open-Sora v2.0 (MMDiT on diffusers' Flux blocks, v2v_head conditioning)"
+    capabilities = Capabilities(text_to_video=False, length_extension=False,
+                                continuation={"v2v_head": ContinuationMode(prefix="untouched", uses_control=True,
+                                                                           own_sampler=True)},
+                                comfy_export=False)
+    lora_targets = tuple(LORA_TARGET_MODULES)
+    lora_targets_full = tuple(LORA_TARGET_MODULES_FULL)
+    card_tags = ("open-sora",)
+
+    def load_pipeline(self, preset, device=None):
+        return load_pipeline(preset, device)
+
+    def model_width(self, preset):
+        cfg = preset["tiny"]["transformer"] if preset["source"] == "tiny" else REAL_CONFIG
+        return int(cfg["hidden_size"])
+
+    def encoder_dtypes(self, pipe):
+        return f"vae={pipe.vae.dtype},text={pipe.text_encoder.dtype},text_2={pipe.text_encoder_2.dtype}"
+
+    def encode_prompt(self, pipe, prompt, negative_prompt, guidance_scale):
+        return encode_prompt(pipe, prompt, negative_prompt, guidance_scale)
+
+    def encode_video(self, pipe, video, sample=False, generator=None):
+        return encode_video(pipe, video, sample, generator)
+
+    def decode_latents(self, pipe, latents):
+        return decode_latents(pipe, latents)
+
+    def forward(self, transformer, latents, timestep, text, *, control=None, fps=None):
+        return transformer_forward(transformer, latents, timestep, text, control=control)
+
+    def flow_pair(self, x0, noise, sigmas):
+        return flow_pair(x0, noise, sigmas)
+
+    def sample_sigmas(self, batch, generator, latent_shape, *, scheme="logit_normal", shift=3.0):
+        """Open-Sora's own levels: shift(sigmoid(N(0, 1))) with the shape-dependent shift of its sampler."""
+        return torch.tensor([sample_train_sigma(generator, latent_shape) for _ in range(batch)])
+
+    def sample_continuation(self, pipe, cond_latents, total_latent_frames, prompt_embeds, negative_embeds, *, steps,
+                            guidance_scale, noise, control, progress=None):
+        return sample_continuation(pipe, cond_latents, total_latent_frames, prompt_embeds, negative_embeds,
+                                   steps=steps, guidance_scale=guidance_scale, noise=noise, control=control,
+                                   progress=progress)
+
+    def continuation_control(self, pipe, mode, pixels, cond_latents, known_latents, window_latents):
+        """Mask + reference latents on the first `known_latents` latent frames (0: zero conditioning)."""
+        return v2v_cond(cond_latents[:, :, :known_latents], window_latents)
+
+    def attention_layers(self, transformer):
+        return []  # no radial processors for this family yet (TTA runs dense)
+
+    def stock_processor(self, transformer):
+        from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+
+        return FluxAttnProcessor()
+
+
+FAMILY = OpenSora2Family()

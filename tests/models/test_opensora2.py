@@ -132,7 +132,7 @@ def test_v2v_cond_marks_the_known_frames():
 
 
 def test_lora_targets_cover_every_attention_and_not_the_final_projection():
-    from engine.train.lora import add_lora
+    from engine.lora import add_lora
 
     cfg = {**osv2.REAL_CONFIG, "hidden_size": 64, "num_heads": 2, "depth": 2, "depth_single_blocks": 2,
            "axes_dim": [8, 12, 12], "context_in_dim": 32, "vec_in_dim": 32}

@@ -106,7 +106,7 @@ def test_app_serves_only_its_own_folders(app_url, tmp_path):
 
 
 def test_uploaded_videos_with_captions_train(client, app_url, tmp_path):
-    from engine.train.synthetic import render_clip
+    from engine.data.synthetic import render_clip
     from engine.video import write_mp4
 
     files = []

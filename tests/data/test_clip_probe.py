@@ -1,4 +1,4 @@
-"""Dataset validation decodes each clip once per file version (engine/train/clip_probe.py)."""
+"""Dataset validation decodes each clip once per file version (engine/data/clip_probe.py)."""
 
 import json
 import os
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from engine.errors import InputError
-from engine.train import clip_probe
-from engine.train.clip_probe import ProbeCache
-from engine.train.data import METADATA_FILE, create_synthetic_dataset, validate_dataset
+from engine.data import clip_probe
+from engine.data.clip_probe import ProbeCache
+from engine.data.dataset import METADATA_FILE, create_synthetic_dataset, validate_dataset
 from engine.video import write_mp4
 
 

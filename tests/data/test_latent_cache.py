@@ -7,9 +7,9 @@ import torch
 
 from engine.errors import InputError
 from engine.models import wan
-from engine.train.data import METADATA_FILE, create_synthetic_dataset, read_clip
-from engine.train.latent_cache import (
-    base_latents, build_latent_cache, clip_to_tensor, free_encoders, load_cached, load_cached_metadata,
+from engine.data.dataset import METADATA_FILE, create_synthetic_dataset, read_clip
+from engine.data.latent_cache import (
+    base_latents, build_latent_cache, clip_to_tensor, load_cached, load_cached_metadata,
 )
 
 
@@ -20,15 +20,15 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture
 def encode_calls(monkeypatch):
-    """Count VAE encodes made through the model family module."""
+    """Count VAE encodes made through the model family."""
     calls = []
-    real = wan.encode_video
+    real = wan.WanFamily.encode_video
 
-    def counting(pipe, video, *args, **kwargs):
+    def counting(self, pipe, video, *args, **kwargs):
         calls.append(tuple(video.shape))
-        return real(pipe, video, *args, **kwargs)
+        return real(self, pipe, video, *args, **kwargs)
 
-    monkeypatch.setattr(wan, "encode_video", counting)
+    monkeypatch.setattr(wan.WanFamily, "encode_video", counting)
     return calls
 
 
@@ -66,11 +66,11 @@ def test_cached_tensors_and_causal_base_latents(tiny_pipe, tiny_preset, dataset,
     # (exact on the tiny model in float32; 1e-4 leaves room for other kernels).
     frames, _ = read_clip(dataset / "videos/synthetic_00000.mp4")
     alone = wan.encode_video(tiny_pipe, clip_to_tensor(frames[:17]))
-    base = base_latents(cached["latents"], 17)
+    base = base_latents(cached["latents"], 17, wan.FAMILY)
     assert base.shape == (1, 16, 5, 8, 8)
     torch.testing.assert_close(base, alone, atol=1e-4, rtol=1e-4)
     pos, _ = wan.encode_prompt(tiny_pipe, meta["prompt"], "", guidance_scale=1.0)
-    torch.testing.assert_close(cached["prompt_embeds"], pos.cpu())
+    torch.testing.assert_close(cached["prompt_embeds"], pos.sequence.cpu())
 
 
 def test_cache_refuses_an_invalid_dataset(tiny_pipe, tiny_preset, tmp_path):
@@ -81,6 +81,6 @@ def test_cache_refuses_an_invalid_dataset(tiny_pipe, tiny_preset, tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
-def test_free_encoders_moves_them_to_cpu(tiny_pipe):
-    free_encoders(tiny_pipe)
+def test_offload_encoders_moves_them_to_cpu(tiny_pipe):
+    wan.FAMILY.offload_encoders(tiny_pipe)
     assert tiny_pipe.vae.device.type == "cpu" and tiny_pipe.text_encoder.device.type == "cpu"

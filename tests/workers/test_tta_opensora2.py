@@ -9,8 +9,8 @@ import torch
 
 from engine.jobs import RunDir
 from engine.models import opensora2 as osv2
-from engine.train.synthetic import render_clip
-from engine.train.tta import (
+from engine.data.synthetic import render_clip
+from engine.workers.tta import (
     AdaptSettings, SampleSettings, VideoSession, _load_model, adapt, load_clip, resolve_preset, run_tta, run_tta_sweep,
 )
 from engine.video import write_mp4

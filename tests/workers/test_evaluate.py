@@ -10,10 +10,10 @@ import pytest
 
 from engine.errors import InputError
 from engine.generate import generate_video
-from engine.train.config import config_from_preset
-from engine.train.data import create_synthetic_dataset
-from engine.train.evaluate import evaluate_lora, read_prompts
-from engine.train.trainer import train
+from engine.config import config_from_preset
+from engine.data.dataset import create_synthetic_dataset
+from engine.workers.evaluate import evaluate_lora, read_prompts
+from engine.workers.trainer import train
 from engine.video import read_mp4
 
 ROOT = Path(__file__).resolve().parents[2]

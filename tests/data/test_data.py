@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from engine.errors import InputError
-from engine.train.data import (
+from engine.data.dataset import (
     METADATA_FILE, REPORT_FILE, convert_dataset, create_synthetic_dataset, load_dataset, read_clip, validate_dataset,
 )
-from engine.train.synthetic import BACKGROUNDS, render_clip
+from engine.data.synthetic import BACKGROUNDS, render_clip
 from engine.video import read_mp4, write_mp4
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -207,13 +207,18 @@ def test_convert_tta_crops_short_side_256_and_keeps_65_frames(tmp_path):
     write_mp4(_ramp_clip(40, 256, 256, step=1), src / "short.mp4", fps=8)
     for name in ("landscape", "squareish", "short"):
         (src / f"{name}.txt").write_text(f"a {name} clip")
-    report = convert_dataset(src, tmp_path / "out", task="tta")
+    # the preset's tta.short_side (256 for the real models) sets the size
+    report = convert_dataset(src, tmp_path / "out", task="tta", preset="wan2.1-t2v-1.3b", fps=8)
     assert sorted(report.kept) == ["landscape", "squareish"]
     assert "40 frames" in dict(report.skipped)["short.mp4"] and "65" in dict(report.skipped)["short.mp4"]
     assert read_clip(tmp_path / "out/videos/landscape.mp4")[0].shape == (65, 256, 288, 3)  # 301 -> 288 (x16)
     assert read_clip(tmp_path / "out/videos/squareish.mp4")[0].shape == (65, 256, 256, 3)
     entries = {e.video_id: e for e in load_dataset(tmp_path / "out")}
     assert (entries["landscape"].height, entries["landscape"].width, entries["landscape"].extended_frames) == (256, 288, 65)
+    # the tiny preset's short side is 64: the same clips are kept at 64 px
+    small = convert_dataset(src, tmp_path / "small", task="tta", preset="tiny-wan")
+    assert sorted(small.kept) == ["landscape", "squareish"]
+    assert read_clip(tmp_path / "small/videos/landscape.mp4")[0].shape == (65, 64, 64, 3)  # 75 -> 64 (x16)
 
 
 # ---------------------------------------------------------------------------- validate

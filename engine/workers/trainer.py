@@ -26,12 +26,12 @@ import torch.nn.functional as F
 
 from ..attention.processor import install_radial_attention
 from ..attention.schedule import AttentionSettings
+from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..config import TrainConfig
 from ..errors import ConfigError, InputError
 from ..jobs import RunDir, atomic_write_json
-from . import flow
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import TrainConfig
-from .lora import add_lora, save_lora
+from ..lora import add_lora, save_lora
+from ..models import TextEmbeds, family
 
 ProgressFn = Callable[[dict], None]
 
@@ -43,12 +43,26 @@ class Diverged(RuntimeError):
 # ---------------------------------------------------------------------------- run folder checks
 
 
+def _started(run: RunDir) -> bool:
+    """A run has started once it logged an event or wrote a checkpoint (a launcher writes config.json first)."""
+    return run.events_path.is_file() or run.checkpoints_dir.is_dir()
+
+
 def prepare_run_dir(config: TrainConfig, resume: bool) -> RunDir:
     """Refuse to mix runs: a folder holding another run is left untouched."""
     run = RunDir(config.output_dir)
     if not config.output_dir:
         raise ConfigError("output_dir is required: the folder the run writes into.")
     existing = run.config_path.is_file()
+    if existing and not resume and not _started(run):
+        import json
+
+        try:  # a launcher prepared this folder with this very config: start it
+            prepared = json.loads(run.config_path.read_text()) == config.to_dict()
+        except (OSError, ValueError):
+            prepared = False
+        if prepared:
+            return run.create()
     if existing and not resume:
         raise InputError(
             f"output dir '{run.path}' already holds a run (state: {run.read_status().get('state', 'unknown')}). "
@@ -78,6 +92,14 @@ def prepare_run_dir(config: TrainConfig, resume: bool) -> RunDir:
 # ---------------------------------------------------------------------------- data
 
 
+def _empty_cache() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class CachedClips:
     """Latents and text embeddings of the clips, from the latent cache, kept on the CPU."""
 
@@ -88,15 +110,15 @@ class CachedClips:
     def __len__(self) -> int:
         return len(self.items)
 
-    def batch(self, indices: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, indices: list[int], device) -> tuple[torch.Tensor, TextEmbeds]:
         latents = torch.cat([self.items[i]["latents"] for i in indices]).to(device)
-        embeds = torch.cat([self.items[i]["prompt_embeds"] for i in indices]).to(device)
+        embeds = TextEmbeds.cat([self.items[i]["prompt_embeds"] for i in indices]).to(device)
         return latents, embeds
 
 
 def check_dataset(config: TrainConfig) -> list:
     """Validate the data before anything is written: every problem, naming file and field."""
-    from .data import load_dataset
+    from ..data.dataset import load_dataset
 
     entries = load_dataset(config.data_dir)
     for e in entries:
@@ -116,18 +138,18 @@ def check_dataset(config: TrainConfig) -> list:
 
 def load_clips(pipe, preset: dict, config: TrainConfig, entries: list) -> tuple[CachedClips, CachedClips]:
     """Encode (once, cached) and split into training clips and held-out validation clips."""
-    from .latent_cache import build_latent_cache, load_cached
+    from ..data.latent_cache import build_latent_cache, load_cached
 
     paths = build_latent_cache(pipe, preset, config.data_dir)
     items = []
     for path in paths:
         cached = load_cached(path)
-        latents, embeds = cached["latents"], cached["prompt_embeds"]
+        latents = cached["latents"]
         items.append({"latents": latents if latents.ndim == 5 else latents[None],
-                      "prompt_embeds": embeds if embeds.ndim == 3 else embeds[None]})
+                      "prompt_embeds": TextEmbeds.from_tensors(cached, "prompt_embeds")})
     order = sorted(range(len(entries)), key=lambda i: entries[i].video_id)
     n_val = config.num_validation_clips
-    base_lf = (config.base_num_frames - 1) // 4 + 1
+    base_lf = family(preset).latent_frames(config.base_num_frames)
     train = CachedClips([items[i] for i in order[:-n_val]], base_lf)
     val = CachedClips([items[i] for i in order[-n_val:]], base_lf)
     return train, val
@@ -151,29 +173,28 @@ def steps_per_epoch(config: TrainConfig, n_train: int, world: int) -> int:
 # ---------------------------------------------------------------------------- losses
 
 
-def length_extension_losses(model, schedule, latents, embeds, noise, sigmas, base_lf: int, config: TrainConfig,
-                            backward: Callable[[torch.Tensor, bool], None] | None = None) -> dict:
-    """Base, extended and consistency losses for one micro-batch.
+def length_extension_losses(fam, model, schedule, latents, embeds: TextEmbeds, noise, sigmas, base_lf: int,
+                            config: TrainConfig, backward: Callable[[torch.Tensor, bool], None] | None = None) -> dict:
+    """Base, extended and consistency losses for one micro-batch, through the family's forward and objective.
 
     `backward(loss, sync)`, when given, is called after each length's pass so only one graph
     is alive at a time; without it, losses keep their graphs (for evaluation).
     """
-    t = flow.timesteps_from_sigmas(sigmas).to(latents.device)
-    xt = flow.noisy_latents(latents, noise, sigmas)
-    target = flow.velocity_target(latents, noise)
+    t = fam.timesteps(sigmas).to(latents.device)
+    xt, target = fam.flow_pair(latents, noise, sigmas)
     # The base pass stays dense through its backward too: gradient checkpointing recomputes
     # the forward during backward, and must take the same attention path.
     if schedule is not None:
         schedule.force_dense = True
     try:
-        pred_base = model(hidden_states=xt[:, :, :base_lf], timestep=t, encoder_hidden_states=embeds, return_dict=False)[0]
+        pred_base = fam.forward(model, xt[:, :, :base_lf], t, embeds)
         loss_base = F.mse_loss(pred_base.float(), target[:, :, :base_lf].float())
         if backward is not None:
             backward(config.base_loss_weight * loss_base, False)
     finally:
         if schedule is not None:
             schedule.force_dense = False
-    pred_ext = model(hidden_states=xt, timestep=t, encoder_hidden_states=embeds, return_dict=False)[0]
+    pred_ext = fam.forward(model, xt, t, embeds)
     loss_ext = F.mse_loss(pred_ext.float(), target.float())
     loss_cons = F.mse_loss(pred_ext[:, :, :base_lf].float(), pred_base.detach().float())
     rest = config.extended_loss_weight * loss_ext + config.consistency_loss_weight * loss_cons
@@ -185,7 +206,7 @@ def length_extension_losses(model, schedule, latents, embeds, noise, sigmas, bas
 
 
 @torch.no_grad()
-def validation_loss(model, schedule, clips: CachedClips, config: TrainConfig, device) -> dict:
+def validation_loss(fam, model, schedule, clips: CachedClips, config: TrainConfig, device) -> dict:
     """Mean losses over held-out clips at fixed noise (seeded per clip) and fixed timesteps."""
     totals = {"loss": 0.0, "loss_base": 0.0, "loss_extended": 0.0, "loss_consistency": 0.0}
     count = 0
@@ -195,7 +216,8 @@ def validation_loss(model, schedule, clips: CachedClips, config: TrainConfig, de
         noise = torch.randn(latents.shape, generator=gen).to(latents)
         for s in config.validation_timesteps:
             sigmas = torch.full((latents.shape[0],), float(s))
-            losses = length_extension_losses(model, schedule, latents, embeds, noise, sigmas, clips.base_latent_frames, config)
+            losses = length_extension_losses(fam, model, schedule, latents, embeds, noise, sigmas,
+                                             clips.base_latent_frames, config)
             for k in totals:
                 totals[k] += float(losses[k])
             count += 1
@@ -206,8 +228,8 @@ def validation_loss(model, schedule, clips: CachedClips, config: TrainConfig, de
 
 
 @torch.no_grad()
-def write_samples(pipe, schedule, val: CachedClips, config: TrainConfig, step: int, run: RunDir) -> dict:
-    """Base (dense) and extended (radial) videos for the first held-out prompt."""
+def write_samples(fam, pipe, schedule, val: CachedClips, config: TrainConfig, step: int, run: RunDir, fps: int) -> dict:
+    """Base (dense) and extended (radial) videos for the first held-out prompt, at the preset's frame rate."""
     from ..video import write_mp4
 
     folder = run.samples_dir / f"step-{step:06d}"
@@ -215,19 +237,20 @@ def write_samples(pipe, schedule, val: CachedClips, config: TrainConfig, step: i
     schedule_training = schedule.training if schedule is not None else False
     if schedule is not None:
         schedule.training = False
-    embeds = val.items[0]["prompt_embeds"].to(pipe.transformer.device, pipe.transformer.dtype)
+    transformer = fam.transformers(pipe)[0]
+    embeds = val.items[0]["prompt_embeds"].to(transformer.device, transformer.dtype)
     vae_device = pipe.vae.device
     if not config.use_model_offload:  # offload: the VAE stays on the CPU and decodes there (slower, less memory)
-        pipe.vae.to(pipe.transformer.device)  # the encoders were moved off the accelerator for training
+        pipe.vae.to(transformer.device)  # the encoders were moved off the accelerator for training
     try:
         for name, frames in (("base", config.base_num_frames), ("extended", config.extended_num_frames)):
             if schedule is not None:
                 schedule.force_dense = name == "base"
             gen = torch.Generator().manual_seed(config.seed)
-            video = pipe(prompt_embeds=embeds, negative_prompt_embeds=torch.zeros_like(embeds), height=config.height,
-                         width=config.width, num_frames=frames, num_inference_steps=config.sample_steps,
-                         guidance_scale=5.0, generator=gen, output_type="np").frames[0]
-            out[name] = str(write_mp4(video, folder / f"{name}.mp4", fps=16))
+            video = fam.generate(pipe, embeds=embeds, negative_embeds=embeds.zeros_like(), height=config.height,
+                                 width=config.width, num_frames=frames, steps=config.sample_steps, guidance_scale=5.0,
+                                 generator=gen)
+            out[name] = str(write_mp4(video, folder / f"{name}.mp4", fps=fps))
     finally:
         pipe.vae.to(vae_device)
         if schedule is not None:
@@ -239,32 +262,36 @@ def write_samples(pipe, schedule, val: CachedClips, config: TrainConfig, step: i
 # ---------------------------------------------------------------------------- the loop
 
 
-def _save_lora_atomically(transformer, target: Path) -> None:
+def _save_lora_atomically(transformer, target: Path, fam):
     tmp = target.with_name(f".tmp-{target.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_lora(transformer, tmp)
+    try:
+        saved = save_lora(transformer, tmp, fam)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written adapter behind
+        raise
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
+    return saved
 
 
 def train(config: TrainConfig, resume: bool = False, progress: ProgressFn | None = None) -> dict:
     """Run (or resume) a length-extension training run. Returns the final status."""
-    config.validate()
+    preset = config.preset_dict()
+    config.validate(preset)
     entries = check_dataset(config)
     run = prepare_run_dir(config, resume)
     try:
-        return _train(config, run, entries, resume, progress)
+        return _train(config, preset, run, entries, resume, progress)
     except Exception as err:
         run.update_status(state="failed", error=f"{type(err).__name__}: {str(err)[:2000]}")
         raise
 
 
-def _train(config: TrainConfig, run: RunDir, entries: list, resume: bool, progress: ProgressFn | None) -> dict:
+def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume: bool,
+           progress: ProgressFn | None) -> dict:
     from accelerate import Accelerator
     from diffusers.optimization import get_scheduler
-
-    from ..models import family
-    from .latent_cache import free_encoders
 
     use_cuda = torch.cuda.is_available()
     accelerator = Accelerator(
@@ -280,13 +307,13 @@ def _train(config: TrainConfig, run: RunDir, entries: list, resume: bool, progre
         run.clear_stop()
     accelerator.wait_for_everyone()
 
-    preset = config.preset_dict()
     fam = family(preset)
     pipe = fam.load_pipeline(preset, accelerator.device)
     train_clips, val_clips = load_clips(pipe, preset, config, entries)
-    free_encoders(pipe)
+    fam.offload_encoders(pipe)
+    _empty_cache()
 
-    transformer = pipe.transformer
+    transformer = fam.transformers(pipe)[0]
     params = add_lora(transformer, config.lora_rank, config.lora_alpha, config.lora_dropout, config.target_modules,
                       seed=config.seed)
     if config.use_mixed_precision and use_cuda:
@@ -298,7 +325,7 @@ def _train(config: TrainConfig, run: RunDir, entries: list, resume: bool, progre
                                  dense_timesteps=config.dense_timesteps, decay_factor=config.decay_factor,
                                  block_size=config.block_size, backend=config.attention_backend,
                                  dense_backend="sage" if config.use_sage_attention else "sdpa")
-    schedule = install_radial_attention(transformer, settings)
+    schedule = install_radial_attention(transformer, settings, fam)
     if schedule is not None:
         schedule.training = True
 
@@ -324,7 +351,7 @@ def _train(config: TrainConfig, run: RunDir, entries: list, resume: bool, progre
 
     def checkpoint(at_step: int) -> None:
         if main:
-            save_checkpoint(run.checkpoints_dir, at_step, transformer=transformer, optimizer=optimizer,
+            save_checkpoint(run.checkpoints_dir, at_step, transformer=transformer, family=fam, optimizer=optimizer,
                             lr_scheduler=lr_scheduler, keep=config.checkpoints_total_limit,
                             state={"best_val_loss": best, "config": config.to_dict()})
         accelerator.wait_for_everyone()
@@ -334,14 +361,15 @@ def _train(config: TrainConfig, run: RunDir, entries: list, resume: bool, progre
         if main:
             model.eval()
             with accelerator.autocast():
-                val = validation_loss(transformer, schedule, val_clips, config, accelerator.device)
+                val = validation_loss(fam, transformer, schedule, val_clips, config, accelerator.device)
             event = {"type": "validation", "step": at_step, **val}
             if val["val_loss"] < best:
                 best = val["val_loss"]
-                _save_lora_atomically(transformer, run.path / "best_model")
+                _save_lora_atomically(transformer, run.path / "best_model", fam)
                 event["best"] = True
             if config.sample_steps > 0:
-                event["samples"] = write_samples(pipe, schedule, val_clips, config, at_step, run)
+                event["samples"] = write_samples(fam, pipe, schedule, val_clips, config, at_step, run,
+                                                 preset["generation"]["fps"])
             run.append_event(event)
             model.train()
         accelerator.wait_for_everyone()
@@ -364,7 +392,8 @@ def _train(config: TrainConfig, run: RunDir, entries: list, resume: bool, progre
                 latents, embeds = train_clips.batch(idx, accelerator.device)
                 gen = torch.Generator().manual_seed(((config.seed * 1_000_003 + step) * 64 + micro) * 64 + rank)
                 noise = torch.randn(latents.shape, generator=gen).to(latents)
-                sigmas = flow.sample_sigmas(latents.shape[0], gen, config.timestep_sampling, config.flow_shift)
+                sigmas = fam.sample_sigmas(latents.shape[0], gen, latents.shape, scheme=config.timestep_sampling,
+                                           shift=config.flow_shift)
                 last_micro = micro == accum - 1
 
                 def backward(loss, sync_point):
@@ -377,7 +406,7 @@ def _train(config: TrainConfig, run: RunDir, entries: list, resume: bool, progre
                             accelerator.backward(loss / accum)
 
                 with accelerator.autocast():
-                    losses = length_extension_losses(model, schedule, latents, embeds.to(latents.dtype), noise,
+                    losses = length_extension_losses(fam, model, schedule, latents, embeds.to(latents.dtype), noise,
                                                      sigmas, train_clips.base_latent_frames, config, backward)
                 for k in sums:
                     sums[k] += float(losses[k]) / accum
@@ -412,7 +441,12 @@ def _train(config: TrainConfig, run: RunDir, entries: list, resume: bool, progre
         return {}
     if main:
         if final_state == "finished":
-            _save_lora_atomically(transformer, run.path / "final")
+            saved = _save_lora_atomically(transformer, run.path / "final", fam)
+            if saved.comfy_skipped:  # peft trained them; ComfyUI has no module of that name
+                run.append_event({"type": "export", "comfy_skipped": saved.comfy_skipped})
+                run.update_status(warning=f"the ComfyUI export leaves out {len(saved.comfy_skipped)} module(s) "
+                                          f"ComfyUI cannot load: {', '.join(saved.comfy_skipped[:6])}"
+                                          f"{' ...' if len(saved.comfy_skipped) > 6 else ''} (the diffusers file has them)")
         run.clear_stop()
         return run.update_status(state=final_state, step=step, total_steps=total_steps,
                                  best_val_loss=best if best < float("inf") else None, eta_seconds=0)

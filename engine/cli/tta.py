@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..presets import DEFAULT_PRESET
+from ..settings import TTA, TTA_RUN, TTA_SWEEP
+
 
 def _bool(v: str) -> bool:
     return v.lower() in ("1", "true", "yes")
@@ -28,24 +31,24 @@ def _progress_printer(quiet: bool):
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="tiny-wan", help="a preset that can continue a clip (field 'continuation')")
-    p.add_argument("--objective", choices=["diffusion", "continuation"], default="diffusion")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", default=DEFAULT_PRESET, help="a preset that can continue a clip (field 'continuation')")
+    p.add_argument("--objective", choices=list(TTA["objective"].choices), help="default: the preset's tta.objective")
+    p.add_argument("--seed", type=int, default=TTA_RUN["seed"].default)
     p.add_argument("--alpha", type=float, help="LoRA alpha (default: the rank)")
     p.add_argument("--include_mlp", action="store_true", help="also adapt the feed-forward layers")
-    p.add_argument("--cond_frames", type=int, default=33)
-    p.add_argument("--total_frames", type=int, default=65)
+    p.add_argument("--cond_frames", type=int, help="default: the preset's tta.cond_frames (33)")
+    p.add_argument("--total_frames", type=int, help="default: the preset's tta.total_frames (65)")
     p.add_argument("--height", type=int, help="default: the preset's tta.short_side, aspect kept")
     p.add_argument("--width", type=int)
     p.add_argument("--sample_steps", type=int, help="sampling steps (default: the preset's generation.steps)")
     p.add_argument("--guidance_scale", type=float, help="default: the preset's generation.guidance_scale")
-    p.add_argument("--sampler", choices=["scheduler", "euler"], default="scheduler")
+    p.add_argument("--sampler", choices=list(TTA_RUN["sampler"].choices), default=TTA_RUN["sampler"].default)
     p.add_argument("--no_lpips", action="store_true", help="skip LPIPS")
     p.add_argument("--quiet", action="store_true")
 
 
 def cmd_tta(args) -> int:
-    from .tta import run_tta
+    from ..workers.tta import run_tta
 
     bar, progress = _progress_printer(args.quiet)
     try:
@@ -62,7 +65,7 @@ def cmd_tta(args) -> int:
 
 
 def cmd_tta_sweep(args) -> int:
-    from .tta import run_tta_sweep
+    from ..workers.tta import run_tta_sweep
 
     bar, progress = _progress_printer(args.quiet)
     try:
@@ -82,7 +85,7 @@ def cmd_tta_sweep(args) -> int:
 
 
 def cmd_evaluate_tta(args) -> int:
-    from .tta import evaluate_tta
+    from ..workers.tta import evaluate_tta
 
     result = evaluate_tta(args.baseline, args.tta, ground_truth_dir=args.ground_truth, cond_frames=args.cond_frames,
                           lpips=not args.no_lpips, output=args.output)
@@ -95,9 +98,9 @@ def add_tta_parsers(subparsers) -> None:
     t = subparsers.add_parser("tta", help="test-time adaptation of one clip: LoRA on its first frames, continue, measure")
     t.add_argument("--video", required=True, help="a clip of at least --total_frames frames")
     t.add_argument("--output_dir", required=True, help="new folder: config, status, events, videos, metrics")
-    t.add_argument("--rank", type=int, default=16)
-    t.add_argument("--lr", type=float, default=2e-4)
-    t.add_argument("--steps", type=int, default=50)
+    t.add_argument("--rank", type=int, help="default: the preset's tta.rank (16)")
+    t.add_argument("--lr", type=float, help="default: the preset's tta.lr (2e-4)")
+    t.add_argument("--steps", type=int, help="default: the preset's tta.steps (50; 20 on tiny presets)")
     t.add_argument("--prompt", help="caption (default: a same-name .txt beside the clip or its dataset entry)")
     t.add_argument("--save_lora", action="store_true", help="keep the adapted LoRA in <output_dir>/lora")
     _common(t)
@@ -105,9 +108,9 @@ def add_tta_parsers(subparsers) -> None:
 
     s = subparsers.add_parser("tta-sweep", help="a grid of TTA settings over a dataset; results/<experiment>/")
     s.add_argument("--data_dir", required=True, help="dataset folder from `data convert --task tta`")
-    s.add_argument("--ranks", default="8,16,32", help="comma-separated, e.g. 8,16,32")
-    s.add_argument("--lrs", default="1e-4,2e-4", help="comma-separated, e.g. 1e-4,2e-4")
-    s.add_argument("--steps", default="20,50,100", help="comma-separated, e.g. 20,50,100")
+    s.add_argument("--ranks", default=TTA_SWEEP["ranks"], help="comma-separated, e.g. 8,16,32")
+    s.add_argument("--lrs", default=TTA_SWEEP["lrs"], help="comma-separated, e.g. 1e-4,2e-4")
+    s.add_argument("--steps", default=TTA_SWEEP["steps"], help="comma-separated, e.g. 20,50,100")
     s.add_argument("--experiment", help="name of the results folder (default: tta-<data folder>-<objective>); "
                                         "running again with the same name resumes")
     s.add_argument("--output_root", default="results")

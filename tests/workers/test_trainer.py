@@ -14,11 +14,11 @@ import torch
 from safetensors.torch import load_file
 
 from engine.errors import ConfigError, InputError
-from engine.train import trainer as trainer_mod
-from engine.train.config import config_from_preset, read_config_file
-from engine.train.data import create_synthetic_dataset
-from engine.train.lora import COMFY_WEIGHT_NAME, DIFFUSERS_WEIGHT_NAME
-from engine.train.trainer import train
+from engine.workers import trainer as trainer_mod
+from engine.config import config_from_preset, read_config_file
+from engine.data.dataset import create_synthetic_dataset
+from engine.lora import COMFY_WEIGHT_NAME, DIFFUSERS_WEIGHT_NAME
+from engine.workers.trainer import train
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,11 +59,12 @@ def test_training_lowers_validation_loss_and_saved_lora_reloads_in_stock_diffuse
     captured = {}
     real_save = trainer_mod._save_lora_atomically
 
-    def spy(transformer, target):
-        real_save(transformer, target)
+    def spy(transformer, target, fam):
+        saved = real_save(transformer, target, fam)
         if target.name == "final":  # the trainer's in-memory model at the end of training
             transformer.eval()
             captured["out"] = _transformer_out(transformer)
+        return saved
 
     monkeypatch.setattr(trainer_mod, "_save_lora_atomically", spy)
     out = tmp_path / "run"
@@ -86,7 +87,7 @@ def test_training_lowers_validation_loss_and_saved_lora_reloads_in_stock_diffuse
 
     from engine.attention.processor import install_radial_attention
     from engine.attention.schedule import AttentionSettings
-    from engine.models.wan import ensure_tiny_model
+    from engine.models.wan import FAMILY, ensure_tiny_model
     from engine.presets import load_preset
 
     folder = ensure_tiny_model(load_preset("tiny-wan")["tiny"])
@@ -96,11 +97,11 @@ def test_training_lowers_validation_loss_and_saved_lora_reloads_in_stock_diffuse
     for weight_name in (DIFFUSERS_WEIGHT_NAME, COMFY_WEIGHT_NAME):
         pipe = WanPipeline.from_pretrained(folder)
         pipe.load_lora_weights(str(out / "final"), weight_name=weight_name)
-        install_radial_attention(pipe.transformer, settings).training = True
+        install_radial_attention(pipe.transformer, settings, FAMILY).training = True
         torch.testing.assert_close(_transformer_out(pipe.transformer), captured["out"], rtol=1e-4, atol=1e-5)
     # ...and differs from the base model without the LoRA.
     base = WanPipeline.from_pretrained(folder)
-    install_radial_attention(base.transformer, settings).training = True
+    install_radial_attention(base.transformer, settings, FAMILY).training = True
     assert not torch.allclose(_transformer_out(base.transformer), captured["out"], atol=1e-4)
 
 
@@ -155,18 +156,18 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(dataset, tmp_path):
 
 @pytest.mark.slow
 def test_nan_loss_stops_with_diverged_and_keeps_last_good_checkpoint(dataset, tmp_path, monkeypatch):
-    from engine.train import flow
+    from engine.models.wan import WanFamily
 
     calls = {"n": 0}
-    real = flow.velocity_target
+    real = WanFamily.flow_pair
 
-    def poisoned(x0, noise):
+    def poisoned(self, x0, noise, sigmas):
         if torch.is_grad_enabled():  # training micro-steps only (validation runs without grad)
             calls["n"] += 1
-        target = real(x0, noise)
-        return target * float("nan") if calls["n"] > 4 else target  # steps 1-4 fine (1 call per step)
+        xt, target = real(self, x0, noise, sigmas)
+        return xt, (target * float("nan") if calls["n"] > 4 else target)  # steps 1-4 fine (1 call per step)
 
-    monkeypatch.setattr(flow, "velocity_target", poisoned)
+    monkeypatch.setattr(WanFamily, "flow_pair", poisoned)
     out = tmp_path / "run"
     status = train(_config(dataset, out, max_steps=8, checkpointing_steps=3))
     assert status["state"] == "diverged" and "step-000003" in status["error"]

@@ -10,8 +10,8 @@ import torch
 from engine.errors import ConfigError, InputError
 from engine.jobs import RunDir
 from engine.presets import PRESETS_DIR, load_preset
-from engine.train.synthetic import render_clip
-from engine.train.tta import (
+from engine.data.synthetic import render_clip
+from engine.workers.tta import (
     AdaptSettings, SampleSettings, VideoSession, _load_model, adapt, evaluate_tta, load_clip, resolve_preset, run_tta,
     run_tta_sweep,
 )
@@ -215,9 +215,9 @@ def bad_files(tmp_path_factory):
     ("unreadable", {"video": "garbage"}, InputError, r"could not be decoded"),
     ("missing", {"video": "nope"}, InputError, r"does not exist"),
     ("too small", {"video": "small"}, InputError, r"resolution too small: the video is 32x32.*at least 64"),
-    ("steps 0", {"steps": 0}, InputError, r"steps must be a positive integer"),
-    ("rank 0", {"rank": 0}, InputError, r"rank must be a positive integer"),
-    ("objective", {"objective": "magic"}, InputError, r"objective must be one of"),
+    ("steps 0", {"steps": 0}, InputError, r"steps=0 is out of range: it must be a whole number >= 1"),
+    ("rank 0", {"rank": 0}, InputError, r"rank=0 is out of range: it must be a whole number >= 1"),
+    ("objective", {"objective": "magic"}, InputError, r"objective: .magic. is not allowed; choose one of"),
     ("no continuation", {"preset": "no_continuation"}, ConfigError, r"cannot do video continuation.*tiny-wan"),
 ])
 def test_bad_input_gives_a_clear_error_and_writes_nothing(clips, bad_files, tmp_path, case, kwargs, error, message):
@@ -267,7 +267,7 @@ def test_cli_parses_the_commands_and_reports_bad_input(clips, tmp_path, capsys):
     assert (args.baseline, args.tta) == ("b", "t")
     out = tmp_path / "cli"
     assert main(["tta", "--video", str(clips["a"]), "--output_dir", str(out), "--rank", "0", "--quiet"]) == 2
-    assert "rank must be a positive integer" in capsys.readouterr().err
+    assert "rank=0 is out of range" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -13,17 +13,15 @@ import uuid
 from pathlib import Path
 
 from ..errors import InputError
-from ..jobs import RunDir, job_status, list_run_dirs, pump_queue, queue_position, runs_root, stop_job, submit_job
+from ..jobs import (RunDir, atomic_write_json, job_status, list_run_dirs, pump_queue, queue_position, runs_root,
+                    stop_job, submit_job)
 from ..safe_paths import data_root, resolve_under, sanitize_filename
-from .checkpoint import checkpoint_dirs
-from .config import TrainConfig, config_from_preset
+from ..checkpoint import checkpoint_dirs
+from ..config import config_from_preset
 
 DATA_SOURCES = ("synthetic", "upload", "folder")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".gif")
 
-# A short demo on the embedded tiny model: a few minutes on 2 CPU cores.
-TINY_DEMO = dict(max_steps=40, validation_steps=10, checkpointing_steps=10, sample_steps=2,
-                 use_gradient_checkpointing=False)
 
 
 def datasets_root() -> Path:
@@ -46,7 +44,7 @@ def run_dir(run_id: str) -> Path:
 def prepare_dataset(source: str, target: Path, *, preset: str, uploads: list | None = None, folder: str | None = None,
                     num_samples: int = 4, seed: int = 0) -> Path:
     """Make `target` a dataset (metadata.json + videos/) from the chosen source."""
-    from .data import convert_dataset, create_synthetic_dataset, load_dataset
+    from ..data.dataset import convert_dataset, create_synthetic_dataset, load_dataset
 
     if source not in DATA_SOURCES:
         raise InputError(f"data source '{source}' is not one of {list(DATA_SOURCES)}.")
@@ -80,17 +78,9 @@ def prepare_dataset(source: str, target: Path, *, preset: str, uploads: list | N
     return target
 
 
-def _argv(config: TrainConfig) -> list[str]:
-    argv = ["train", "--quiet"]
-    for key, value in config.to_dict().items():
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        elif isinstance(value, list):
-            value = ",".join(str(v) for v in value)
-        argv += [f"--{key}", str(value)]
-    return argv
+def _argv(run: RunDir) -> list[str]:
+    """The job reads the run's own config.json (the same file `train --config` takes)."""
+    return ["train", "--config", str(run.config_path), "--quiet"]
 
 
 def start_training(preset: str = "tiny-wan", data_source: str = "synthetic", *, uploads: list | None = None,
@@ -102,17 +92,17 @@ def start_training(preset: str = "tiny-wan", data_source: str = "synthetic", *, 
     if not supported:
         raise InputError(message)
     settings = {k: v for k, v in (settings or {}).items() if v is not None and v != ""}
-    defaults = dict(TINY_DEMO) if preset.startswith("tiny") else {}
     run_id = new_run_id()
     out = runs_root() / run_id
-    # Validate the settings before touching the disk.
-    config_from_preset(preset, **{**defaults, **settings, "data_dir": "-", "output_dir": str(out)})
-    data_dir = prepare_dataset(data_source, datasets_root() / run_id, preset=preset, uploads=uploads, folder=folder,
-                               num_samples=num_samples, seed=int(settings.get("seed", 0)))
-    config = config_from_preset(preset, **{**defaults, **settings, "data_dir": str(data_dir), "output_dir": str(out)})
-    RunDir(out).create().update_status(state="queued", created=time.time(), kind="train", run_id=run_id, preset=preset,
-                                       data_source=data_source, total_steps=config.max_steps)
-    submit_job(out, _argv(config))
+    # Validate the settings (once) before touching the disk; the data folder is filled in below.
+    config = config_from_preset(preset, **{**settings, "data_dir": "-", "output_dir": str(out)})
+    config.data_dir = str(prepare_dataset(data_source, datasets_root() / run_id, preset=preset, uploads=uploads,
+                                          folder=folder, num_samples=num_samples, seed=config.seed))
+    run = RunDir(out).create()
+    atomic_write_json(run.config_path, config.to_dict())
+    run.update_status(state="queued", created=time.time(), kind="train", run_id=run_id, preset=preset,
+                      data_source=data_source, total_steps=config.max_steps)
+    submit_job(out, _argv(run))
     return training_status(run_id)
 
 

@@ -46,7 +46,8 @@ def latest_checkpoint(root: Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
-def save_checkpoint(root: Path, step: int, *, transformer, optimizer, lr_scheduler, state: dict, keep: int) -> Path:
+def save_checkpoint(root: Path, step: int, *, transformer, family, optimizer, lr_scheduler, state: dict,
+                    keep: int) -> Path:
     from .lora import save_lora
 
     root.mkdir(parents=True, exist_ok=True)
@@ -54,7 +55,7 @@ def save_checkpoint(root: Path, step: int, *, transformer, optimizer, lr_schedul
     tmp = root / f".tmp-step-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_lora(transformer, tmp / "lora", comfy=False)
+    save_lora(transformer, tmp / "lora", family, comfy=False)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(_rng_state(), tmp / "rng.pt")

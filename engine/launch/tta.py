@@ -16,22 +16,23 @@ from ..errors import InputError
 from ..jobs import RunDir, job_status, pump_queue, queue_position, runs_root, stop_job, submit_job
 from ..presets import load_preset
 from ..safe_paths import data_root, resolve_under, sanitize_filename
-from .runs import new_run_id, run_dir
+from .training import new_run_id, run_dir
 
 
 def sample_clip(preset: str = "tiny-wan", seed: int = 0) -> Path:
     """A synthetic 65-frame clip (with its caption) at the preset's TTA size, made once."""
+    from ..data.dataset import tta_size
+    from ..data.synthetic import render_clip
+    from ..models import family
     from ..video import write_mp4
-    from .data import _tta_size
-    from .synthetic import render_clip
 
     p = load_preset(preset)
-    side = p["tta"]["short_side"]
-    h, w = _tta_size(side, side, side)
+    side, frames = p["tta"]["short_side"], p["tta"]["total_frames"]
+    h, w = tta_size(side, side, side, family(p).size_multiple)
     folder = runs_root() / "_samples"
-    path = folder / f"sample-{h}x{w}-{seed}.mp4"
+    path = folder / (f"sample-{h}x{w}-{seed}.mp4" if frames == 65 else f"sample-{h}x{w}x{frames}-{seed}.mp4")
     if not path.is_file():
-        clip = render_clip(seed=seed, num_frames=65, height=h, width=w)
+        clip = render_clip(seed=seed, num_frames=frames, height=h, width=w)
         write_mp4(clip.frames, path, fps=p["generation"]["fps"])
         path.with_suffix(".txt").write_text(clip.caption)
     return path
@@ -52,20 +53,28 @@ def _stage_upload(video, run_id: str) -> Path:
     return dst
 
 
-def start_tta(video=None, *, preset: str = "tiny-wan", rank: int = 16, lr: float = 2e-4, steps: int = 50,
-              objective: str = "diffusion", seed: int = 0, prompt: str | None = None, in_request: bool = False) -> dict:
+def start_tta(video=None, *, preset: str = "tiny-wan", rank: int | None = None, lr: float | None = None,
+              steps: int | None = None, objective: str | None = None, seed: int = 0, prompt: str | None = None,
+              in_request: bool = False) -> dict:
     """Queue one TTA run on `video` (an uploaded file; None: the built-in sample clip).
 
-    `in_request=True` runs it here and now instead (ZeroGPU lends a GPU only to the request).
+    Unset rank / lr / steps / objective take the preset's `tta` section. `in_request=True` runs it
+    here and now instead (ZeroGPU lends a GPU only to the request).
     """
-    from .tta import check_settings, load_clip, resolve_preset
+    from ..models import family
+    from ..workers.tta import check_settings, frames_of, load_clip, resolve_preset
 
-    check_settings(rank=rank, alpha=None, lr=lr, steps=steps, objective=objective, seed=seed, cond_frames=33,
-                   total_frames=65)
     preset_dict, _ = resolve_preset(preset)  # refuses presets that cannot continue a clip
+    tta = preset_dict["tta"]
+    rank, lr, steps = (tta["rank"] if rank is None else rank), (tta["lr"] if lr is None else lr), \
+        (tta["steps"] if steps is None else steps)
+    objective = tta["objective"] if objective is None else objective
+    cond_frames, total_frames = frames_of(preset_dict, None, None)
+    check_settings(rank=rank, alpha=None, lr=lr, steps=steps, objective=objective, seed=seed, cond_frames=cond_frames,
+                   total_frames=total_frames, fam=family(preset_dict))
     run_id = new_run_id()
     path = sample_clip(preset, seed=0) if video in (None, "") else _stage_upload(video, run_id)
-    load_clip(path, preset_dict, cond_frames=33, total_frames=65, prompt=prompt)  # length, size, readability
+    load_clip(path, preset_dict, cond_frames=cond_frames, total_frames=total_frames, prompt=prompt)  # length, size
     out = runs_root() / run_id
     argv = ["tta", "--video", str(path), "--preset", preset, "--output_dir", str(out), "--rank", str(rank),
             "--lr", str(lr), "--steps", str(steps), "--objective", objective, "--seed", str(seed)]
@@ -74,7 +83,7 @@ def start_tta(video=None, *, preset: str = "tiny-wan", rank: int = 16, lr: float
     RunDir(out).create().update_status(state="queued", created=time.time(), kind="tta", run_id=run_id, preset=preset,
                                        total_steps=steps)
     if in_request:
-        from .tta import run_tta
+        from ..workers.tta import run_tta
 
         run_tta(path, preset=preset, output_dir=out, rank=rank, lr=lr, steps=steps, objective=objective, seed=seed,
                 prompt=prompt)
@@ -83,15 +92,21 @@ def start_tta(video=None, *, preset: str = "tiny-wan", rank: int = 16, lr: float
     return tta_status(run_id)
 
 
-def start_tta_sweep(folder: str = "", *, preset: str = "tiny-wan", ranks: str = "8,16", lrs: str = "2e-4",
-                    steps: str = "5,10", objective: str = "diffusion", seed: int = 0) -> dict:
+# The app's sweep defaults: a quick grid (the CLI's `tta-sweep` defaults, engine.settings.TTA_SWEEP, are the
+# original experiment's).
+APP_SWEEP = {"ranks": "8,16", "lrs": "2e-4", "steps": "5,10"}
+
+
+def start_tta_sweep(folder: str = "", *, preset: str = "tiny-wan", ranks: str = APP_SWEEP["ranks"],
+                    lrs: str = APP_SWEEP["lrs"], steps: str = APP_SWEEP["steps"], objective: str | None = None,
+                    seed: int = 0) -> dict:
     """Queue a sweep over a TTA dataset folder under the data root (empty: a set of sample clips)."""
     if folder:
         data_dir = resolve_under(data_root(), folder, "TTA dataset folder")
     else:
         data_dir = runs_root() / "_samples" / f"tta-set-{preset}"
         if not (data_dir / "metadata.json").is_file():
-            from .data import convert_dataset
+            from ..data.dataset import convert_dataset
 
             clips = data_dir.with_name(data_dir.name + "-clips")
             clips.mkdir(parents=True, exist_ok=True)
@@ -102,8 +117,9 @@ def start_tta_sweep(folder: str = "", *, preset: str = "tiny-wan", ranks: str = 
             convert_dataset(clips, data_dir, preset=preset, task="tta")
     run_id = new_run_id()
     argv = ["tta-sweep", "--data_dir", str(data_dir), "--ranks", ranks, "--lrs", lrs, "--steps", steps,
-            "--objective", objective, "--preset", preset, "--seed", str(seed), "--output_root", str(runs_root()),
-            "--experiment", run_id]
+            "--preset", preset, "--seed", str(seed), "--output_root", str(runs_root()), "--experiment", run_id]
+    if objective:
+        argv += ["--objective", objective]
     RunDir(runs_root() / run_id).create().update_status(state="queued", created=time.time(), kind="tta-sweep", run_id=run_id,
                                                         preset=preset)
     submit_job(runs_root() / run_id, argv)

@@ -4,18 +4,18 @@ A cache file is named by a hash of everything that determines its contents (see 
 so editing a clip, its prompt, the size/length or the model gives a new file, and unchanged
 entries are reused across runs and datasets. Each file holds:
 
-  latents                 [1, z, (extended_frames-1)/4+1, H/8, W/8]  float32, normalised (VAE mode)
-  prompt_embeds           [1, seq, dim]  as the transformer consumes them
-  negative_prompt_embeds  [1, seq, dim]
+  latents                 [1, C, latent frames, h, w]  float32, as the family's `encode_video` gives them
+  prompt_embeds           [1, seq, dim]  as the transformer consumes them (`TextEmbeds.sequence`; a family
+                          with pooled embeddings or a mask adds `prompt_embeds.pooled` / `.mask`)
+  negative_prompt_embeds  the same for the negative prompt
 
-The base-length latents are the first `(base_frames-1)//4+1` latent frames of the same
-encoding (`base_latents`): Wan's VAE is causal in time, so encoding the base clip alone gives
-the same numbers (checked in tests/train/test_latent_cache.py; exact on the tiny model in float32).
+The base-length latents are the family's latent frames of the base clip, the first ones of the
+same encoding (`base_latents`): the VAEs are causal in time, so encoding the base clip alone gives
+the same numbers (checked in tests/data/test_latent_cache.py; exact on the tiny model in float32).
 """
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import os
@@ -27,8 +27,7 @@ import torch
 
 from ..models import family
 from ..paths import cache_dir as engine_cache_dir
-from ..validation import latent_frames
-from .data import ClipEntry, load_dataset, read_clip
+from .dataset import ClipEntry, load_dataset, read_clip
 
 # Bump when what goes into a cache file changes, so old files are not reused.
 CACHE_FORMAT_VERSION = 1
@@ -48,13 +47,8 @@ def file_sha256(path: Path) -> str:
 
 
 def model_identity(preset: dict) -> str:
-    """What names the weights: the tiny config's hash, or the source plus its revision."""
-    if preset["source"] == "tiny":
-        from ..models.wan import TINY_FORMAT_VERSION
-
-        config = json.dumps({"v": TINY_FORMAT_VERSION, "tiny": preset["tiny"]}, sort_keys=True)
-        return f"tiny:{hashlib.sha256(config.encode()).hexdigest()[:16]}"
-    return f"{preset['family']}:{preset['source']}@{preset['revision'] or 'main'}"
+    """What names the weights (the family says: e.g. the tiny config's hash, or the source plus its revision)."""
+    return family(preset).model_identity(preset)
 
 
 def cache_key(entry: ClipEntry, preset: dict, clip_sha256: str, encoder_dtypes: str) -> str:
@@ -78,11 +72,8 @@ def _encode_entry(pipe, preset: dict, entry: ClipEntry) -> dict[str, torch.Tenso
     latents = fam.encode_video(pipe, clip_to_tensor(frames[: entry.extended_frames]))
     # guidance_scale > 1 asks for the negative embeddings too (the trainer may drop the prompt).
     pos, neg = fam.encode_prompt(pipe, entry.prompt, entry.negative_prompt, guidance_scale=2.0)
-    return {
-        "latents": latents.float().cpu().contiguous(),
-        "prompt_embeds": pos.cpu().contiguous(),
-        "negative_prompt_embeds": neg.cpu().contiguous(),
-    }
+    return {"latents": latents.float().cpu().contiguous(), **pos.to_tensors("prompt_embeds"),
+            **(neg or pos.zeros_like()).to_tensors("negative_prompt_embeds")}
 
 
 def _save_atomic(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
@@ -107,7 +98,8 @@ def build_latent_cache(pipe, preset: dict, data_dir: str | os.PathLike, cache_di
     """
     entries = load_dataset(data_dir)
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    dtypes = f"vae={pipe.vae.dtype},text={pipe.text_encoder.dtype}"
+    fam = family(preset)
+    dtypes = fam.encoder_dtypes(pipe)
     paths = []
     for n, entry in enumerate(entries, start=1):
         key = cache_key(entry, preset, file_sha256(entry.path), dtypes)
@@ -117,7 +109,7 @@ def build_latent_cache(pipe, preset: dict, data_dir: str | os.PathLike, cache_di
             metadata = {
                 "video_id": entry.video_id, "prompt": entry.prompt, "negative_prompt": entry.negative_prompt,
                 "base_frames": str(entry.base_frames), "extended_frames": str(entry.extended_frames),
-                "base_latent_frames": str(latent_frames(entry.base_frames)),
+                "base_latent_frames": str(fam.latent_frames(entry.base_frames)),
                 "height": str(entry.height), "width": str(entry.width), "model": model_identity(preset),
                 "format": str(CACHE_FORMAT_VERSION),
             }
@@ -143,21 +135,6 @@ def load_cached_metadata(path: str | os.PathLike) -> dict[str, str]:
         return dict(f.metadata() or {})
 
 
-def base_latents(latents: torch.Tensor, base_frames: int) -> torch.Tensor:
+def base_latents(latents: torch.Tensor, base_frames: int, fam) -> torch.Tensor:
     """The latents of the clip's first `base_frames` frames (the causal VAE's prefix)."""
-    return latents[:, :, : latent_frames(base_frames)]
-
-
-def free_encoders(pipe) -> None:
-    """Move the VAE and text encoder to the CPU so the accelerator holds only the transformer.
-
-    Training on cached latents needs neither; move them back (`pipe.vae.to(device)`) before
-    decoding samples. Note: this changes the pipeline object in engine.models' cache too.
-    """
-    for name in ("vae", "text_encoder"):
-        module = getattr(pipe, name, None)
-        if module is not None:
-            module.to("cpu")
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    return latents[:, :, : fam.latent_frames(base_frames)]

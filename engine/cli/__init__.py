@@ -6,7 +6,9 @@ import argparse
 import json
 import sys
 
-from .errors import EngineError
+from ..errors import EngineError
+from ..presets import DEFAULT_PRESET
+from ..settings import ATTENTION_BACKENDS
 
 
 def _add_attention_flags(p: argparse.ArgumentParser) -> None:
@@ -16,7 +18,7 @@ def _add_attention_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dense_timesteps", type=int)
     g.add_argument("--decay_factor", type=float)
     g.add_argument("--block_size", type=int)
-    g.add_argument("--attention_backend", dest="backend", choices=["triton", "flex", "reference", "dense"])
+    g.add_argument("--attention_backend", dest="backend", choices=list(ATTENTION_BACKENDS))
 
 
 def _attention_overrides(args) -> dict:
@@ -27,7 +29,7 @@ def _attention_overrides(args) -> dict:
 def cmd_generate(args) -> int:
     from tqdm import tqdm
 
-    from .generate import generate_video
+    from ..generate import generate_video
 
     bar = tqdm(total=args.steps, desc="sampling", unit="step", disable=args.quiet)
 
@@ -53,42 +55,36 @@ def cmd_generate(args) -> int:
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     """One flag per training setting (--lora_rank, --learning_rate, ...), default: preset/config."""
-    import dataclasses
-    import types
-    import typing
-
-    from .train.config import TrainConfig
+    from ..config import FIELDS
+    from ..settings import BOOL, FLOAT, INT, LIST
 
     explicit = {"preset", "data_dir", "output_dir"}
-    hints = typing.get_type_hints(TrainConfig)
     g = p.add_argument_group("training settings (default: the preset's, then --config's)")
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in explicit:
+    for name, setting in FIELDS.items():
+        if name in explicit:
             continue
-        hint = hints[f.name]
-        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:  # X | None -> X
-            hint = next(a for a in typing.get_args(hint) if a is not type(None))
-        base = hint
-        if base is bool:
-            g.add_argument(f"--{f.name}", type=lambda v: v.lower() in ("1", "true", "yes"), metavar="true|false")
-        elif typing.get_origin(base) is list or base is list:
-            item = (typing.get_args(base) or (str,))[0]
-            g.add_argument(f"--{f.name}", type=lambda v, item=item: [item(x) for x in v.split(",")], metavar="A,B")
+        if setting.kind == BOOL:
+            g.add_argument(f"--{name}", type=lambda v: v.lower() in ("1", "true", "yes"), metavar="true|false",
+                           help=setting.help)
+        elif setting.kind == LIST:
+            item = float if setting.item == FLOAT else str
+            g.add_argument(f"--{name}", type=lambda v, item=item: [item(x) for x in v.split(",")], metavar="A,B",
+                           help=setting.help)
         else:
-            g.add_argument(f"--{f.name}", type=base)
+            g.add_argument(f"--{name}", type={INT: int, FLOAT: float}.get(setting.kind, str), help=setting.help)
 
 
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
-    from .train.config import TrainConfig, config_from_preset, read_config_file
-    from .train.trainer import train
+    from ..config import FIELDS, config_from_preset, read_config_file
+    from ..workers.trainer import train
 
     values = read_config_file(args.config) if args.config else {}
-    preset = args.preset or values.pop("preset", None) or "tiny-wan"
+    preset = args.preset or values.pop("preset", None) or DEFAULT_PRESET
     values.pop("preset", None)
-    cli = {k: getattr(args, k) for k in TrainConfig.field_names() if k != "preset" and getattr(args, k, None) is not None}
-    config = config_from_preset(preset, **{**values, **cli})
+    cli = {k: getattr(args, k) for k in FIELDS if k != "preset" and getattr(args, k, None) is not None}
+    config = config_from_preset(preset, validate=False, **{**values, **cli})  # train() checks it, once
     bar = tqdm(desc="training", unit="step", disable=args.quiet)
 
     def progress(status):
@@ -107,7 +103,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .train.evaluate import evaluate_lora
+    from ..workers.evaluate import evaluate_lora
 
     summary = evaluate_lora(args.lora_checkpoint_dir, args.output_dir, base_frames=args.base_frames,
                             extended_frames=args.extended_frames, prompts_file=args.prompts, preset=args.preset,
@@ -117,7 +113,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    from .presets import list_presets, load_preset
+    from ..presets import list_presets, load_preset
 
     for name in list_presets():
         p = load_preset(name)
@@ -130,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="text-to-video with a preset's model")
-    g.add_argument("--preset", default="tiny-wan")
+    g.add_argument("--preset", default=DEFAULT_PRESET)
     g.add_argument("--prompt", required=True)
     g.add_argument("--negative_prompt")
     g.add_argument("--out", help="output mp4 path (default: outputs/generate-<time>.mp4)")
@@ -147,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     t = sub.add_parser("train", help="train a length-extension LoRA (runs in the foreground; the app runs it as a job)")
-    t.add_argument("--preset", default=None, help="default: the config's, else tiny-wan")
+    t.add_argument("--preset", default=None, help="default: the config's, else the embedded default")
     t.add_argument("--data_dir", help="dataset folder (metadata.json + videos/)")
     t.add_argument("--output_dir", help="run folder: config, status, events, checkpoints, LoRA")
     t.add_argument("--config", help="JSON training config (the original format is accepted)")
@@ -171,11 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list the presets")
     p.set_defaults(func=cmd_presets)
 
-    from .train.data_commands import add_data_parser
+    from .data import add_data_parser
 
     add_data_parser(sub)
-    from .hub_commands import add_hub_parsers
-    from .train.tta_commands import add_tta_parsers
+    from .hub import add_hub_parsers
+    from .tta import add_tta_parsers
 
     add_tta_parsers(sub)  # tta, tta-sweep, evaluate-tta
     add_hub_parsers(sub)  # push, pull

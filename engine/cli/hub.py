@@ -7,7 +7,7 @@ import sys
 
 
 def cmd_push(args) -> int:
-    from .hub import push_adapter
+    from ..hub import push_adapter
 
     def progress(fraction: float, message: str) -> None:
         if not args.quiet:
@@ -20,7 +20,7 @@ def cmd_push(args) -> int:
 
 
 def cmd_pull(args) -> int:
-    from .hub import resolve_adapter
+    from ..hub import resolve_adapter
 
     folder = resolve_adapter(args.adapter, token=args.token)
     print(json.dumps({"adapter": args.adapter, "folder": str(folder)}, indent=2))

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..presets import DEFAULT_PRESET
+
 
 def cmd_data_create(args) -> int:
-    from .data import create_synthetic_dataset, load_dataset
+    from ..data.dataset import create_synthetic_dataset, load_dataset
 
     out = create_synthetic_dataset(args.output_dir, args.num_samples, preset=args.preset, seed=args.seed, fps=args.fps)
     entries = load_dataset(out)
@@ -18,7 +20,7 @@ def cmd_data_create(args) -> int:
 
 
 def cmd_data_convert(args) -> int:
-    from .data import convert_dataset
+    from ..data.dataset import convert_dataset
 
     report = convert_dataset(args.input_dir, args.output_dir, preset=args.preset, task=args.task, fps=args.fps)
     print(json.dumps(report.to_dict(), indent=2))
@@ -26,7 +28,7 @@ def cmd_data_convert(args) -> int:
 
 
 def cmd_data_validate(args) -> int:
-    from .data import scan_dataset
+    from ..data.dataset import scan_dataset
 
     problems, entries = scan_dataset(args.output_dir)
     if problems:
@@ -44,7 +46,7 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
     c = sub.add_parser("create", help="render synthetic captioned clips (the embedded default dataset)")
     c.add_argument("--output_dir", required=True)
     c.add_argument("--num_samples", type=int, required=True)
-    c.add_argument("--preset", default="tiny-wan")
+    c.add_argument("--preset", default=DEFAULT_PRESET)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--fps", type=int, help="default: the preset's generation.fps")
     c.set_defaults(func=cmd_data_create)
@@ -53,7 +55,7 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
     v.add_argument("--input_dir", required=True,
                    help="videos with same-name .txt captions, or a captions.csv (path,caption) / captions.json")
     v.add_argument("--output_dir", required=True)
-    v.add_argument("--preset", default="tiny-wan")
+    v.add_argument("--preset", default=DEFAULT_PRESET)
     v.add_argument("--task", choices=["extension", "tta"], default="extension")
     v.add_argument("--fps", type=float, help="resample to this frame rate (default: the preset's generation.fps)")
     v.set_defaults(func=cmd_data_convert)

@@ -36,7 +36,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import InputError
-from ..validation import SIZE_MULTIPLE, TEMPORAL_FACTOR, nearest_valid_frame_counts
+from ..models import DEFAULT_FAMILY, family, family_named
+from ..validation import nearest_valid_frame_counts
 from ..video import frame_stream as _frame_stream
 from ..video import read_mp4 as read_clip  # noqa: F401  (the clip reader of the training code: latent_cache, tests)
 from ..video import write_mp4
@@ -52,13 +53,10 @@ FIELDS = {"video_id": str, "prompt": str, "negative_prompt": str, "base_frames":
 OPTIONAL_FIELDS = {"fps": (int, float), "source": str, "source_fps": (int, float)}
 VIDEO_ID = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9._\-]*$")
 
-# Test-time adaptation clips: 65 frames, short side 256, each side a multiple of 16. The long
-# side keeps the source aspect (rounded down to a multiple of 16) up to 2:1, so a 16:9 source
-# becomes 448x256 and a square one 256x256. The first TTA_BASE_FRAMES are the prefix the adapter
-# is tuned on; the rest is the continuation.
-TTA_FRAMES = 65
-TTA_BASE_FRAMES = 33
-TTA_SHORT_SIDE = 256
+# Test-time adaptation clips: the preset's tta.total_frames (65) at short side tta.short_side
+# (256), each side a multiple of the family's size multiple. The long side keeps the source
+# aspect (rounded down) up to 2:1, so a 16:9 source becomes 448x256 and a square one 256x256.
+# The first tta.cond_frames (33) are the prefix the adapter is tuned on; the rest is the continuation.
 TTA_MAX_ASPECT = 2.0
 
 ProgressFn = Callable[[int, int], None]
@@ -104,7 +102,7 @@ def _write_json_atomic(data: Any, path: Path) -> None:
 
 def create_synthetic_dataset(output_dir: str | os.PathLike, num_samples: int, *, preset: str | dict = "tiny-wan",
                              seed: int = 0, fps: int | None = None, progress: ProgressFn | None = None) -> Path:
-    """Render `num_samples` synthetic clips (engine.train.synthetic) at the preset's training size/length."""
+    """Render `num_samples` synthetic clips (engine.data.synthetic) at the preset's training size/length."""
     from .synthetic import render_clip
 
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
@@ -213,11 +211,11 @@ def _read_caption_file(path: Path) -> list[tuple[str, str | None]]:
     return out
 
 
-def _tta_size(height: int, width: int, short_side: int = TTA_SHORT_SIDE) -> tuple[int, int]:
-    """Short side `short_side` (256), long side the aspect-kept length rounded down to 16 (capped at 2:1)."""
+def tta_size(height: int, width: int, short_side: int, multiple: int) -> tuple[int, int]:
+    """Short side `short_side`, long side the aspect-kept length rounded down to `multiple` (capped at 2:1)."""
     short, long = min(height, width), max(height, width)
     long_px = min(long * short_side / short, short_side * TTA_MAX_ASPECT)
-    long_px = int(long_px // SIZE_MULTIPLE * SIZE_MULTIPLE)
+    long_px = int(long_px // multiple * multiple)
     return (short_side, long_px) if height <= width else (long_px, short_side)
 
 
@@ -257,14 +255,14 @@ def _read_resampled(path: Path, needed: int, target_fps: float | None) -> tuple[
         if not source_fps > 0:
             raise _Skip("unreadable video: it reports no frame rate")
         fps = source_fps if target_fps is None or abs(source_fps - target_fps) < 1e-3 else float(target_fps)
-        wanted = _source_indices(needed, source_fps, fps)
-        last, wanted_set = wanted[-1], set(wanted)
+        picks = _source_indices(needed, source_fps, fps)
+        last, picked_set = picks[-1], set(picks)
         picked: dict[int, np.ndarray] = {}
         count = 0
         try:
             for i, frame in enumerate(stream):
                 count = i + 1
-                if i in wanted_set:
+                if i in picked_set:
                     picked[i] = frame
                 if i >= last:
                     break
@@ -275,10 +273,10 @@ def _read_resampled(path: Path, needed: int, target_fps: float | None) -> tuple[
     if count == 0:
         raise _Skip("unreadable or corrupt video: no frames could be decoded")
     if count <= last:
-        available = sum(1 for index in wanted if index < count)  # indices only grow
+        available = sum(1 for index in picks if index < count)  # indices only grow
         at = "" if fps == source_fps else f" at {fps:g} fps ({count} at the source's {source_fps:g} fps)"
         raise _Skip(f"too short: {available} frames{at}; needs at least {needed}")
-    return np.stack([picked[i] for i in wanted]), source_fps, wanted
+    return np.stack([picked[i] for i in picks]), source_fps, picks
 
 
 def _safe_id(stem: str, taken: set[str]) -> str:
@@ -313,7 +311,9 @@ def convert_dataset(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
         frames, base = train["extended_num_frames"], train["base_num_frames"]
         size = (train["height"], train["width"])
     else:
-        frames, base, size = TTA_FRAMES, TTA_BASE_FRAMES, None
+        tta = preset["tta"]
+        frames, base, size = tta["total_frames"], tta["cond_frames"], None
+    multiple = family(preset).size_multiple
     out_fps = round(target_fps)  # write_mp4 takes whole frame rates
     report = ConvertReport(str(out), task, out_fps, size[0] if size else None, size[1] if size else None, frames)
     pairs, report.skipped, caption_file = _caption_pairs(input_dir)
@@ -327,11 +327,12 @@ def convert_dataset(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
                 raise _Skip("empty caption")
             clip, source_fps, _ = _read_resampled(path, frames, target_fps)
             h, w = clip.shape[1:3]
-            height, width = size or _tta_size(h, w)
+            height, width = size or tta_size(h, w, preset["tta"]["short_side"], multiple)
             if task == "extension" and (h < height or w < width):
                 raise _Skip(f"too small resolution: {w}x{h} (width x height); needs at least {width}x{height}")
-            if task == "tta" and min(h, w) < TTA_SHORT_SIDE:
-                raise _Skip(f"too small resolution: {w}x{h} (width x height); the short side needs at least {TTA_SHORT_SIDE}")
+            if task == "tta" and min(h, w) < preset["tta"]["short_side"]:
+                raise _Skip(f"too small resolution: {w}x{h} (width x height); the short side needs at least "
+                            f"{preset['tta']['short_side']} (preset field tta.short_side)")
             clip = _resize_center_crop(clip, height, width)
             video_id = _safe_id(path.stem, taken)
             write_mp4(clip, out / VIDEOS_DIR / f"{video_id}.mp4", fps=out_fps)
@@ -358,7 +359,7 @@ def _type_name(t) -> str:
     return "number" if isinstance(t, tuple) else {int: "integer", str: "string"}[t]
 
 
-def _check_entry(where: str, entry: Any) -> list[str]:
+def _check_entry(where: str, entry: Any, fam) -> list[str]:
     if not isinstance(entry, dict):
         return [f"{where}: expected an object with fields {list(FIELDS)}, got {type(entry).__name__}."]
     problems = []
@@ -379,17 +380,18 @@ def _check_entry(where: str, entry: Any) -> list[str]:
         problems.append(f"{where}: field 'prompt' is empty; describe the clip.")
     for name in ("base_frames", "extended_frames"):
         value = entry[name]
-        if value < 1 or (value - 1) % TEMPORAL_FACTOR:
-            lower, upper = nearest_valid_frame_counts(max(value, 1))
+        factor = fam.temporal_factor
+        if value < 1 or (value - 1) % factor:
+            lower, upper = nearest_valid_frame_counts(max(value, 1), factor)
             problems.append(f"{where}: field '{name}'={value} is not a valid frame count: the VAE needs "
-                            f"{TEMPORAL_FACTOR}k+1 frames. Nearest valid counts: {lower} or {upper}.")
+                            f"{factor}k+1 frames. Nearest valid counts: {lower} or {upper}.")
     if entry["extended_frames"] <= entry["base_frames"]:
         problems.append(f"{where}: field 'extended_frames' ({entry['extended_frames']}) must be greater than "
                         f"'base_frames' ({entry['base_frames']}).")
     for name in ("height", "width"):
         value = entry[name]
-        if value < SIZE_MULTIPLE or value % SIZE_MULTIPLE:
-            problems.append(f"{where}: field '{name}'={value} must be a positive multiple of {SIZE_MULTIPLE}.")
+        if value < fam.size_multiple or value % fam.size_multiple:
+            problems.append(f"{where}: field '{name}'={value} must be a positive multiple of {fam.size_multiple}.")
     return problems
 
 
@@ -411,7 +413,7 @@ def _check_video(entry: dict, video: Path, rel: str, probes: ProbeCache) -> list
     return problems
 
 
-def _scan(data_dir: Path) -> tuple[list[str], list[ClipEntry]]:
+def _scan(data_dir: Path, fam) -> tuple[list[str], list[ClipEntry]]:
     meta = data_dir / METADATA_FILE
     if not meta.is_file():
         hint = "create one with `python -m engine data create` or `data convert`"
@@ -431,7 +433,7 @@ def _scan(data_dir: Path) -> tuple[list[str], list[ClipEntry]]:
     for i, entry in enumerate(data):
         label = entry.get("video_id") if isinstance(entry, dict) else None
         where = f"{meta} entry {i}" + (f" (video_id {label!r})" if isinstance(label, str) else "")
-        found = _check_entry(where, entry)
+        found = _check_entry(where, entry, fam)
         if not found:
             video_id = entry["video_id"]
             if video_id in seen:
@@ -449,23 +451,24 @@ def _scan(data_dir: Path) -> tuple[list[str], list[ClipEntry]]:
     return problems, entries
 
 
-def scan_dataset(data_dir: str | os.PathLike) -> tuple[list[str], list[ClipEntry]]:
-    """(every problem, the entries that passed). Reads the dataset only; decodes each clip once per
-    file version (results kept in the engine cache, see clip_probe.py)."""
+def scan_dataset(data_dir: str | os.PathLike, fam=None) -> tuple[list[str], list[ClipEntry]]:
+    """(every problem, the entries that passed), frame counts and sizes checked by the model family's
+    rules (default: the default family's). Reads the dataset only; decodes each clip once per file
+    version (results kept in the engine cache, see clip_probe.py)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         return [f"{data_dir}: dataset folder does not exist."], []
-    return _scan(data_dir)
+    return _scan(data_dir, fam or family_named(DEFAULT_FAMILY))
 
 
-def validate_dataset(data_dir: str | os.PathLike) -> list[str]:
+def validate_dataset(data_dir: str | os.PathLike, fam=None) -> list[str]:
     """Every problem in the dataset folder, each naming the file and field. Reads the dataset only."""
-    return scan_dataset(data_dir)[0]
+    return scan_dataset(data_dir, fam)[0]
 
 
-def load_dataset(data_dir: str | os.PathLike) -> list[ClipEntry]:
+def load_dataset(data_dir: str | os.PathLike, fam=None) -> list[ClipEntry]:
     """The dataset's entries, or InputError listing every problem."""
-    problems, entries = scan_dataset(data_dir)
+    problems, entries = scan_dataset(data_dir, fam)
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems)
         raise InputError(f"dataset {data_dir} has {len(problems)} problem(s):\n{listed}")

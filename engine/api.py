@@ -1,0 +1,136 @@
+"""The engine's API: one function per UI action. `ui/` and `app.py` import only this module and
+`engine.errors`; scripts and tests can make the same calls without Gradio.
+
+Presets are offered per task (`presets_for`): a tab lists only the presets whose model family can
+do its task, and every call refuses an incapable preset with a clear error (the engine functions
+check again, so the CLI and scripts get the same refusal).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .adapters import finished_adapters, resolve_adapter_ref  # noqa: F401
+from .compare import compare_base_extended
+from .config import config_from_preset
+from .errors import ConfigError, EngineError
+from .generate import check_capable, generate_video
+from .hub import pull_adapter, push_adapter  # noqa: F401
+from .jobs import pump_queue, runs_root  # noqa: F401
+from .launch.training import (  # noqa: F401
+    active_or_newest_run, list_runs, resume_training, start_training, stop_training, training_status,
+)
+from .launch.tta import APP_SWEEP, start_tta, start_tta_sweep, stop_tta, tta_status  # noqa: F401
+from .models import family
+from .paths import outputs_dir
+from .presets import DEFAULT_PRESET, list_presets, load_preset  # noqa: F401
+from .settings import ATTENTION, TTA, TTA_RUN  # noqa: F401
+from .spaces_support import (  # noqa: F401
+    generation_seconds, gpu_task, num_tokens, on_spaces, on_zero_gpu, work_seconds,
+)
+
+TASKS = ("generate", "length_extension", "tta")
+
+
+# ---------------------------------------------------------------------------- presets
+
+
+def presets_for(task: str) -> list[str]:
+    """The presets whose model family can do `task` ("generate", "length_extension", "tta"); broken ones left out."""
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; tasks: {list(TASKS)}.")
+    names = []
+    for name in list_presets():
+        try:
+            preset = load_preset(name)
+        except EngineError:
+            continue
+        if family(preset).capabilities.can(task) and (task != "tta" or preset["continuation"] is not None):
+            names.append(name)
+    return names
+
+
+def default_preset_for(task: str, preferred: str = DEFAULT_PRESET) -> str | None:
+    names = presets_for(task)
+    return preferred if preferred in names else (names[0] if names else None)
+
+
+def require_preset(name: str, task: str) -> dict:
+    """The preset, or ConfigError when its family cannot do `task`."""
+    preset = load_preset(name)
+    if task == "tta":
+        from .workers.tta import resolve_preset
+
+        return resolve_preset(preset)[0]
+    check_capable(preset, task)
+    return preset
+
+
+def generation_defaults(name: str) -> dict:
+    return dict(load_preset(name)["generation"])
+
+
+def training_defaults(name: str) -> dict:
+    """The training form's values for a preset: what a run started with no overrides would use."""
+    return config_from_preset(name, validate=False).to_dict()
+
+
+def tta_defaults(name: str) -> dict:
+    return {**load_preset(name)["tta"], "seed": TTA_RUN["seed"].default}
+
+
+def compare_defaults(name: str) -> dict:
+    p = load_preset(name)
+    return {"base_frames": p["training"]["base_num_frames"], "extended_frames": p["training"]["extended_num_frames"],
+            "steps": p["generation"]["steps"], "decay_factor": p["attention"]["decay_factor"],
+            "dense_layers": p["attention"]["dense_layers"], "dense_timesteps": p["attention"]["dense_timesteps"]}
+
+
+# ---------------------------------------------------------------------------- in-request work
+
+
+def generate(prompt: str, *, preset: str = DEFAULT_PRESET, progress=None, **settings):
+    """Text-to-video in the request (see engine.generate.generate_video for the settings)."""
+    return generate_video(prompt, preset=require_preset(preset, "generate"), progress=progress, **settings)
+
+
+def compare(prompt: str, *, preset: str = DEFAULT_PRESET, adapter: str = "", progress=None, **settings):
+    """Base (dense, base length) vs the adapter (radial, extended length), side by side. Returns (result, folder)."""
+    lora_dir = resolve_adapter_ref(adapter) if adapter else None
+    result = compare_base_extended(prompt, preset=require_preset(preset, "generate"), lora_dir=lora_dir,
+                                   progress=progress, **settings)
+    return result, lora_dir
+
+
+def tta_gpu_seconds(preset: str, steps: int) -> float:
+    """A ZeroGPU duration estimate for one TTA run: steps of forward+backward on the prefix, two samplings."""
+    p = load_preset(preset)
+    side = p["tta"]["short_side"]
+    passes = 3 * int(steps) + 2 * p["generation"]["steps"] * 2
+    return work_seconds(passes, num_tokens(p, p["tta"]["total_frames"], side, side * 16 // 9 // 16 * 16), 1.0)
+
+
+def compare_gpu_seconds(preset: str, base_frames: int, extended_frames: int, steps: int) -> float:
+    p = load_preset(preset)
+    size = (p["generation"]["height"], p["generation"]["width"])
+    return generation_seconds(p, base_frames, *size, steps) + generation_seconds(p, extended_frames, *size, steps)
+
+
+def generate_gpu_seconds(preset: str, num_frames: int, height: int, width: int, steps: int,
+                         guidance_scale: float) -> float:
+    return generation_seconds(load_preset(preset), num_frames, height, width, steps, guidance_scale)
+
+
+# ---------------------------------------------------------------------------- the app
+
+
+def served_paths() -> list[str]:
+    """The app serves files only from its own output folders."""
+    return [str(outputs_dir()), str(runs_root())]
+
+
+def hub_push(adapter: str, repo_id: str, token: str | None = None, public: bool = False, progress=None) -> dict:
+    folder = resolve_adapter_ref(adapter)
+    # A run's adapter lives in runs/<id>/final: push the run so the card gets its config and losses.
+    source = folder.parent if Path(folder).name in ("final", "best_model") else folder
+    return push_adapter(source, repo_id, token=token, private=not public, progress=progress)

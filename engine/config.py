@@ -1,0 +1,152 @@
+"""The length-extension training config: preset defaults + a JSON config + overrides, checked once.
+
+`TrainConfig` has one field per setting of engine.settings (LORA, ATTENTION, TRAINING, RUN) plus
+where the run reads and writes; defaults and checks come from there. Field names follow the
+seed configuration (`lora_rank`, `base_num_frames`, `pattern`, ...), and the original JSON
+config format (`--config`) is accepted as is: its `model_id` selects the weights (Hub id or
+folder) on top of the preset. A run's folder holds its config as `config.json`, which the
+worker reads back (`TrainConfig.from_file`).
+
+`validate()` refuses, before anything is queued or written: wrong types, NaN/inf, values out of
+range, unknown choices, frame counts and sizes the model family cannot take, a LoRA rank above
+the model width, `dense_layers` beyond the model's blocks, and presets whose family cannot train
+length extension.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from pathlib import Path
+
+from .errors import ConfigError, InputError
+from .models import family
+from .presets import list_presets, load_preset, validate_preset
+from .settings import ATTENTION, LORA, RUN, STR, TRAINING, Setting
+
+# The attention backend is `attention_backend` in a training config, `backend` in a preset.
+_ATTENTION_FIELDS = {("attention_backend" if k == "backend" else k): s for k, s in ATTENTION.items()}
+WHERE = {
+    "preset": Setting(STR, "tiny-wan", "the preset (model and recipe)"),
+    "model_id": Setting(STR, None, "weights (Hub id or folder) instead of the preset's source", optional=True),
+    "data_dir": Setting(STR, "", "dataset folder (metadata.json + videos/)"),
+    "output_dir": Setting(STR, "", "the run folder"),
+}
+FIELDS: dict[str, Setting] = {**WHERE, **LORA, **_ATTENTION_FIELDS, **TRAINING, **RUN}
+# Fields that may differ between a run and its resume.
+RESUMABLE_CHANGES = ("output_dir", "max_steps", "num_epochs", "validation_steps", "sample_steps",
+                     "checkpointing_steps", "checkpoints_total_limit", "attention_backend")
+
+
+class TrainConfigMethods:
+    """What a `TrainConfig` does; its fields are made from FIELDS below."""
+
+    RESUMABLE_CHANGES = RESUMABLE_CHANGES
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return set(FIELDS)
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        unknown = sorted(set(values) - set(FIELDS))
+        if unknown:
+            raise ConfigError(f"unknown training setting(s) {unknown}; known settings: {sorted(FIELDS)}.")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def preset_dict(self) -> dict:
+        preset = load_preset(self.preset)
+        if self.model_id:
+            preset = validate_preset({**preset, "source": self.model_id,
+                                      "tiny": None if self.model_id != "tiny" else preset["tiny"]})
+        return preset
+
+    def validate(self, preset: dict | None = None):
+        """Check every field and the model-dependent limits; returns self. ConfigError names the field."""
+        for name, setting in FIELDS.items():
+            setting.check(getattr(self, name), f"training config field '{name}'")
+        preset = preset or self.preset_dict()
+        fam = family(preset)
+        if not fam.capabilities.length_extension:
+            able = [n for n in list_presets() if _can_train(n)]
+            raise ConfigError(f"preset '{self.preset}' (model family '{fam.name}') cannot train length-extension "
+                              f"LoRAs; presets that can: {', '.join(able) or 'none'}.")
+        try:
+            fam.check_frame_count(self.base_num_frames, "base_num_frames")
+            fam.check_frame_count(self.extended_num_frames, "extended_num_frames")
+            fam.check_size(self.height, self.width)
+        except InputError as err:
+            raise ConfigError(f"training config: {err}") from None
+        if self.extended_num_frames <= self.base_num_frames:
+            raise ConfigError(f"training config field 'extended_num_frames'={self.extended_num_frames}: must be "
+                              f"greater than base_num_frames ({self.base_num_frames}).")
+        width = fam.model_width(preset)
+        if width is not None and self.lora_rank > width:
+            raise ConfigError(f"training config field 'lora_rank'={self.lora_rank}: above the model width ({width}); "
+                              f"choose 1 to {width} (typically 8 to 128).")
+        layers = fam.num_layers(preset)
+        if layers is not None and self.dense_layers > layers:
+            raise ConfigError(f"training config field 'dense_layers'={self.dense_layers}: the model has {layers} "
+                              f"blocks; choose 0 to {layers}.")
+        return self
+
+
+def _can_train(preset_name: str) -> bool:
+    try:
+        return family(load_preset(preset_name)).capabilities.length_extension
+    except ConfigError:
+        return False
+
+
+def _field(setting: Setting):
+    return dataclasses.field(default_factory=lambda: copy.deepcopy(setting.default))
+
+
+TrainConfig = dataclasses.make_dataclass(
+    "TrainConfig", [(name, object, _field(s)) for name, s in FIELDS.items()], bases=(TrainConfigMethods,),
+    namespace={"__module__": __name__, "__doc__": "One training run's settings (fields: engine.config.FIELDS)."})
+
+
+def preset_training_values(preset: dict) -> dict:
+    """The training-config values a preset sets (its lora, attention and training sections)."""
+    values = dict(preset["lora"])
+    values.update({("attention_backend" if k == "backend" else k): v for k, v in preset["attention"].items()})
+    values.update(preset["training"])
+    return values
+
+
+def config_from_preset(preset_name: str, validate: bool = True, **overrides) -> TrainConfig:
+    """Defaults from the preset's lora/attention/training sections, then overrides (None: not given); checked
+    unless `validate` is False (the caller hands it to code that checks it)."""
+    preset = load_preset(preset_name)
+    values = {"preset": preset_name, **preset_training_values(preset)}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    config = TrainConfig.from_dict(values)
+    return config.validate(preset if not config.model_id else None) if validate else config
+
+
+# Keys of the original JSON format that name the same thing differently here.
+_ALIASES = {"train_batch_size": "batch_size", "gradient_accumulation": "gradient_accumulation_steps",
+            "lr": "learning_rate", "dataset_dir": "data_dir", "lora_checkpoint_dir": "output_dir"}
+
+
+def read_config_file(path: str | Path) -> dict:
+    """Read a JSON training config (the original format or ours) into TrainConfig field values."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist.")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file '{path}': invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}': expected a JSON object of settings.")
+    values = {_ALIASES.get(k, k): v for k, v in data.items()}
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"config file '{path}': unknown setting(s) {unknown}; known: {sorted(FIELDS)}.")
+    return values

@@ -1,0 +1,1 @@
+"""Datasets: metadata + videos, clip probing, synthetic clips and the latent cache."""

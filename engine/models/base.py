@@ -1,0 +1,373 @@
+"""`ModelFamily`: the one contract between a model family and the rest of the engine.
+
+Trainer, TTA, generation, comparison, the Hub card, Spaces estimates, the attention installer
+and the dataset code call only these methods; no code above `engine/models/` names a family.
+A family is one module exposing `FAMILY` (an instance of a `ModelFamily` subclass), its
+presets, and one line in `engine/models/registry.py`. What a family can do is declared in
+`capabilities`; the engine refuses a preset for a task its family cannot do, in the request.
+
+The defaults here are the rectified-flow convention shared by the families we ship
+(x_t = (1 - s) x_0 + s eps, velocity eps - x_0, timestep s * 1000); a family overrides what
+differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, InputError
+
+NUM_TRAIN_TIMESTEPS = 1000
+TASKS = ("generate", "length_extension", "tta")
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class ContinuationMode:
+    """How a family continues a clean prefix (engine/continuation.py and TTA).
+
+    `prefix`: what happens to the prefix latents while denoising: "noised" (set to the
+    conditioning latents noised to the current level before every model call), "clean" (the
+    clean conditioning latents at timestep 0, per-frame timesteps) or "untouched" (the prefix
+    reaches the model only through `continuation_control`). `own_sampler`: the family samples
+    with `sample_continuation` instead of the shared loop.
+    """
+
+    prefix: str = "noised"
+    uses_control: bool = False
+    own_sampler: bool = False
+
+    @property
+    def per_frame_timesteps(self) -> bool:
+        return self.prefix == "clean"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    text_to_video: bool = True
+    length_extension: bool = True
+    # Continuation modes by name (preset field `continuation`); the first is the family default.
+    continuation: dict[str, ContinuationMode] = field(default_factory=dict)
+    tta_objectives: tuple[str, ...] = ("diffusion", "continuation")
+    comfy_export: bool = True  # a ComfyUI-style LoRA export exists
+
+    def can(self, task: str) -> bool:
+        if task == "generate":
+            return self.text_to_video
+        if task == "length_extension":
+            return self.length_extension
+        if task == "tta":
+            return bool(self.continuation)
+        raise ValueError(f"unknown task {task!r}; tasks: {TASKS}")
+
+
+@dataclass
+class TextEmbeds:
+    """Prompt embeddings as a family's transformer consumes them.
+
+    `sequence` [B, L, D] is what every family has; `pooled` [B, D'] (e.g. a CLIP pooler output)
+    and `mask` [B, L] are there for families that use them.
+    """
+
+    sequence: torch.Tensor
+    pooled: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+    def to(self, *args, **kwargs) -> "TextEmbeds":
+        def move(t):
+            if t is None:
+                return None
+            # masks keep their integer/bool dtype; only the device moves
+            if t.dtype in (torch.bool, torch.int64, torch.int32):
+                device = next((a for a in args if isinstance(a, (str, torch.device))), kwargs.get("device"))
+                return t.to(device) if device is not None else t
+            return t.to(*args, **kwargs)
+
+        return TextEmbeds(move(self.sequence), move(self.pooled), move(self.mask))
+
+    @property
+    def batch(self) -> int:
+        return self.sequence.shape[0]
+
+    def expand(self, batch: int) -> "TextEmbeds":
+        if self.batch == batch:
+            return self
+        return TextEmbeds(*(None if t is None else t.expand(batch, *t.shape[1:]) for t in (self.sequence, self.pooled, self.mask)))
+
+    def zeros_like(self) -> "TextEmbeds":
+        return TextEmbeds(*(None if t is None else torch.zeros_like(t) for t in (self.sequence, self.pooled, self.mask)))
+
+    @staticmethod
+    def cat(items: list["TextEmbeds"]) -> "TextEmbeds":
+        def join(name):
+            parts = [getattr(i, name) for i in items]
+            return None if parts[0] is None else torch.cat(parts)
+
+        return TextEmbeds(join("sequence"), join("pooled"), join("mask"))
+
+    # -- storage (latent cache files): `prefix` -> sequence, `prefix.pooled`, `prefix.mask`
+    def to_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        out = {prefix: self.sequence.cpu().contiguous()}
+        for name in ("pooled", "mask"):
+            t = getattr(self, name)
+            if t is not None:
+                out[f"{prefix}.{name}"] = t.cpu().contiguous()
+        return out
+
+    @staticmethod
+    def from_tensors(tensors: dict[str, torch.Tensor], prefix: str) -> "TextEmbeds":
+        seq = tensors[prefix]
+        return TextEmbeds(seq if seq.ndim == 3 else seq[None], tensors.get(f"{prefix}.pooled"), tensors.get(f"{prefix}.mask"))
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """How a video maps onto transformer tokens: frame-major, raster order within a frame."""
+
+    latent_frames: int
+    latent_height: int
+    latent_width: int
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+
+    @property
+    def frames(self) -> int:  # token frames (latent frames / temporal patch)
+        return self.latent_frames // self.patch_size[0]
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return (self.latent_height // self.patch_size[1]) * (self.latent_width // self.patch_size[2])
+
+    @property
+    def num_tokens(self) -> int:
+        return self.frames * self.tokens_per_frame
+
+
+@dataclass(frozen=True)
+class AttentionLayer:
+    """A module that takes a radial processor: its processor name (diffusers' `attn_processors`
+    key) and its index in `dense_layers` order."""
+
+    processor_name: str
+    index: int
+
+
+class ModelFamily:
+    """The contract. Subclasses set the class attributes and implement the methods that raise."""
+
+    name: str = ""
+    description: str = ""
+    capabilities: Capabilities = Capabilities()
+    # VAE and patching: frames must be temporal_factor * k + 1; sizes multiples of size_multiple.
+    temporal_factor: int = 4
+    spatial_factor: int = 8
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    # The radial mask lets every token see the first frame (a Wan-style attention sink).
+    attention_sink: bool = True
+    # LoRA targets: attention projections; `lora_targets_full` adds the feed-forward layers.
+    lora_targets: tuple[str, ...] = ()
+    lora_targets_full: tuple[str, ...] = ()
+    card_tags: tuple[str, ...] = ()
+
+    @property
+    def size_multiple(self) -> int:
+        return self.spatial_factor * self.patch_size[1]
+
+    def __repr__(self) -> str:
+        return f"<ModelFamily {self.name}>"
+
+    # ------------------------------------------------------------------ loading
+    def default_device(self) -> torch.device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def compute_dtype(self, preset: dict, device: torch.device) -> torch.dtype:
+        """The preset's dtype on accelerators; float32 on the CPU (half precision there is slow and lossy)."""
+        return _DTYPES[preset["dtype"]] if device.type == "cuda" else torch.float32
+
+    def load_pipeline(self, preset: dict, device: torch.device | None = None):
+        """The preset's model (tiny / local folder / Hub id) on `device`: an object with `.transformer`."""
+        raise NotImplementedError
+
+    def transformers(self, pipe) -> list:
+        """The denoising transformers of a loaded pipeline (a list: two-expert models have two)."""
+        return [pipe.transformer]
+
+    def model_identity(self, preset: dict) -> str:
+        """What names the weights (the latent cache keys on it)."""
+        return f"{self.name}:{preset['source']}@{preset['revision'] or 'main'}"
+
+    def model_width(self, preset: dict) -> int | None:
+        """The transformer's hidden size (the largest useful LoRA rank), or None when unknown without loading."""
+        return None
+
+    def num_layers(self, preset: dict) -> int | None:
+        """Transformer blocks counted by `dense_layers`, or None when unknown without loading."""
+        return None
+
+    def offload_encoders(self, pipe) -> None:
+        """Move what training on cached latents does not need (VAE, text encoders) to the CPU."""
+        for name in ("vae", "text_encoder", "text_encoder_2"):
+            module = getattr(pipe, name, None)
+            if module is not None:
+                module.to("cpu")
+
+    def encoder_dtypes(self, pipe) -> str:
+        """The dtypes of the encoders (part of the latent cache key)."""
+        return f"vae={pipe.vae.dtype},text={pipe.text_encoder.dtype}"
+
+    # ------------------------------------------------------------------ geometry
+    def check_frame_count(self, num_frames, name: str = "num_frames") -> int:
+        from ..validation import check_frame_count
+
+        return check_frame_count(num_frames, name, self.temporal_factor)
+
+    def check_size(self, height, width) -> tuple[int, int]:
+        from ..validation import check_size
+
+        return check_size(height, width, self.size_multiple)
+
+    def latent_frames(self, num_frames: int) -> int:
+        return (int(num_frames) - 1) // self.temporal_factor + 1
+
+    def pixel_frames(self, latent_frames: int) -> int:
+        """Pixel frames whose encoding has `latent_frames` latent frames (0 -> 0)."""
+        return 0 if latent_frames == 0 else (latent_frames - 1) * self.temporal_factor + 1
+
+    def token_layout(self, num_frames: int, height: int, width: int) -> TokenLayout:
+        return TokenLayout(self.latent_frames(num_frames), height // self.spatial_factor, width // self.spatial_factor,
+                           self.patch_size)
+
+    def layout_from_latents(self, shape) -> TokenLayout:
+        """Layout from a latent tensor shape [B, C, F, H, W] as the transformer receives it."""
+        return TokenLayout(shape[2], shape[3], shape[4], self.patch_size)
+
+    # ------------------------------------------------------------------ text and video
+    def encode_prompt(self, pipe, prompt: str, negative_prompt: str | None,
+                      guidance_scale: float) -> tuple[TextEmbeds, TextEmbeds | None]:
+        raise NotImplementedError
+
+    def encode_video(self, pipe, video: torch.Tensor, sample: bool = False,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        """Pixels [B, 3, F, H, W] in [-1, 1] -> the latents the transformer denoises."""
+        raise NotImplementedError
+
+    def decode_latents(self, pipe, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> pixels [B, 3, F, H, W] in [-1, 1]."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the objective
+    def forward(self, transformer, latents: torch.Tensor, timestep: torch.Tensor, text: TextEmbeds, *,
+                control: torch.Tensor | None = None, fps: float | None = None) -> torch.Tensor:
+        """The velocity prediction for latents [B, C, F, H, W] at `timestep` [B] (or [B, F] where the family
+        takes per-frame levels) on the 0..1000 scale. `transformer` may be wrapped (DDP)."""
+        raise NotImplementedError
+
+    def flow_pair(self, x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_t, velocity target) at noise levels `sigmas` [B] in [0, 1]."""
+        s = sigmas.view(-1, *([1] * (x0.ndim - 1))).to(x0)
+        return (1 - s) * x0 + s * noise, noise - x0
+
+    def timesteps(self, sigmas: torch.Tensor) -> torch.Tensor:
+        return sigmas * NUM_TRAIN_TIMESTEPS
+
+    def flow_shift(self, pipe) -> float:
+        """The sampler's shift, which training noise levels follow."""
+        scheduler = getattr(pipe, "scheduler", None)
+        return float(getattr(scheduler, "config", {}).get("flow_shift", 3.0) or 3.0)
+
+    def sample_sigmas(self, batch: int, generator: torch.Generator, latent_shape, *, scheme: str = "logit_normal",
+                      shift: float = 3.0) -> torch.Tensor:
+        """Training noise levels: logit-normal (or uniform), shifted like the sampler's."""
+        if scheme == "logit_normal":
+            u = torch.sigmoid(torch.randn(batch, generator=generator))
+        else:
+            u = torch.rand(batch, generator=generator)
+        u = u.clamp(1e-4, 1 - 1e-4)
+        return shift * u / (1 + (shift - 1) * u)
+
+    # ------------------------------------------------------------------ sampling
+    def generate(self, pipe, *, prompt: str | None = None, negative_prompt: str | None = None,
+                 embeds: TextEmbeds | None = None, negative_embeds: TextEmbeds | None = None, num_frames: int,
+                 height: int, width: int, steps: int, guidance_scale: float, generator: torch.Generator,
+                 on_step: Callable[[int], None] | None = None) -> np.ndarray:
+        """Text-to-video: float frames [F, H, W, 3] in [0, 1], from a prompt or from embeddings."""
+        raise ConfigError(f"model family '{self.name}' cannot generate videos from text.")
+
+    def sample_continuation(self, pipe, cond_latents, total_latent_frames, prompt_embeds, negative_embeds, *, steps,
+                            guidance_scale, noise, control, progress=None) -> torch.Tensor:
+        """The family's own continuation sampler (modes with `own_sampler`)."""
+        raise NotImplementedError
+
+    def continuation_control(self, pipe, mode: str, pixels: torch.Tensor, cond_latents: torch.Tensor,
+                             known_latents: int, window_latents: int) -> torch.Tensor | None:
+        """Conditioning for a mode with `uses_control`: a window of `window_latents` latent frames (its pixels
+        `pixels` [1, 3, F, H, W]) whose first `known_latents` are known (`cond_latents` holds at least those)."""
+        return None
+
+    # ------------------------------------------------------------------ attention
+    def attention_layers(self, transformer) -> list[AttentionLayer]:
+        """The self-attention modules that take radial processors."""
+        raise NotImplementedError
+
+    def radial_processor(self, layer: AttentionLayer, schedule):
+        """A processor for `layer` that asks `schedule` whether to run radial or dense attention."""
+        raise NotImplementedError
+
+    def stock_processor(self, transformer):
+        """The stock diffusers processor (dense attention exactly as the library runs it)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ LoRA
+    def default_lora_targets(self, include_mlp: bool = False) -> list[str]:
+        return list(self.lora_targets_full if include_mlp else self.lora_targets)
+
+    def save_lora_weights(self, directory: Path, state: dict[str, torch.Tensor], metadata: dict, weight_name: str) -> None:
+        """Write the diffusers-format LoRA file the family's stock pipeline loads (`load_lora_weights`)."""
+        from safetensors.torch import save_file
+        import json
+
+        save_file({f"transformer.{k}": v for k, v in state.items()}, str(Path(directory) / weight_name),
+                  metadata={"format": "pt", "lora_adapter_metadata": json.dumps(
+                      {f"transformer.{k}": v for k, v in metadata.items()}, sort_keys=True, default=list)})
+
+    def comfy_key(self, peft_key: str) -> str | None:
+        """The ComfyUI name of a LoRA weight (`...lora_A.weight` -> `diffusion_model....lora_down.weight`), or
+        None when ComfyUI has no module of that name (the key is skipped and reported)."""
+        return None
+
+    def comfy_alpha(self, comfy_module: str) -> bool:
+        """Whether the export gives this module an `.alpha` (else its scale is folded into the up weights)."""
+        return True
+
+    def load_lora(self, pipe, folder: Path, weight_name: str, adapter_name: str) -> None:
+        pipe.load_lora_weights(str(folder), weight_name=weight_name, adapter_name=adapter_name)
+
+    def unload_lora(self, pipe) -> None:
+        pipe.unload_lora_weights()
+
+    # ------------------------------------------------------------------ Hub card
+    def card_usage(self, *, base_model: str | None, repo: str, weight_name: str, num_frames: int, height: int,
+                   width: int, fps: int, tiny: bool) -> list[str]:
+        """Model-card lines: how a stock library loads and runs the adapter."""
+        return [f"Load `{weight_name}` into the {self.name} pipeline this adapter was trained on."]
+
+    def card_comfy_note(self) -> str:
+        return "the module names of the model's original checkpoint"
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    @staticmethod
+    def unwrap(model):
+        """The model under a DDP / accelerate wrapper."""
+        return getattr(model, "module", model)
+
+
+def check_known_mode(family: ModelFamily, mode: Any) -> ContinuationMode:
+    modes = family.capabilities.continuation
+    if mode not in modes:
+        raise InputError(f"continuation mode {mode!r} is not one of model family '{family.name}''s modes: {list(modes)}.")
+    return modes[mode]
