@@ -7,11 +7,12 @@ import os
 import threading
 import time
 
-from engine import spaces_support  # noqa: F401  (first: ZeroGPU needs `spaces` before CUDA is touched)
-
 import gradio as gr  # noqa: E402
 
-from engine import api  # noqa: E402
+from engine import (
+    api,  # noqa: E402
+    spaces_support,  # noqa: F401  (first: ZeroGPU needs `spaces` before CUDA is touched)
+)
 from ui import compare_tab, generate_tab, hub_tab, train_tab, tta_tab  # noqa: E402
 
 

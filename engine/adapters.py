@@ -6,8 +6,8 @@ from pathlib import Path
 
 from .errors import InputError
 from .jobs import runs_root
-from .safe_paths import data_root, resolve_under
 from .lora import DIFFUSERS_WEIGHT_NAME
+from .safe_paths import data_root, resolve_under
 
 
 def finished_adapters() -> list[tuple[str, str]]:

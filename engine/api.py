@@ -18,7 +18,12 @@ from .generate import check_capable, generate_video
 from .hub import pull_adapter, push_adapter  # noqa: F401
 from .jobs import pump_queue, runs_root  # noqa: F401
 from .launch.training import (  # noqa: F401
-    active_or_newest_run, list_runs, resume_training, start_training, stop_training, training_status,
+    active_or_newest_run,
+    list_runs,
+    resume_training,
+    start_training,
+    stop_training,
+    training_status,
 )
 from .launch.tta import APP_SWEEP, start_tta, start_tta_sweep, stop_tta, tta_status  # noqa: F401
 from .models import family
@@ -26,7 +31,12 @@ from .paths import outputs_dir
 from .presets import DEFAULT_PRESET, list_presets, load_preset  # noqa: F401
 from .settings import ATTENTION, TTA, TTA_RUN  # noqa: F401
 from .spaces_support import (  # noqa: F401
-    generation_seconds, gpu_task, num_tokens, on_spaces, on_zero_gpu, work_seconds,
+    generation_seconds,
+    gpu_task,
+    num_tokens,
+    on_spaces,
+    on_zero_gpu,
+    work_seconds,
 )
 
 TASKS = ("generate", "length_extension", "tta")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .generate import generate_video, resolve_preset
 from .paths import outputs_dir
+from .presets import DEFAULT_PRESET
 from .video import side_by_side, write_mp4
 
 
@@ -29,7 +30,7 @@ class Comparison:
         return asdict(self)
 
 
-def compare_base_extended(prompt: str, *, preset: str | dict = "tiny-wan", lora_dir: str | Path | None = None,
+def compare_base_extended(prompt: str, *, preset: str | dict = DEFAULT_PRESET, lora_dir: str | Path | None = None,
                           base_frames: int | None = None, extended_frames: int | None = None,
                           steps: int | None = None, seed: int | None = None, attention: dict | None = None,
                           out_dir: str | Path | None = None, progress=None) -> Comparison:

@@ -22,13 +22,13 @@ from pathlib import Path
 
 from .errors import ConfigError, InputError
 from .models import family
-from .presets import list_presets, load_preset, validate_preset
+from .presets import DEFAULT_PRESET, list_presets, load_preset, validate_preset
 from .settings import ATTENTION, LORA, RUN, STR, TRAINING, Setting
 
 # The attention backend is `attention_backend` in a training config, `backend` in a preset.
 _ATTENTION_FIELDS = {("attention_backend" if k == "backend" else k): s for k, s in ATTENTION.items()}
 WHERE = {
-    "preset": Setting(STR, "tiny-wan", "the preset (model and recipe)"),
+    "preset": Setting(STR, DEFAULT_PRESET, "the preset (model and recipe)"),
     "model_id": Setting(STR, None, "weights (Hub id or folder) instead of the preset's source", optional=True),
     "data_dir": Setting(STR, "", "dataset folder (metadata.json + videos/)"),
     "output_dir": Setting(STR, "", "the run folder"),

@@ -16,7 +16,7 @@ from .errors import ConfigError, InputError
 from .lora import load_lora_into_pipeline
 from .models import family, get_pipeline
 from .paths import outputs_dir
-from .presets import apply_overrides, list_presets, load_preset
+from .presets import DEFAULT_PRESET, apply_overrides, list_presets, load_preset
 from .video import write_mp4
 
 ProgressFn = Callable[[int, int], None]  # (steps done, total steps)
@@ -66,7 +66,7 @@ def _check_request(fam, prompt, num_frames, height, width, steps, guidance_scale
 def generate_video(
     prompt: str,
     *,
-    preset: str | dict = "tiny-wan",
+    preset: str | dict = DEFAULT_PRESET,
     negative_prompt: str | None = None,
     num_frames: int | None = None,
     height: int | None = None,

@@ -35,6 +35,7 @@ from typing import Callable
 
 from .errors import EngineError, InputError
 from .lora import COMFY_WEIGHT_NAME, DIFFUSERS_WEIGHT_NAME
+from .presets import DEFAULT_PRESET
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +92,13 @@ def _first_line(err: BaseException) -> str:
 def _hub_error(err: Exception, action: str, repo_id: str, endpoint: str, token: str | None) -> HubError:
     """A clear, token-free message for an exception raised by huggingface_hub or the network."""
     import httpx2
-    from huggingface_hub.errors import (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     status = getattr(getattr(err, "response", None), "status_code", None)
     if isinstance(err, OfflineModeIsEnabled):
@@ -151,8 +157,8 @@ def _is_run_dir(path: Path) -> bool:
 def find_adapter(run_or_dir: str | os.PathLike) -> AdapterSource:
     """Locate the adapter to push: a folder holding the LoRA file, or a run folder's
     `final/` (else `best_model/`, else the latest checkpoint's `lora/`)."""
-    from .jobs import RunDir
     from .checkpoint import checkpoint_dirs
+    from .jobs import RunDir
 
     path = Path(run_or_dir).expanduser()
     if not path.is_dir():
@@ -229,7 +235,7 @@ def family_of_config(config: dict):
     from .presets import load_preset
 
     try:
-        return family(load_preset(config.get("preset") or "tiny-wan"))
+        return family(load_preset(config.get("preset") or DEFAULT_PRESET))
     except EngineError:
         return family_named(DEFAULT_FAMILY)
 
@@ -242,9 +248,8 @@ def comfy_export_bytes(adapter_dir: Path, fam) -> bytes | None:
     if not fam.capabilities.comfy_export:
         return None
     from safetensors import safe_open
-    from safetensors.torch import save
 
-    from .lora import to_comfy_state_dict
+    from .lora import safetensors_bytes, to_comfy_state_dict
 
     with safe_open(str(adapter_dir / DIFFUSERS_WEIGHT_NAME), "pt") as f:
         meta = json.loads((f.metadata() or {}).get("lora_adapter_metadata", "{}"))
@@ -254,8 +259,7 @@ def comfy_export_bytes(adapter_dir: Path, fam) -> bytes | None:
         raise InputError(f"{adapter_dir / DIFFUSERS_WEIGHT_NAME} has no adapter metadata (lora_alpha), so no "
                          "ComfyUI export can be made from it; save it with engine.lora.save_lora.")
     tensors, skipped = to_comfy_state_dict(state, alpha, fam)
-    metadata = {"format": "pt", **({"comfy_skipped": json.dumps(skipped)} if skipped else {})}
-    return save(dict(sorted(tensors.items())), metadata=metadata)
+    return safetensors_bytes(tensors, {"format": "pt", **({"comfy_skipped": json.dumps(skipped)} if skipped else {})})
 
 
 # ---------------------------------------------------------------------------- loss plot
@@ -343,7 +347,7 @@ def _preset_info(config: dict) -> dict:
 
     info = {"name": config.get("preset"), "license": "other", "source": None, "fps": 16, "preset": None}
     try:
-        preset = load_preset(config.get("preset") or "tiny-wan")
+        preset = load_preset(config.get("preset") or DEFAULT_PRESET)
     except EngineError:
         return info
     info.update(name=preset["name"], license=preset["license"], source=preset["source"],

@@ -82,14 +82,39 @@ def save_lora(transformer, directory: str | Path, family, comfy: bool = True) ->
     return saved
 
 
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A safetensors file whose bytes depend only on its content.
+
+    safetensors keeps `__metadata__` in a hash map, so its order (and the file's bytes) change from
+    one save to the next; this writes the same header with every key in sorted order. The data
+    section and every tensor's offsets are safetensors' own.
+    """
+    import struct
+
+    from safetensors.torch import save
+
+    raw = save(dict(sorted(tensors.items())))
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    header.pop("__metadata__", None)
+    if metadata:
+        header["__metadata__"] = dict(sorted(metadata.items()))
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data section starts 8-byte aligned, as safetensors writes it
+    return struct.pack("<Q", len(text)) + text + raw[8 + n:]
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    Path(path).write_bytes(safetensors_bytes(tensors, metadata))
+
+
 def _sort_file(path: Path) -> None:
-    """Rewrite a safetensors file with its tensors and metadata in sorted order (the writer's dict order varies)."""
+    """Rewrite a safetensors file (written by a library) in the byte-reproducible form."""
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
     with safe_open(str(path), "pt") as f:
-        meta, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in sorted(f.keys())}
-    save_file(tensors, str(path), metadata=dict(sorted(meta.items())))
+        meta, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+    write_safetensors(path, tensors, meta)
 
 
 def to_comfy_state_dict(state: dict[str, torch.Tensor], alpha: float, family) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -111,13 +136,11 @@ def to_comfy_state_dict(state: dict[str, torch.Tensor], alpha: float, family) ->
 
 def save_comfy_export(state: dict[str, torch.Tensor], alpha: float, path: Path, family) -> list[str]:
     """Write the ComfyUI file; returns the modules left out (ComfyUI has no module of that name)."""
-    from safetensors.torch import save_file
-
     tensors, skipped = to_comfy_state_dict(state, alpha, family)
     metadata = {"format": "pt"}
     if skipped:
         metadata["comfy_skipped"] = json.dumps(skipped)
-    save_file(dict(sorted(tensors.items())), str(path), metadata=metadata)
+    write_safetensors(path, tensors, metadata)
     return skipped
 
 

@@ -16,7 +16,6 @@ import torch
 from ..errors import ConfigError
 from ..settings import ATTENTION
 
-
 _A = ATTENTION
 
 

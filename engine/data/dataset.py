@@ -37,6 +37,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..models import DEFAULT_FAMILY, family, family_named
+from ..presets import DEFAULT_PRESET
 from ..validation import nearest_valid_frame_counts
 from ..video import frame_stream as _frame_stream
 from ..video import read_mp4 as read_clip  # noqa: F401  (the clip reader of the training code: latent_cache, tests)
@@ -100,7 +101,7 @@ def _write_json_atomic(data: Any, path: Path) -> None:
 # ---------------------------------------------------------------------------- create
 
 
-def create_synthetic_dataset(output_dir: str | os.PathLike, num_samples: int, *, preset: str | dict = "tiny-wan",
+def create_synthetic_dataset(output_dir: str | os.PathLike, num_samples: int, *, preset: str | dict = DEFAULT_PRESET,
                              seed: int = 0, fps: int | None = None, progress: ProgressFn | None = None) -> Path:
     """Render `num_samples` synthetic clips (engine.data.synthetic) at the preset's training size/length."""
     from .synthetic import render_clip
@@ -288,7 +289,7 @@ def _safe_id(stem: str, taken: set[str]) -> str:
     return video_id
 
 
-def convert_dataset(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *, preset: str | dict = "tiny-wan",
+def convert_dataset(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *, preset: str | dict = DEFAULT_PRESET,
                     task: str = "extension", fps: float | None = None, progress: ProgressFn | None = None) -> ConvertReport:
     """Turn a folder of captioned videos into a dataset (see the module docstring for input forms).
 

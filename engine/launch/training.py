@@ -12,12 +12,22 @@ import time
 import uuid
 from pathlib import Path
 
-from ..errors import InputError
-from ..jobs import (RunDir, atomic_write_json, job_status, list_run_dirs, pump_queue, queue_position, runs_root,
-                    stop_job, submit_job)
-from ..safe_paths import data_root, resolve_under, sanitize_filename
 from ..checkpoint import checkpoint_dirs
 from ..config import config_from_preset
+from ..errors import InputError
+from ..jobs import (
+    RunDir,
+    atomic_write_json,
+    job_status,
+    list_run_dirs,
+    pump_queue,
+    queue_position,
+    runs_root,
+    stop_job,
+    submit_job,
+)
+from ..presets import DEFAULT_PRESET
+from ..safe_paths import data_root, resolve_under, sanitize_filename
 
 DATA_SOURCES = ("synthetic", "upload", "folder")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".gif")
@@ -83,7 +93,7 @@ def _argv(run: RunDir) -> list[str]:
     return ["train", "--config", str(run.config_path), "--quiet"]
 
 
-def start_training(preset: str = "tiny-wan", data_source: str = "synthetic", *, uploads: list | None = None,
+def start_training(preset: str = DEFAULT_PRESET, data_source: str = "synthetic", *, uploads: list | None = None,
                    folder: str | None = None, num_samples: int = 4, settings: dict | None = None) -> dict:
     """Prepare data, validate settings, queue the training job. Returns the run's status."""
     from ..spaces_support import training_supported

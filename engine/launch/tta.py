@@ -14,12 +14,12 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..jobs import RunDir, job_status, pump_queue, queue_position, runs_root, stop_job, submit_job
-from ..presets import load_preset
+from ..presets import DEFAULT_PRESET, load_preset
 from ..safe_paths import data_root, resolve_under, sanitize_filename
 from .training import new_run_id, run_dir
 
 
-def sample_clip(preset: str = "tiny-wan", seed: int = 0) -> Path:
+def sample_clip(preset: str = DEFAULT_PRESET, seed: int = 0) -> Path:
     """A synthetic 65-frame clip (with its caption) at the preset's TTA size, made once."""
     from ..data.dataset import tta_size
     from ..data.synthetic import render_clip
@@ -53,7 +53,7 @@ def _stage_upload(video, run_id: str) -> Path:
     return dst
 
 
-def start_tta(video=None, *, preset: str = "tiny-wan", rank: int | None = None, lr: float | None = None,
+def start_tta(video=None, *, preset: str = DEFAULT_PRESET, rank: int | None = None, lr: float | None = None,
               steps: int | None = None, objective: str | None = None, seed: int = 0, prompt: str | None = None,
               in_request: bool = False) -> dict:
     """Queue one TTA run on `video` (an uploaded file; None: the built-in sample clip).
@@ -97,7 +97,7 @@ def start_tta(video=None, *, preset: str = "tiny-wan", rank: int | None = None, 
 APP_SWEEP = {"ranks": "8,16", "lrs": "2e-4", "steps": "5,10"}
 
 
-def start_tta_sweep(folder: str = "", *, preset: str = "tiny-wan", ranks: str = APP_SWEEP["ranks"],
+def start_tta_sweep(folder: str = "", *, preset: str = DEFAULT_PRESET, ranks: str = APP_SWEEP["ranks"],
                     lrs: str = APP_SWEEP["lrs"], steps: str = APP_SWEEP["steps"], objective: str | None = None,
                     seed: int = 0) -> dict:
     """Queue a sweep over a TTA dataset folder under the data root (empty: a set of sample clips)."""

@@ -328,8 +328,9 @@ class ModelFamily:
 
     def save_lora_weights(self, directory: Path, state: dict[str, torch.Tensor], metadata: dict, weight_name: str) -> None:
         """Write the diffusers-format LoRA file the family's stock pipeline loads (`load_lora_weights`)."""
-        from safetensors.torch import save_file
         import json
+
+        from safetensors.torch import save_file
 
         save_file({f"transformer.{k}": v for k, v in state.items()}, str(Path(directory) / weight_name),
                   metadata={"format": "pt", "lora_adapter_metadata": json.dumps(

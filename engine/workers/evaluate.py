@@ -13,7 +13,7 @@ from pathlib import Path
 from ..compare import compare_base_extended
 from ..errors import InputError
 from ..jobs import atomic_write_json
-from ..presets import load_preset
+from ..presets import DEFAULT_PRESET, load_preset
 
 DEFAULT_PROMPTS = [
     "a red circle moves from left to right on a dark blue background",
@@ -55,7 +55,7 @@ def evaluate_lora(lora_dir, output_dir, *, base_frames: int, extended_frames: in
                   preset: str | None = None, steps: int | None = None, seed: int = 0, attention: dict | None = None,
                   progress=None) -> dict:
     lora_dir, output_dir = Path(lora_dir), Path(output_dir)
-    preset_name = preset or run_preset_of(lora_dir) or "tiny-wan"
+    preset_name = preset or run_preset_of(lora_dir) or DEFAULT_PRESET
     preset_dict = load_preset(preset_name)
     prompts = read_prompts(prompts_file)
     radial = {"pattern": "radial", **(attention or {})}

@@ -49,11 +49,24 @@ from ..errors import ConfigError, EngineError, InputError
 from ..jobs import RunDir, atomic_write_json
 from ..metrics import METRIC_DIRECTIONS
 from ..models import family
-from ..presets import list_presets, load_preset
+from ..presets import DEFAULT_PRESET, list_presets, load_preset
 from ..settings import TTA, TTA_RUN, TTA_SWEEP
 from .tta_results import (  # noqa: F401  (evaluate_tta and the layout are part of this module's API)
-    BASELINE, GROUND_TRUTH, PROBE_SIGMAS, TTA as TTA_SETTING, ResultsLayout, evaluate_tta, existing_baseline,
-    setting_name, summarize_experiment, summarize_pairs, summary_markdown, write_baseline, write_tta,
+    BASELINE,
+    GROUND_TRUTH,
+    PROBE_SIGMAS,
+    ResultsLayout,
+    evaluate_tta,
+    existing_baseline,
+    setting_name,
+    summarize_experiment,
+    summarize_pairs,
+    summary_markdown,
+    write_baseline,
+    write_tta,
+)
+from .tta_results import (
+    TTA as TTA_SETTING,
 )
 
 OBJECTIVES = TTA["objective"].choices
@@ -502,7 +515,7 @@ def _status_writer(run: RunDir, progress: ProgressFn | None):
 # ---------------------------------------------------------------------------- one run
 
 
-def run_tta(video_path: str | os.PathLike, *, preset: str | dict = "tiny-wan", output_dir: str | os.PathLike,
+def run_tta(video_path: str | os.PathLike, *, preset: str | dict = DEFAULT_PRESET, output_dir: str | os.PathLike,
             rank: int | None = None, alpha: float | None = None, lr: float | None = None, steps: int | None = None,
             objective: str | None = None, seed: int = 0, include_mlp: bool = False, cond_frames: int | None = None,
             total_frames: int | None = None, height: int | None = None, width: int | None = None,
@@ -615,7 +628,7 @@ def _positive_list(name: str, values, kind) -> list:
 
 def run_tta_sweep(data_dir: str | os.PathLike, *, ranks=TTA_SWEEP["ranks"], lrs=TTA_SWEEP["lrs"],
                   steps=TTA_SWEEP["steps"], experiment: str | None = None, objective: str | None = None,
-                  preset: str | dict = "tiny-wan", output_root: str | os.PathLike = "results", seed: int = 0,
+                  preset: str | dict = DEFAULT_PRESET, output_root: str | os.PathLike = "results", seed: int = 0,
                   alpha: float | None = None, include_mlp: bool = False, cond_frames: int | None = None,
                   total_frames: int | None = None, height: int | None = None, width: int | None = None,
                   sample_steps: int | None = None, guidance_scale: float | None = None, sampler: str = "scheduler",
