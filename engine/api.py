@@ -13,8 +13,7 @@ from pathlib import Path
 from .adapters import finished_adapters, resolve_adapter_ref  # noqa: F401
 from .compare import compare_base_extended
 from .config import config_from_preset
-from .errors import ConfigError, EngineError
-from .generate import check_capable, generate_video
+from .generate import generate_video
 from .hub import pull_adapter, push_adapter  # noqa: F401
 from .jobs import pump_queue, runs_root  # noqa: F401
 from .launch.training import (  # noqa: F401
@@ -26,9 +25,8 @@ from .launch.training import (  # noqa: F401
     training_status,
 )
 from .launch.tta import APP_SWEEP, start_tta, start_tta_sweep, stop_tta, tta_status  # noqa: F401
-from .models import family
 from .paths import outputs_dir
-from .presets import DEFAULT_PRESET, list_presets, load_preset  # noqa: F401
+from .presets import DEFAULT_PRESET, check_capable, list_presets, load_preset, presets_for  # noqa: F401
 from .settings import ATTENTION, TTA, TTA_RUN  # noqa: F401
 from .spaces_support import (  # noqa: F401
     generation_seconds,
@@ -39,25 +37,7 @@ from .spaces_support import (  # noqa: F401
     work_seconds,
 )
 
-TASKS = ("generate", "length_extension", "tta")
-
-
 # ---------------------------------------------------------------------------- presets
-
-
-def presets_for(task: str) -> list[str]:
-    """The presets whose model family can do `task` ("generate", "length_extension", "tta"); broken ones left out."""
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; tasks: {list(TASKS)}.")
-    names = []
-    for name in list_presets():
-        try:
-            preset = load_preset(name)
-        except EngineError:
-            continue
-        if family(preset).capabilities.can(task) and (task != "tta" or preset["continuation"] is not None):
-            names.append(name)
-    return names
 
 
 def default_preset_for(task: str, preferred: str = DEFAULT_PRESET) -> str | None:
@@ -68,10 +48,6 @@ def default_preset_for(task: str, preferred: str = DEFAULT_PRESET) -> str | None
 def require_preset(name: str, task: str) -> dict:
     """The preset, or ConfigError when its family cannot do `task`."""
     preset = load_preset(name)
-    if task == "tta":
-        from .workers.tta import resolve_preset
-
-        return resolve_preset(preset)[0]
     check_capable(preset, task)
     return preset
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .errors import ConfigError, InputError
 from .models import family
-from .presets import DEFAULT_PRESET, list_presets, load_preset, validate_preset
+from .presets import DEFAULT_PRESET, check_capable, load_preset, validate_preset
 from .settings import ATTENTION, LORA, RUN, STR, TRAINING, Setting
 
 # The attention backend is `attention_backend` in a training config, `backend` in a preset.
@@ -70,11 +70,8 @@ class TrainConfigMethods:
         for name, setting in FIELDS.items():
             setting.check(getattr(self, name), f"training config field '{name}'")
         preset = preset or self.preset_dict()
+        check_capable(preset, "length_extension")
         fam = family(preset)
-        if not fam.capabilities.length_extension:
-            able = [n for n in list_presets() if _can_train(n)]
-            raise ConfigError(f"preset '{self.preset}' (model family '{fam.name}') cannot train length-extension "
-                              f"LoRAs; presets that can: {', '.join(able) or 'none'}.")
         try:
             fam.check_frame_count(self.base_num_frames, "base_num_frames")
             fam.check_frame_count(self.extended_num_frames, "extended_num_frames")
@@ -93,13 +90,6 @@ class TrainConfigMethods:
             raise ConfigError(f"training config field 'dense_layers'={self.dense_layers}: the model has {layers} "
                               f"blocks; choose 0 to {layers}.")
         return self
-
-
-def _can_train(preset_name: str) -> bool:
-    try:
-        return family(load_preset(preset_name)).capabilities.length_extension
-    except ConfigError:
-        return False
 
 
 def _field(setting: Setting):

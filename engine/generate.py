@@ -12,11 +12,11 @@ import torch
 
 from .attention.processor import install_radial_attention
 from .attention.schedule import AttentionSettings
-from .errors import ConfigError, InputError
+from .errors import InputError
 from .lora import load_lora_into_pipeline
 from .models import family, get_pipeline
 from .paths import outputs_dir
-from .presets import DEFAULT_PRESET, apply_overrides, list_presets, load_preset
+from .presets import DEFAULT_PRESET, apply_overrides, check_capable, load_preset
 from .video import write_mp4
 
 ProgressFn = Callable[[int, int], None]  # (steps done, total steps)
@@ -32,22 +32,6 @@ class GenerationResult:
 
 def resolve_preset(preset: str | dict) -> dict:
     return load_preset(preset) if isinstance(preset, str) else preset
-
-
-def check_capable(preset: dict, task: str) -> None:
-    """ConfigError when the preset's family cannot do `task` ("generate", "length_extension", "tta")."""
-    fam = family(preset)
-    if not fam.capabilities.can(task):
-        able = []
-        for name in list_presets():
-            try:
-                able += [name] if family(load_preset(name)).capabilities.can(task) else []
-            except ConfigError:
-                continue
-        what = {"generate": "generate videos from text", "length_extension": "train length-extension LoRAs",
-                "tta": "continue a clip (test-time adaptation)"}[task]
-        raise ConfigError(f"preset '{preset['name']}' (model family '{fam.name}') cannot {what}; presets that can: "
-                          f"{', '.join(able) or 'none'}.")
 
 
 def _check_request(fam, prompt, num_frames, height, width, steps, guidance_scale, seed):

@@ -130,3 +130,37 @@ def apply_overrides(preset: dict, section: str, overrides: dict) -> dict:
             raise ConfigError(f"unknown setting '{section}.{key}'; known: {sorted(PRESET_SECTIONS[section])}.")
         updated[section][key] = value
     return validate_preset(updated, origin=f"preset '{preset['name']}' with overrides")
+
+
+# ---------------------------------------------------------------------------- presets per task
+
+TASK_WORDS = {"generate": "generate videos from text", "length_extension": "train length-extension LoRAs",
+              "tta": "continue a clip (test-time adaptation)"}
+
+
+def can_do(preset: dict, task: str) -> bool:
+    """Whether the preset's model family can do `task` ("generate", "length_extension", "tta")."""
+    if task not in TASK_WORDS:
+        raise ConfigError(f"unknown task {task!r}; tasks: {list(TASK_WORDS)}.")
+    ok = family_named(preset["family"]).capabilities.can(task)
+    return ok and (task != "tta" or preset["continuation"] is not None)
+
+
+def presets_for(task: str, presets_dir: Path | None = None) -> list[str]:
+    """The presets that can do `task`; a preset file that does not load is left out."""
+    names = []
+    for name in list_presets(presets_dir):
+        try:
+            if can_do(load_preset(name, presets_dir), task):
+                names.append(name)
+        except ConfigError:
+            if task not in TASK_WORDS:
+                raise
+    return names
+
+
+def check_capable(preset: dict, task: str) -> None:
+    """ConfigError naming the presets that can, when this preset's family cannot do `task`."""
+    if not can_do(preset, task):
+        raise ConfigError(f"preset '{preset['name']}' (model family '{preset['family']}') cannot {TASK_WORDS[task]}; "
+                          f"presets that can: {', '.join(presets_for(task)) or 'none'}.")

@@ -96,9 +96,9 @@ def build_latent_cache(pipe, preset: dict, data_dir: str | os.PathLike, cache_di
 
     Raises InputError (listing every problem) if the dataset does not validate.
     """
-    entries = load_dataset(data_dir)
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     fam = family(preset)
+    entries = load_dataset(data_dir, fam)
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     dtypes = fam.encoder_dtypes(pipe)
     paths = []
     for n, entry in enumerate(entries, start=1):

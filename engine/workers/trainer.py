@@ -14,6 +14,7 @@ a resumed run reproduces an uninterrupted one.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -55,8 +56,6 @@ def prepare_run_dir(config: TrainConfig, resume: bool) -> RunDir:
         raise ConfigError("output_dir is required: the folder the run writes into.")
     existing = run.config_path.is_file()
     if existing and not resume and not _started(run):
-        import json
-
         try:  # a launcher prepared this folder with this very config: start it
             prepared = json.loads(run.config_path.read_text()) == config.to_dict()
         except (OSError, ValueError):
@@ -69,8 +68,6 @@ def prepare_run_dir(config: TrainConfig, resume: bool) -> RunDir:
             "Pass --resume to continue it, or choose another --output_dir."
         )
     if existing and resume:
-        import json
-
         old = json.loads(run.config_path.read_text())
         new = config.to_dict()
         changed = sorted(k for k in new if k not in TrainConfig.RESUMABLE_CHANGES and old.get(k) != new[k])
@@ -116,11 +113,11 @@ class CachedClips:
         return latents, embeds
 
 
-def check_dataset(config: TrainConfig) -> list:
-    """Validate the data before anything is written: every problem, naming file and field."""
+def check_dataset(config: TrainConfig, fam) -> list:
+    """Validate the data (with the family's frame rule) before anything is written: every problem, naming file and field."""
     from ..data.dataset import load_dataset
 
-    entries = load_dataset(config.data_dir)
+    entries = load_dataset(config.data_dir, fam)
     for e in entries:
         if (e.extended_frames, e.height, e.width) != (config.extended_num_frames, config.height, config.width):
             raise InputError(
@@ -279,7 +276,7 @@ def train(config: TrainConfig, resume: bool = False, progress: ProgressFn | None
     """Run (or resume) a length-extension training run. Returns the final status."""
     preset = config.preset_dict()
     config.validate(preset)
-    entries = check_dataset(config)
+    entries = check_dataset(config, family(preset))
     run = prepare_run_dir(config, resume)
     try:
         return _train(config, preset, run, entries, resume, progress)

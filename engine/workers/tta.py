@@ -49,7 +49,7 @@ from ..errors import ConfigError, EngineError, InputError
 from ..jobs import RunDir, atomic_write_json
 from ..metrics import METRIC_DIRECTIONS
 from ..models import family
-from ..presets import DEFAULT_PRESET, list_presets, load_preset
+from ..presets import DEFAULT_PRESET, check_capable, load_preset, presets_for
 from ..settings import TTA, TTA_RUN, TTA_SWEEP
 from .tta_results import (  # noqa: F401  (evaluate_tta and the layout are part of this module's API)
     BASELINE,
@@ -105,29 +105,19 @@ def check_settings(*, rank, alpha, lr, steps, objective, seed, cond_frames, tota
 
 
 def continuation_presets() -> list[str]:
-    names = []
-    for name in list_presets():
-        try:
-            if load_preset(name)["continuation"] is not None:
-                names.append(name)
-        except EngineError:
-            continue
-    return names
+    return presets_for("tta")
 
 
 def resolve_preset(preset: str | dict) -> tuple[dict, str]:
     """(validated preset, continuation mode); ConfigError when the preset cannot continue a clip."""
     preset = load_preset(preset) if isinstance(preset, str) else preset
-    mode = preset.get("continuation")
-    if mode is None:
+    if preset.get("continuation") is None:
         raise ConfigError(
             f"preset '{preset['name']}' cannot do video continuation (its field 'continuation' is null). "
-            f"Use a preset that can: {', '.join(continuation_presets()) or 'none found'}."
+            f"Use a preset that can: {', '.join(presets_for('tta')) or 'none found'}."
         )
-    fam = family(preset)
-    if mode not in fam.capabilities.continuation:
-        raise ConfigError(f"preset '{preset['name']}': family '{fam.name}' cannot do continuation mode {mode!r}.")
-    return preset, mode
+    check_capable(preset, "tta")  # validate_preset already checked the mode against the family
+    return preset, preset["continuation"]
 
 
 def frames_of(preset: dict, cond_frames: int | None, total_frames: int | None) -> tuple[int, int]:
