@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def checkpoint_dirs(root: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
     if not root.is_dir():
         return []
-    done = [p for p in root.glob("step-*") if (p / STATE_FILE).is_file()]
+    done = [p for p in root.glob("step-*") if re.fullmatch(r"step-\d+", p.name) and (p / STATE_FILE).is_file()]
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 

@@ -1,9 +1,15 @@
 """Background jobs: one subprocess per job, state on disk in its run folder.
 
-A run folder holds `config.json`, `status.json` (state, pid, step, total, eta, ...),
-`events.jsonl` (one JSON object per logged step), `job.log` (the process output) and a
-`stop` flag file the worker checks each step. Nothing lives only in the caller's memory: a
-UI reload, a second browser or a script sees the same job by reading these files.
+A run folder holds `config.json`, `status.json` (state, pid, the process's start time, step,
+total, eta, ...), `events.jsonl` (one JSON object per logged step), `job.log` (the process
+output) and a `stop` flag file the worker checks each step. Nothing lives only in the caller's
+memory: a UI reload, a second browser or a script sees the same job by reading these files.
+
+Guarantees: starting a queued job happens under one file lock per runs folder
+(`runs/.queue.lock`), so however many processes poll, a job starts once and at most
+RADIAL_STUDIO_MAX_JOBS run; reading a status never writes (a dead job is *reported* failed);
+a process is recognised by its pid and its start time, so a reused pid is not taken for the
+job; a run folder whose files are damaged reads as state "damaged" and leaves the others alone.
 """
 
 from __future__ import annotations
@@ -15,10 +21,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
-STATES = ("queued", "running", "stopping", "stopped", "finished", "failed", "diverged")
-FINAL_STATES = ("stopped", "finished", "failed", "diverged")
+from .errors import ConfigError
+
+STATES = ("queued", "running", "stopping", "stopped", "finished", "failed", "diverged", "damaged")
+FINAL_STATES = ("stopped", "finished", "failed", "diverged", "damaged")
+LOCK_NAME = ".queue.lock"
+LOCK_TIMEOUT_S = 60
+# What a job runs: `python -m engine <argv>` (a test may point it elsewhere).
+JOB_COMMAND = [sys.executable, "-m", "engine"]
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -59,14 +72,30 @@ class RunDir:
         return self
 
     # -- status
-    def read_status(self) -> dict:
+    def _load_status(self) -> tuple[dict, str | None]:
+        """(the status, None) or ({}, what is wrong with status.json)."""
         try:
-            return json.loads(self.status_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
+            data = json.loads(self.status_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}, None
+        except UnicodeDecodeError:
+            return {}, "status.json is not UTF-8 text"
+        except json.JSONDecodeError as err:
+            # a writer replaces the file atomically, so this is damage, not a half-written file
+            return {}, f"status.json is not valid JSON (line {err.lineno})"
+        except OSError as err:
+            return {}, f"status.json cannot be read ({err.strerror or type(err).__name__})"
+        if not isinstance(data, dict):
+            return {}, f"status.json holds a {type(data).__name__}, not an object"
+        return data, None
+
+    def read_status(self) -> dict:
+        """The status; a damaged status.json reads as {"state": "damaged", "error": ...} (never raises)."""
+        status, problem = self._load_status()
+        return {"state": "damaged", "error": f"this run folder is damaged: {problem}"} if problem else status
 
     def update_status(self, **fields) -> dict:
-        status = {**self.read_status(), **fields, "updated": time.time()}
+        status = {**self._load_status()[0], **fields, "updated": time.time()}
         atomic_write_json(self.status_path, status)
         return status
 
@@ -77,13 +106,18 @@ class RunDir:
             f.write(line + "\n")
 
     def read_events(self, kind: str | None = None) -> list[dict]:
-        if not self.events_path.is_file():
+        """The logged events; lines that are not JSON objects with a whole-number step are skipped."""
+        try:
+            text = self.events_path.read_text(encoding="utf-8", errors="replace")
+        except (FileNotFoundError, IsADirectoryError):
             return []
         events = []
-        for line in self.events_path.read_text().splitlines():
+        for line in text.splitlines():
             try:
                 event = json.loads(line)
-            except json.JSONDecodeError:  # a line being written right now
+            except json.JSONDecodeError:  # a line being written right now, or damage
+                continue
+            if not isinstance(event, dict) or not _is_step(event.get("step", 0)):
                 continue
             if kind is None or event.get("type") == kind:
                 events.append(event)
@@ -112,18 +146,45 @@ class RunDir:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
+def _is_step(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value, default: float = 0.0) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+
+def process_start_time(pid: int | None) -> float | None:
+    """When process `pid` started (seconds since the epoch), or None when there is no such process."""
+    import psutil
+
+    if not _is_step(pid) or pid <= 0:
+        return None
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
+def this_process() -> dict:
+    """The status fields that identify the calling process (a worker records them when it starts)."""
+    return {"pid": os.getpid(), "pid_started": process_start_time(os.getpid())}
+
+
+def pid_alive(pid: int | None, started: float | None = None) -> bool:
+    """Whether the job's process runs: `pid` is alive, not a zombie, and (when `started` is known) it is the
+    process that started then, not a later one that was given the same pid."""
+    import psutil
+
+    if not _is_step(pid) or pid <= 0:
         return False
     try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:  # exited, not yet reaped
+            return False
+        return started is None or abs(proc.create_time() - float(started)) < 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
-    # A zombie (exited, not yet reaped) still answers kill(0); check its state on Linux.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def runs_root() -> Path:
@@ -134,41 +195,47 @@ def runs_root() -> Path:
 
 
 def start_job(run_dir: str | os.PathLike, argv: list[str], env: dict | None = None) -> int:
-    """Start `python -m engine <argv>` in its own session, output to job.log. Returns the pid."""
+    """Start `python -m engine <argv>` in its own session, output to job.log. Returns the pid.
+
+    The stop flag is left as it is: a stop asked for before the worker got going still stops it.
+    """
     run = RunDir(run_dir).create()
-    run.clear_stop()
-    log = open(run.log_path, "ab")
-    log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} python -m engine {' '.join(argv)}\n".encode())
-    log.flush()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", *argv],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        cwd=Path(__file__).resolve().parent.parent, env={**os.environ, **(env or {})}, start_new_session=True,
-    )
-    log.close()
-    run.update_status(state="running", pid=proc.pid, started=time.time(), argv=argv,
-                      created=run.read_status().get("created", time.time()))
+    with open(run.log_path, "ab") as log:
+        log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} python -m engine {' '.join(argv)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(
+            [*JOB_COMMAND, *argv],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=Path(__file__).resolve().parent.parent, env={**os.environ, **(env or {})}, start_new_session=True,
+        )
+    run.update_status(state="running", pid=proc.pid, pid_started=process_start_time(proc.pid), started=time.time(),
+                      argv=argv, created=_number(run.read_status().get("created"), time.time()))
     return proc.pid
 
 
 def job_status(run_dir: str | os.PathLike) -> dict:
-    """The job's status; a job whose process died without finishing is reported as failed."""
+    """The job's status, read only: a job whose process is gone without finishing reads as failed."""
     run = RunDir(run_dir)
     status = run.read_status()
-    if status.get("state") in ("running", "stopping") and not pid_alive(status.get("pid")):
-        status = run.update_status(state="failed", error="the job process exited unexpectedly",
-                                   log_tail=run.log_tail())
+    if status.get("state") in ("running", "stopping") and not pid_alive(status.get("pid"), status.get("pid_started")):
+        status = {**status, "state": "failed", "error": status.get("error") or "the job process exited unexpectedly",
+                  "log_tail": run.log_tail()}
     return status
 
 
 def stop_job(run_dir: str | os.PathLike) -> None:
-    """Ask the worker to finish its current step, checkpoint and exit."""
-    RunDir(run_dir).request_stop()
+    """Ask the worker to finish its current step, checkpoint and exit; a queued job is taken out of the queue."""
+    run = RunDir(run_dir)
+    with queue_lock(run.path.parent):
+        if run.read_status().get("state") == "queued":  # never started: it will not start now
+            run.update_status(state="stopped")
+        run.request_stop()
 
 
 def kill_job(run_dir: str | os.PathLike) -> None:
-    pid = RunDir(run_dir).read_status().get("pid")
-    if pid_alive(pid):
+    status = RunDir(run_dir).read_status()
+    pid = status.get("pid")
+    if pid_alive(pid, status.get("pid_started")):
         os.killpg(os.getpgid(pid), signal.SIGKILL)
 
 
@@ -179,40 +246,65 @@ def kill_job(run_dir: str | os.PathLike) -> None:
 
 
 def max_concurrent_jobs() -> int:
-    return max(1, int(os.environ.get("RADIAL_STUDIO_MAX_JOBS", "1")))
+    raw = os.environ.get("RADIAL_STUDIO_MAX_JOBS", "1")
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"RADIAL_STUDIO_MAX_JOBS={raw!r} is not a whole number; set it to the number of GPU jobs "
+                          "that may run at once (1 for one GPU).") from None
+    if value < 1:
+        raise ConfigError(f"RADIAL_STUDIO_MAX_JOBS={value}: at least 1 job must be allowed to run.")
+    return value
+
+
+@contextmanager
+def queue_lock(root: Path):
+    """The lock every queue change (start, stop of a queued job) is made under, across processes."""
+    from filelock import FileLock
+
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / LOCK_NAME), timeout=LOCK_TIMEOUT_S):
+        yield
 
 
 def list_run_dirs(root: Path | None = None) -> list[Path]:
     root = root or runs_root()
     return sorted((p for p in root.iterdir() if p.is_dir() and (p / "status.json").is_file()),
-                  key=lambda p: RunDir(p).read_status().get("created", 0))
+                  key=lambda p: (_number(RunDir(p).read_status().get("created")), p.name))
 
 
 def submit_job(run_dir: str | os.PathLike, argv: list[str], root: Path | None = None) -> dict:
     """Queue a job; it starts at once if a slot is free. Returns its status."""
     run = RunDir(run_dir).create()
-    run.clear_stop()
-    run.update_status(state="queued", queued_at=time.time(), argv=argv, pid=None, error=None,
-                      created=run.read_status().get("created", time.time()))
+    run.clear_stop()  # a new request: an old stop flag is spent
+    run.update_status(state="queued", queued_at=time.time(), argv=argv, pid=None, pid_started=None, error=None,
+                      created=_number(run.read_status().get("created"), time.time()))
     pump_queue(root or run.path.parent)
     return job_status(run.path)
 
 
 def pump_queue(root: Path | None = None) -> None:
+    """Start the oldest queued jobs while fewer than RADIAL_STUDIO_MAX_JOBS run (atomic across processes)."""
     root = root or runs_root()
-    statuses = {p: job_status(p) for p in list_run_dirs(root)}
-    running = sum(1 for s in statuses.values() if s.get("state") in ("running", "stopping"))
-    queued = sorted((s.get("queued_at", 0), p) for p, s in statuses.items() if s.get("state") == "queued")
-    for _, path in queued[: max(0, max_concurrent_jobs() - running)]:
-        start_job(path, statuses[path]["argv"])
+    limit = max_concurrent_jobs()
+    with queue_lock(root):
+        statuses = {p: job_status(p) for p in list_run_dirs(root)}
+        running = sum(1 for s in statuses.values() if s.get("state") in ("running", "stopping"))
+        queued = sorted((_number(s.get("queued_at")), p) for p, s in statuses.items() if s.get("state") == "queued")
+        for _, path in queued[: max(0, limit - running)]:
+            argv = statuses[path].get("argv")
+            if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
+                RunDir(path).update_status(state="failed", error="the queued job has no valid command (argv)")
+                continue
+            start_job(path, argv)
 
 
 def queue_position(run_dir: str | os.PathLike, root: Path | None = None) -> int | None:
     """1 for the next job to start; None when the job is not queued."""
     run_dir = Path(run_dir)
     root = root or run_dir.parent
-    queued = sorted((RunDir(p).read_status().get("queued_at", 0), p) for p in list_run_dirs(root)
-                    if RunDir(p).read_status().get("state") == "queued")
+    statuses = {p: RunDir(p).read_status() for p in list_run_dirs(root)}
+    queued = sorted((_number(s.get("queued_at")), p) for p, s in statuses.items() if s.get("state") == "queued")
     for i, (_, path) in enumerate(queued, start=1):
         if path == run_dir:
             return i

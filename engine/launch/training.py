@@ -7,6 +7,7 @@ loss points, samples, checkpoints), so any process can follow any run.
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 import uuid
@@ -112,17 +113,17 @@ def start_training(preset: str = DEFAULT_PRESET, data_source: str = "synthetic",
     atomic_write_json(run.config_path, config.to_dict())
     run.update_status(state="queued", created=time.time(), kind="train", run_id=run_id, preset=preset,
                       data_source=data_source, total_steps=config.max_steps)
-    submit_job(out, _argv(run))
+    try:
+        submit_job(out, _argv(run))
+    except BaseException:  # a request that failed leaves no queued job (nor its data) behind
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(datasets_root() / run_id, ignore_errors=True)
+        raise
     return training_status(run_id)
 
 
 def stop_training(run_id: str) -> dict:
-    path = run_dir(run_id)
-    status = job_status(path)
-    if status.get("state") == "queued":  # never started: just take it out of the queue
-        RunDir(path).update_status(state="stopped")
-    else:
-        stop_job(path)
+    stop_job(run_dir(run_id))  # a queued run leaves the queue; a running one stops after its step
     return training_status(run_id)
 
 
@@ -169,7 +170,8 @@ def training_status(run_id: str) -> dict:
     path = run_dir(run_id)
     run = RunDir(path)
     status = job_status(path)
-    samples = sorted(run.samples_dir.glob("step-*")) if run.samples_dir.is_dir() else []
+    samples = sorted(p for p in run.samples_dir.glob("step-*") if re.fullmatch(r"step-\d+", p.name) and p.is_dir()) \
+        if run.samples_dir.is_dir() else []
     latest = samples[-1] if samples else None
     out = {
         "run_id": run_id,

@@ -30,7 +30,7 @@ from ..attention.schedule import AttentionSettings
 from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ..config import TrainConfig
 from ..errors import ConfigError, InputError
-from ..jobs import RunDir, atomic_write_json
+from ..jobs import RunDir, atomic_write_json, this_process
 from ..lora import add_lora, save_lora
 from ..models import TextEmbeds, family
 
@@ -300,8 +300,8 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume
     rank, world = accelerator.process_index, accelerator.num_processes
     if main:
         atomic_write_json(run.config_path, config.to_dict())
-        run.update_status(state="running", pid=os.getpid(), step=0, error=None)
-        run.clear_stop()
+        # The stop flag stays: a stop asked for while the job was starting ends the run at its first step.
+        run.update_status(state="running", **this_process(), step=0, error=None)
     accelerator.wait_for_everyone()
 
     fam = family(preset)

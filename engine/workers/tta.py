@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from ..continuation import frame_timesteps, initial_noise, sample_continuation
 from ..errors import ConfigError, EngineError, InputError
-from ..jobs import RunDir, atomic_write_json
+from ..jobs import RunDir, atomic_write_json, this_process
 from ..metrics import METRIC_DIRECTIONS
 from ..models import family
 from ..presets import DEFAULT_PRESET, check_capable, load_preset, presets_for
@@ -553,7 +553,7 @@ def run_tta(video_path: str | os.PathLike, *, preset: str | dict = DEFAULT_PRESE
     run.events_path.unlink(missing_ok=True)
     started = time.time()
     status = _status_writer(run, progress)
-    status(state="running", pid=os.getpid(), phase="encode", step=0, total_steps=steps, error=None)
+    status(state="running", **this_process(), phase="encode", step=0, total_steps=steps, error=None)
     layout = ResultsLayout(output_dir)
 
     def keep_adapter(session, name):
@@ -680,7 +680,7 @@ def run_tta_sweep(data_dir: str | os.PathLike, *, ranks=TTA_SWEEP["ranks"], lrs=
     done = sum(1 for e in entries for n in names if layout.metrics(n, e.video_id).is_file())
     started = time.time()
     status = _status_writer(run, progress)
-    status(state="running", pid=os.getpid(), done=done, total=total_items, error=None, resumed=resumed)
+    status(state="running", **this_process(), done=done, total=total_items, error=None, resumed=resumed)
     run.append_event({"type": "sweep_start", "done": done, "total": total_items, "resumed": resumed})
 
     def clip_job(e):
