@@ -501,7 +501,7 @@ def push_adapter(run_or_dir: str | os.PathLike, repo_id: str, token: str | None 
     token = resolve_token(token)
     if not token:
         raise HubError(f"No Hugging Face token found to push to '{repo_id}'. {TOKEN_HELP}")
-    branch = (revision or "main").strip() or "main"
+    branch = check_revision((revision or "main").strip() or "main")
 
     report(0.0, "collecting files")
     src = find_adapter(run_or_dir)
@@ -548,10 +548,23 @@ def push_adapter(run_or_dir: str | os.PathLike, repo_id: str, token: str | None 
 # ---------------------------------------------------------------------------- pull
 
 
+def check_revision(rev: str | None, ref: str = "") -> str | None:
+    """A revision is a branch, tag or commit: parts of letters, digits, '_', '.', '-' joined by '/', none of them
+    '.' or '..' and none starting with '.' (revisions name cache folders: no path may lead out of the cache)."""
+    if rev is None:
+        return None
+    parts = rev.split("/")
+    if not rev or rev.startswith("/") or any(not p or p.startswith(".") or not re.fullmatch(r"[\w.-]+", p)
+                                             for p in parts):
+        raise InputError(f"adapter '{ref or rev}': revision '{rev}' is not a branch, tag or commit name "
+                         "(letters, digits, '_', '.', '-' and '/'; no part may be '.' or '..' or start with '.').")
+    return rev
+
+
 def parse_hub_ref(ref: str) -> tuple[str, str | None] | None:
-    """('user/repo', revision or None) when `ref` reads as a Hub id, else None."""
+    """('user/repo', revision or None) when `ref` reads as a Hub id, else None. InputError for a bad revision."""
     m = _HUB_ID.match(str(ref).strip())
-    return (m.group("repo"), m.group("rev")) if m else None
+    return (m.group("repo"), check_revision(m.group("rev"), str(ref).strip())) if m else None
 
 
 def resolve_adapter(ref: str | os.PathLike, *, token: str | None = None, endpoint: str | None = None,

@@ -22,7 +22,7 @@ import yaml
 
 from engine.errors import InputError
 from engine.hub import (CARD_NAME, LOSS_PLOT_NAME, PULL_PATTERNS, SAMPLE_VIDEO_NAME, TRAINING_CONFIG_NAME, HubError,
-                        build_model_card, find_adapter, push_adapter, resolve_adapter, resolve_token)
+                        build_model_card, find_adapter, parse_hub_ref, push_adapter, resolve_adapter, resolve_token)
 from engine.lora import COMFY_WEIGHT_NAME, DIFFUSERS_WEIGHT_NAME
 from tests.hub_server import FakeHub
 from tests.run_factory import make_finished_run, write_events
@@ -384,3 +384,14 @@ def test_pull_errors_are_clear(hub, adapter_run):
     with pytest.raises(InputError, match="neither a local folder nor a Hub id"):
         resolve_adapter("./not/here")
     assert resolve_adapter(adapter_run / "final") == adapter_run / "final"  # a folder passes through
+
+
+@pytest.mark.parametrize("rev", ["../../..", "main/../../x", "/etc", ".hidden", "a//b", "ok/.."])
+def test_revisions_that_could_leave_the_cache_are_refused_before_any_request(rev, tmp_path, adapter_run):
+    endpoint = f"http://127.0.0.1:{_closed_port()}"  # nothing answers: the refusal comes first
+    with pytest.raises(InputError, match="is not a branch, tag or commit name"):
+        resolve_adapter(f"alice/lora@{rev}", endpoint=endpoint, cache_dir=tmp_path / "cache")
+    with pytest.raises(InputError, match="is not a branch, tag or commit name"):
+        push_adapter(adapter_run, "alice/lora", token=TOKEN, revision=rev, endpoint=endpoint)
+    assert not (tmp_path / "cache").exists()
+    assert parse_hub_ref("alice/lora@refs/pr/1") == ("alice/lora", "refs/pr/1")  # real refs still pass

@@ -11,7 +11,8 @@ from ..presets import DEFAULT_PRESET
 def cmd_data_create(args) -> int:
     from ..data.dataset import create_synthetic_dataset, load_dataset
 
-    out = create_synthetic_dataset(args.output_dir, args.num_samples, preset=args.preset, seed=args.seed, fps=args.fps)
+    out = create_synthetic_dataset(args.output_dir, args.num_samples, preset=args.preset, seed=args.seed, fps=args.fps,
+                                   overwrite=args.overwrite)
     entries = load_dataset(out)
     print(json.dumps({"output_dir": str(out), "clips": len(entries), "seed": args.seed, "preset": args.preset,
                       "frames": entries[0].extended_frames, "height": entries[0].height, "width": entries[0].width},
@@ -22,7 +23,8 @@ def cmd_data_create(args) -> int:
 def cmd_data_convert(args) -> int:
     from ..data.dataset import convert_dataset
 
-    report = convert_dataset(args.input_dir, args.output_dir, preset=args.preset, task=args.task, fps=args.fps)
+    report = convert_dataset(args.input_dir, args.output_dir, preset=args.preset, task=args.task, fps=args.fps,
+                             overwrite=args.overwrite)
     print(json.dumps(report.to_dict(), indent=2))
     return 0 if report.kept else 1  # nothing usable is a failure the caller should see
 
@@ -49,6 +51,7 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
     c.add_argument("--preset", default=DEFAULT_PRESET)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--fps", type=int, help="default: the preset's generation.fps")
+    c.add_argument("--overwrite", action="store_true", help="replace a dataset already in --output_dir")
     c.set_defaults(func=cmd_data_create)
 
     v = sub.add_parser("convert", help="turn a folder of captioned videos into a dataset")
@@ -58,6 +61,7 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
     v.add_argument("--preset", default=DEFAULT_PRESET)
     v.add_argument("--task", choices=["extension", "tta"], default="extension")
     v.add_argument("--fps", type=float, help="resample to this frame rate (default: the preset's generation.fps)")
+    v.add_argument("--overwrite", action="store_true", help="replace a dataset already in --output_dir")
     v.set_defaults(func=cmd_data_convert)
 
     k = sub.add_parser("validate", help="check a dataset folder; prints every problem")

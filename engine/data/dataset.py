@@ -101,9 +101,24 @@ def _write_json_atomic(data: Any, path: Path) -> None:
 # ---------------------------------------------------------------------------- create
 
 
+def _refuse_existing(out: Path, overwrite: bool) -> None:
+    """A folder holding a dataset is replaced only when asked to (`--overwrite`)."""
+    meta = out / METADATA_FILE
+    if meta.is_file() and not overwrite:
+        try:
+            count = f"{len(json.loads(meta.read_text()))} clips"
+        except (ValueError, TypeError, UnicodeDecodeError):
+            count = "a metadata.json"
+        raise InputError(f"'{out.name}' already holds a dataset ({count}); pass --overwrite (overwrite=True) to "
+                         "replace its metadata.json, or choose another output folder.")
+
+
 def create_synthetic_dataset(output_dir: str | os.PathLike, num_samples: int, *, preset: str | dict = DEFAULT_PRESET,
-                             seed: int = 0, fps: int | None = None, progress: ProgressFn | None = None) -> Path:
-    """Render `num_samples` synthetic clips (engine.data.synthetic) at the preset's training size/length."""
+                             seed: int = 0, fps: int | None = None, progress: ProgressFn | None = None,
+                             overwrite: bool = False) -> Path:
+    """Render `num_samples` synthetic clips (engine.data.synthetic) at the preset's training size/length.
+
+    An existing dataset in `output_dir` is refused unless `overwrite` (then its metadata.json is replaced)."""
     from .synthetic import render_clip
 
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
@@ -114,6 +129,7 @@ def create_synthetic_dataset(output_dir: str | os.PathLike, num_samples: int, *,
     train = preset["training"]
     fps = int(fps or preset["generation"]["fps"])
     out = Path(output_dir)
+    _refuse_existing(out, overwrite)
     entries = []
     for i in range(num_samples):
         clip = render_clip(seed, train["extended_num_frames"], train["height"], train["width"], index=i)
@@ -290,13 +306,15 @@ def _safe_id(stem: str, taken: set[str]) -> str:
 
 
 def convert_dataset(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *, preset: str | dict = DEFAULT_PRESET,
-                    task: str = "extension", fps: float | None = None, progress: ProgressFn | None = None) -> ConvertReport:
+                    task: str = "extension", fps: float | None = None, progress: ProgressFn | None = None,
+                    overwrite: bool = False) -> ConvertReport:
     """Turn a folder of captioned videos into a dataset (see the module docstring for input forms).
 
     task "extension": resize + centre-crop to the preset's training size, keep clips with at least
     training.extended_num_frames frames (after fps resampling) and trim to that. task "tta": see
     TTA_FRAMES / _tta_size. Clips are resampled to `fps` (default: the preset's generation.fps) by
-    picking frames. Skipped files and reasons go to the report and to convert_report.json.
+    picking frames. Skipped files and reasons go to the report and to convert_report.json. An existing
+    dataset in `output_dir` is refused unless `overwrite` (then its metadata.json is replaced).
     """
     if task not in ("extension", "tta"):
         raise InputError(f"task must be 'extension' or 'tta', got {task!r}.")
@@ -305,6 +323,7 @@ def convert_dataset(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     input_dir, out = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
         raise InputError(f"input folder '{input_dir}' does not exist or is not a folder.")
+    _refuse_existing(out, overwrite)
     preset = _resolve_preset(preset)
     train = preset["training"]
     target_fps = float(fps or preset["generation"]["fps"])

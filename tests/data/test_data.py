@@ -314,3 +314,24 @@ def test_cli_data_create_validate_convert(tmp_path, source_folder):
 
     proc = _run("create", "--output_dir", str(tmp_path / "x"), "--num_samples", "0")
     assert proc.returncode == 2 and "num_samples" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_create_or_convert_into_an_existing_dataset_is_refused_unless_overwrite(tmp_path, capsys):
+    from engine.cli import main
+
+    out = create_synthetic_dataset(tmp_path / "data", 4, seed=0)
+    before = (out / METADATA_FILE).read_bytes()
+    with pytest.raises(InputError, match=r"'data' already holds a dataset \(4 clips\); pass --overwrite"):
+        create_synthetic_dataset(out, 2, seed=1)
+    src = tmp_path / "src"
+    write_mp4(_ramp_clip(40, 64, 64, step=1), src / "a.mp4", fps=8)
+    (src / "a.txt").write_text("a clip")
+    with pytest.raises(InputError, match="already holds a dataset"):
+        convert_dataset(src, out)
+    assert main(["data", "create", "--output_dir", str(out), "--num_samples", "2"]) == 2
+    assert "already holds a dataset" in capsys.readouterr().err
+    assert (out / METADATA_FILE).read_bytes() == before  # nothing was replaced
+    create_synthetic_dataset(out, 2, seed=1, overwrite=True)
+    assert len(json.loads((out / METADATA_FILE).read_text())) == 2
+    assert main(["data", "create", "--output_dir", str(out), "--num_samples", "3", "--overwrite"]) == 0
+    assert len(load_dataset(out)) == 3
