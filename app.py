@@ -6,6 +6,7 @@ import argparse
 import os
 import threading
 import time
+from pathlib import Path
 
 import gradio as gr  # noqa: E402
 
@@ -33,6 +34,19 @@ def served_paths() -> list[str]:
     return api.served_paths()
 
 
+def launch_options() -> dict:
+    """What every launch of the app passes to Gradio: the folders it may serve and the guard in front of them."""
+    from starlette.middleware import Middleware
+
+    from ui.serving import ServedFiles
+
+    def roots():  # read per request: the folders come from the environment
+        outputs, runs = map(Path, api.served_paths())
+        return runs, outputs
+
+    return {"allowed_paths": served_paths(), "app_kwargs": {"middleware": [Middleware(ServedFiles, roots=roots)]}}
+
+
 def _pump_forever(interval: float = 2.0) -> None:
     while True:  # start queued jobs even when no browser is polling
         try:
@@ -52,7 +66,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     threading.Thread(target=_pump_forever, daemon=True).start()
     build_app(args.preset).queue().launch(server_name=args.host, server_port=args.port, share=args.share,
-                                          allowed_paths=served_paths())
+                                          **launch_options())
 
 
 if __name__ == "__main__":

@@ -115,6 +115,18 @@ def served_paths() -> list[str]:
     return [str(outputs_dir()), str(runs_root())]
 
 
+def server_folders() -> dict[str, str]:
+    """The server's own folders by the name a user may see ("" for the install itself), for scrubbing messages."""
+    import tempfile
+
+    from .paths import cache_dir
+    from .safe_paths import data_root
+
+    folders = {"runs": runs_root(), "outputs": outputs_dir(), "data": data_root(), "cache": cache_dir(),
+               "": Path(__file__).resolve().parent.parent, "tmp": Path(tempfile.gettempdir())}
+    return {label: str(Path(folder).resolve()) for label, folder in folders.items()}
+
+
 def hub_push(adapter: str, repo_id: str, token: str | None = None, public: bool = False, progress=None) -> dict:
     folder = resolve_adapter_ref(adapter)
     # A run's adapter lives in runs/<id>/final: push the run so the card gets its config and losses.

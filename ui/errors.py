@@ -1,4 +1,8 @@
-"""Turn engine errors into Gradio messages so the app shows them and keeps running."""
+"""Turn engine errors into Gradio messages so the app shows them and keeps running.
+
+Messages never show the server's folders: absolute paths of the app's own folders (runs, outputs,
+data root, cache, the install) are written relative to them.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,14 @@ import functools
 
 import gradio as gr
 
+from engine import api
 from engine.errors import EngineError
+
+
+def without_server_paths(message: str) -> str:
+    for label, folder in sorted(api.server_folders().items(), key=lambda kv: -len(kv[1])):
+        message = message.replace(folder + "/", f"{label}/" if label else "").replace(folder, label or ".")
+    return message
 
 
 def user_errors_as_messages(fn):
@@ -15,6 +26,6 @@ def user_errors_as_messages(fn):
         try:
             return fn(*args, **kwargs)
         except EngineError as err:
-            raise gr.Error(str(err), print_exception=False) from None
+            raise gr.Error(without_server_paths(str(err)), print_exception=False) from None
 
     return wrapper

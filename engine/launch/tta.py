@@ -38,11 +38,20 @@ def sample_clip(preset: str = DEFAULT_PRESET, seed: int = 0) -> Path:
     return path
 
 
-def _stage_upload(video, run_id: str) -> Path:
-    """Copy an uploaded clip (and a same-name caption) beside the run under a sanitised name."""
+def _uploaded(video) -> Path:
+    """The uploaded file, refused unless it is there and named like a video."""
+    from .training import VIDEO_SUFFIXES
+
     src = Path(getattr(video, "name", video))
     if not src.is_file():
         raise InputError(f"uploaded video '{src.name}' is missing; upload it again.")
+    if src.suffix.lower() not in VIDEO_SUFFIXES:
+        raise InputError(f"'{src.name}' is not a video file ({', '.join(VIDEO_SUFFIXES)}); upload a clip.")
+    return src
+
+
+def _stage_upload(src: Path, run_id: str) -> Path:
+    """Copy an accepted upload (and a same-name caption) beside the run under a sanitised name."""
     folder = runs_root() / "_inputs" / run_id
     folder.mkdir(parents=True, exist_ok=True)
     dst = folder / sanitize_filename(src.name)
@@ -73,8 +82,11 @@ def start_tta(video=None, *, preset: str = DEFAULT_PRESET, rank: int | None = No
     check_settings(rank=rank, alpha=None, lr=lr, steps=steps, objective=objective, seed=seed, cond_frames=cond_frames,
                    total_frames=total_frames, fam=family(preset_dict))
     run_id = new_run_id()
-    path = sample_clip(preset, seed=0) if video in (None, "") else _stage_upload(video, run_id)
-    load_clip(path, preset_dict, cond_frames=cond_frames, total_frames=total_frames, prompt=prompt)  # length, size
+    # Checked where the upload lies (length, size, readability): a rejected file is never copied into the runs.
+    path = sample_clip(preset, seed=0) if video in (None, "") else _uploaded(video)
+    load_clip(path, preset_dict, cond_frames=cond_frames, total_frames=total_frames, prompt=prompt)
+    if video not in (None, ""):
+        path = _stage_upload(path, run_id)
     out = runs_root() / run_id
     argv = ["tta", "--video", str(path), "--preset", preset, "--output_dir", str(out), "--rank", str(rank),
             "--lr", str(lr), "--steps", str(steps), "--objective", objective, "--seed", str(seed)]

@@ -18,12 +18,12 @@ def app_url(tmp_path_factory, monkeypatch_module):
                       ("RADIAL_STUDIO_DATA_ROOT", "data")):
         (root / sub).mkdir()
         monkeypatch_module.setenv(name, str(root / sub))
-    from app import build_app, served_paths
+    from app import build_app, launch_options
 
     demo = build_app("tiny-wan")
     port = _free_port()
     demo.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port,
-                        allowed_paths=served_paths(), quiet=True)
+                        quiet=True, **launch_options())
     yield f"http://127.0.0.1:{port}/", root
     demo.close()
 
