@@ -7,7 +7,7 @@ from pathlib import Path
 from .errors import InputError
 from .jobs import runs_root
 from .lora import DIFFUSERS_WEIGHT_NAME
-from .safe_paths import data_root, resolve_under
+from .safe_paths import check_inside, data_root, is_inside, resolve_under
 
 
 def finished_adapters() -> list[tuple[str, str]]:
@@ -33,10 +33,16 @@ def resolve_adapter_ref(ref: str) -> Path | str:
         path = runs_root() / run_part
         if not (path / DIFFUSERS_WEIGHT_NAME).is_file():
             raise InputError(f"adapter '{ref}': the run has no saved LoRA there (yet).")
+        if not is_inside(runs_root(), path / DIFFUSERS_WEIGHT_NAME):
+            raise InputError(f"adapter '{ref}': its LoRA file leads outside the runs folder; it is not read.")
         return path
     local = data_root() / ref
     from .hub import parse_hub_ref, pull_adapter
 
     if parse_hub_ref(ref) and not local.exists():
         return pull_adapter(ref)  # downloads into the HF cache; never reads a server path
-    return resolve_under(data_root(), ref, "adapter folder")
+    folder = resolve_under(data_root(), ref, "adapter folder")
+    for name in (DIFFUSERS_WEIGHT_NAME, "adapter_config.json"):
+        if (folder / name).exists():
+            check_inside(data_root(), folder / name, f"adapter '{ref}': {name}")
+    return folder

@@ -47,3 +47,16 @@ def resolve_under(root: Path, user_path: str, what: str = "folder") -> Path:
     if not resolved.exists():
         raise InputError(f"{what} '{raw}' does not exist under the data root {root}.")
     return resolved
+
+
+def is_inside(root: Path, path: Path) -> bool:
+    """Whether `path`, with every symlink resolved, lies in `root` (resolved too)."""
+    root, resolved = Path(root).resolve(), Path(path).resolve()
+    return resolved == root or root in resolved.parents
+
+
+def check_inside(root: Path | None, path: Path, what: str) -> Path:
+    """`path` when `root` is None or `path` resolves inside it; InputError naming `what` otherwise."""
+    if root is not None and not is_inside(root, path):
+        raise InputError(f"{what} leads outside the data root (an absolute path or a symlink); it is not allowed.")
+    return path

@@ -38,6 +38,7 @@ import numpy as np
 from ..errors import InputError
 from ..models import DEFAULT_FAMILY, family, family_named
 from ..presets import DEFAULT_PRESET
+from ..safe_paths import check_inside, is_inside
 from ..validation import nearest_valid_frame_counts
 from ..video import frame_stream as _frame_stream
 from ..video import read_mp4 as read_clip  # noqa: F401  (the clip reader of the training code: latent_cache, tests)
@@ -170,8 +171,10 @@ class _Skip(Exception):
     """A source file is not usable; the message is the reason in the report."""
 
 
-def _caption_pairs(input_dir: Path) -> tuple[list[tuple[str, Path, str | None]], list[tuple[str, str]], str | None]:
-    """(label, video path, caption or None) for every candidate, rows already known to be bad, the caption file."""
+def _caption_pairs(input_dir: Path, within: Path | None = None) -> tuple[list[tuple[str, Path, str | None]],
+                                                                         list[tuple[str, str]], str | None]:
+    """(label, video path, caption or None) for every candidate, rows already known to be bad, the caption file.
+    With `within`, a video or caption that resolves outside that folder is a bad row (never read)."""
     present = [name for name in CAPTION_FILES if (input_dir / name).is_file()]
     if len(present) > 1:
         raise InputError(f"{input_dir} holds both {present[0]} and {present[1]}; keep one caption file.")
@@ -179,23 +182,35 @@ def _caption_pairs(input_dir: Path) -> tuple[list[tuple[str, Path, str | None]],
                     if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS and not p.name.startswith("."))
     if not present:
         pairs = []
+        bad = []
         for video in videos:
             txt = video.with_suffix(".txt")
+            if within is not None and not (is_inside(within, video) and (not txt.exists() or is_inside(within, txt))):
+                bad.append((video.name, "leads outside the data root (a symlink); not read"))
+                continue
             pairs.append((video.name, video, txt.read_text(errors="replace") if txt.is_file() else None))
-        if not pairs:
+        if not pairs and not bad:
             raise InputError(f"no videos found in {input_dir} (looked for {', '.join(VIDEO_EXTENSIONS)} files).")
-        return pairs, [], None
-    listed = _read_caption_file(input_dir / present[0])
+        return pairs, bad, None
+    listed = _read_caption_file(check_inside(within, input_dir / present[0], present[0]))
     pairs, bad, seen = [], [], set()
     for label, caption in listed:
         path = Path(label) if os.path.isabs(label) else input_dir / label
+        if within is not None and not is_inside(within, path):
+            bad.append((label, f"leads outside the data root (an absolute path or a symlink, listed in {present[0]}); "
+                               "not read"))
+            continue
         if not path.is_file():
             bad.append((label, f"file not found (listed in {present[0]})"))
             continue
         seen.add(path.resolve())
         pairs.append((label, path, caption))
     for video in videos:
-        if video.resolve() not in seen:
+        if video.resolve() in seen:
+            continue
+        if within is not None and not is_inside(within, video):
+            bad.append((video.name, "leads outside the data root (a symlink); not read"))
+        else:
             pairs.append((video.name, video, None))
     if not pairs and not bad:
         raise InputError(f"{input_dir / present[0]} lists no videos; add rows with a path and a caption.")
@@ -307,14 +322,15 @@ def _safe_id(stem: str, taken: set[str]) -> str:
 
 def convert_dataset(input_dir: str | os.PathLike, output_dir: str | os.PathLike, *, preset: str | dict = DEFAULT_PRESET,
                     task: str = "extension", fps: float | None = None, progress: ProgressFn | None = None,
-                    overwrite: bool = False) -> ConvertReport:
+                    overwrite: bool = False, within: Path | None = None) -> ConvertReport:
     """Turn a folder of captioned videos into a dataset (see the module docstring for input forms).
 
     task "extension": resize + centre-crop to the preset's training size, keep clips with at least
     training.extended_num_frames frames (after fps resampling) and trim to that. task "tta": see
     TTA_FRAMES / _tta_size. Clips are resampled to `fps` (default: the preset's generation.fps) by
     picking frames. Skipped files and reasons go to the report and to convert_report.json. An existing
-    dataset in `output_dir` is refused unless `overwrite` (then its metadata.json is replaced).
+    dataset in `output_dir` is refused unless `overwrite` (then its metadata.json is replaced). With `within`
+    (the app's data root) every file read must resolve inside it; others are skipped, never opened.
     """
     if task not in ("extension", "tta"):
         raise InputError(f"task must be 'extension' or 'tta', got {task!r}.")
@@ -336,7 +352,8 @@ def convert_dataset(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     multiple = family(preset).size_multiple
     out_fps = round(target_fps)  # write_mp4 takes whole frame rates
     report = ConvertReport(str(out), task, out_fps, size[0] if size else None, size[1] if size else None, frames)
-    pairs, report.skipped, caption_file = _caption_pairs(input_dir)
+    check_inside(within, input_dir, f"input folder '{input_dir.name}'")
+    pairs, report.skipped, caption_file = _caption_pairs(input_dir, within)
     entries, taken = [], set()
     for n, (label, path, caption) in enumerate(pairs, start=1):
         try:
@@ -433,8 +450,10 @@ def _check_video(entry: dict, video: Path, rel: str, probes: ProbeCache) -> list
     return problems
 
 
-def _scan(data_dir: Path, fam) -> tuple[list[str], list[ClipEntry]]:
+def _scan(data_dir: Path, fam, within: Path | None = None) -> tuple[list[str], list[ClipEntry]]:
     meta = data_dir / METADATA_FILE
+    if within is not None and not is_inside(within, meta):
+        return [f"{meta.name}: leads outside the data root (a symlink); it is not read."], []
     if not meta.is_file():
         hint = "create one with `python -m engine data create` or `data convert`"
         return [f"{meta}: missing; a dataset folder needs metadata.json ({hint})."], []
@@ -461,7 +480,11 @@ def _scan(data_dir: Path, fam) -> tuple[list[str], list[ClipEntry]]:
             else:
                 seen[video_id] = i
                 rel = f"{data_dir / VIDEOS_DIR / (video_id + '.mp4')}"
-                found = _check_video(entry, Path(rel), rel, probes)
+                if within is not None and not is_inside(within, Path(rel)):
+                    found = [f"{VIDEOS_DIR}/{video_id}.mp4 (field 'video_id' {video_id!r}): leads outside the data "
+                             "root (a symlink); it is not read."]
+                else:
+                    found = _check_video(entry, Path(rel), rel, probes)
         problems.extend(found)
         if not found:
             extra = {k: entry[k] for k in entry if k not in FIELDS}
@@ -471,14 +494,14 @@ def _scan(data_dir: Path, fam) -> tuple[list[str], list[ClipEntry]]:
     return problems, entries
 
 
-def scan_dataset(data_dir: str | os.PathLike, fam=None) -> tuple[list[str], list[ClipEntry]]:
+def scan_dataset(data_dir: str | os.PathLike, fam=None, within: Path | None = None) -> tuple[list[str], list[ClipEntry]]:
     """(every problem, the entries that passed), frame counts and sizes checked by the model family's
     rules (default: the default family's). Reads the dataset only; decodes each clip once per file
     version (results kept in the engine cache, see clip_probe.py)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         return [f"{data_dir}: dataset folder does not exist."], []
-    return _scan(data_dir, fam or family_named(DEFAULT_FAMILY))
+    return _scan(data_dir, fam or family_named(DEFAULT_FAMILY), within)
 
 
 def validate_dataset(data_dir: str | os.PathLike, fam=None) -> list[str]:
@@ -486,9 +509,9 @@ def validate_dataset(data_dir: str | os.PathLike, fam=None) -> list[str]:
     return scan_dataset(data_dir, fam)[0]
 
 
-def load_dataset(data_dir: str | os.PathLike, fam=None) -> list[ClipEntry]:
-    """The dataset's entries, or InputError listing every problem."""
-    problems, entries = scan_dataset(data_dir, fam)
+def load_dataset(data_dir: str | os.PathLike, fam=None, within: Path | None = None) -> list[ClipEntry]:
+    """The dataset's entries, or InputError listing every problem (with `within`: files outside it are problems)."""
+    problems, entries = scan_dataset(data_dir, fam, within)
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems)
         raise InputError(f"dataset {data_dir} has {len(problems)} problem(s):\n{listed}")

@@ -78,11 +78,12 @@ def prepare_dataset(source: str, target: Path, *, preset: str, uploads: list | N
             shutil.copyfile(f, staging / sanitize_filename(f.name, taken))
         report = convert_dataset(staging, target, preset=preset)
     else:
-        path = resolve_under(data_root(), folder or "", "dataset folder")
+        root = data_root()
+        path = resolve_under(root, folder or "", "dataset folder")
         if (path / "metadata.json").is_file():
-            load_dataset(path)  # validate; raises listing every problem
+            load_dataset(path, within=root)  # validate (every file inside the data root); lists every problem
             return path
-        report = convert_dataset(path, target, preset=preset)
+        report = convert_dataset(path, target, preset=preset, within=root)
     if not report.kept:
         reasons = "; ".join(f"{name}: {why}" for name, why in report.skipped[:5])
         raise InputError(f"no usable clip in the {source} data ({reasons}).")

@@ -114,7 +114,10 @@ def start_tta_sweep(folder: str = "", *, preset: str = DEFAULT_PRESET, ranks: st
                     seed: int = 0) -> dict:
     """Queue a sweep over a TTA dataset folder under the data root (empty: a set of sample clips)."""
     if folder:
+        from ..data.dataset import load_dataset
+
         data_dir = resolve_under(data_root(), folder, "TTA dataset folder")
+        load_dataset(data_dir, within=data_root())  # every clip inside the data root, before anything is queued
     else:
         data_dir = runs_root() / "_samples" / f"tta-set-{preset}"
         if not (data_dir / "metadata.json").is_file():
