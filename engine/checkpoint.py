@@ -69,16 +69,61 @@ def save_checkpoint(root: Path, step: int, *, transformer, family, optimizer, lr
     return final
 
 
-def load_checkpoint(path: Path, *, transformer, optimizer, lr_scheduler) -> dict:
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read back whole; the message names the bad file."""
+
+
+def read_checkpoint(path: Path) -> dict:
+    """Every file of a checkpoint, read and checked before anything is applied (CheckpointError naming the file)."""
     from safetensors.torch import load_file
 
-    from .lora import DIFFUSERS_WEIGHT_NAME, set_lora_state_dict
+    from .lora import DIFFUSERS_WEIGHT_NAME
 
-    raw = load_file(str(path / "lora" / DIFFUSERS_WEIGHT_NAME))
+    out = {}
+
+    def read(name, loader):
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{path.name}/{name} is missing")
+        try:
+            return loader(file)
+        except Exception as err:  # noqa: BLE001 - any failure to read means the file is damaged
+            raise CheckpointError(f"{path.name}/{name} is damaged ({type(err).__name__}: {str(err)[:200]})") from None
+
+    lora = read(f"lora/{DIFFUSERS_WEIGHT_NAME}", lambda f: load_file(str(f)))
+    if not lora or not all(torch.isfinite(t).all() for t in lora.values()):
+        raise CheckpointError(f"{path.name}/lora/{DIFFUSERS_WEIGHT_NAME} holds no weights or non-finite ones")
     # diffusers prefixes keys with "transformer."; peft expects them without.
-    state_dict = {k.removeprefix("transformer."): v for k, v in raw.items()}
-    set_lora_state_dict(transformer, state_dict)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    _set_rng_state(torch.load(path / "rng.pt", weights_only=False))
-    return json.loads((path / STATE_FILE).read_text())
+    out["lora"] = {k.removeprefix("transformer."): v for k, v in lora.items()}
+    out["optimizer"] = read("optimizer.pt", lambda f: torch.load(f, weights_only=False))
+    if not isinstance(out["optimizer"], dict) or "param_groups" not in out["optimizer"]:
+        raise CheckpointError(f"{path.name}/optimizer.pt is not an optimizer state")
+    out["scheduler"] = read("scheduler.pt", lambda f: torch.load(f, weights_only=False))
+    out["rng"] = read("rng.pt", lambda f: torch.load(f, weights_only=False))
+    if not isinstance(out["rng"], dict) or "torch" not in out["rng"]:
+        raise CheckpointError(f"{path.name}/rng.pt is not a random-state file")
+    out["state"] = read(STATE_FILE, lambda f: json.loads(f.read_text()))
+    return out
+
+
+def load_checkpoint(path: Path, *, transformer, optimizer, lr_scheduler) -> dict:
+    """Read a checkpoint whole (CheckpointError naming the bad file), then restore it; returns its state.json."""
+    from .lora import set_lora_state_dict
+
+    parts = read_checkpoint(path)
+    set_lora_state_dict(transformer, parts["lora"])
+    optimizer.load_state_dict(parts["optimizer"])
+    lr_scheduler.load_state_dict(parts["scheduler"])
+    _set_rng_state(parts["rng"])
+    return parts["state"]
+
+
+def load_newest_intact(root: Path, **restore) -> tuple[Path | None, dict | None, list[str]]:
+    """(checkpoint, its state, what was wrong with each newer one): the newest checkpoint that reads back whole."""
+    problems = []
+    for path in reversed(checkpoint_dirs(root)):
+        try:
+            return path, load_checkpoint(path, **restore), problems
+        except CheckpointError as err:
+            problems.append(str(err))
+    return None, None, problems

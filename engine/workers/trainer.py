@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..attention.processor import install_radial_attention
 from ..attention.schedule import AttentionSettings
-from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..checkpoint import latest_checkpoint, load_newest_intact, save_checkpoint
 from ..config import TrainConfig
 from ..errors import ConfigError, InputError
 from ..jobs import RunDir, atomic_write_json, this_process
@@ -258,6 +258,34 @@ def write_samples(fam, pipe, schedule, val: CachedClips, config: TrainConfig, st
 
 # ---------------------------------------------------------------------------- the loop
 
+# LoRA weights start near 0 (A ~ 1/sqrt(fan_in), B = 0) and stay well under 1 in healthy training; far
+# beyond that the run has blown up even while its loss still reads as a number.
+MAX_LORA_WEIGHT = 1e3
+
+
+def _weights_problem(params) -> str | None:
+    with torch.no_grad():
+        for p in params:
+            if not torch.isfinite(p).all():
+                return "non-finite LoRA weights"
+            if p.abs().max() > MAX_LORA_WEIGHT:
+                return f"LoRA weights exploded (max |w| {float(p.abs().max()):.3g} > {MAX_LORA_WEIGHT:g})"
+    return None
+
+
+def _apply_learning_rate(optimizer, lr_scheduler, lr: float) -> None:
+    """A resume may change the learning rate: the schedule continues from the checkpoint's step at the new base."""
+    import warnings
+
+    inner = getattr(lr_scheduler, "scheduler", lr_scheduler)  # under accelerate's wrapper
+    inner.base_lrs = [lr for _ in inner.base_lrs]
+    with warnings.catch_warnings():  # get_lr outside step() warns; here it is what we want
+        warnings.simplefilter("ignore")
+        values = inner.get_lr()
+    for group, value in zip(getattr(optimizer, "optimizer", optimizer).param_groups, values):
+        group["initial_lr"], group["lr"] = lr, value
+
+
 
 def _save_lora_atomically(transformer, target: Path, fam):
     tmp = target.with_name(f".tmp-{target.name}")
@@ -336,9 +364,16 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume
     model.train()
 
     step, best = 0, float("inf")
-    ckpt = latest_checkpoint(run.checkpoints_dir) if resume else None
+    ckpt, state, damaged = (load_newest_intact(run.checkpoints_dir, transformer=transformer, optimizer=optimizer,
+                                               lr_scheduler=lr_scheduler) if resume else (None, None, []))
+    if main:
+        for problem in damaged:  # named in the events; the run goes on from the newest intact checkpoint
+            run.append_event({"type": "checkpoint_skipped", "step": 0, "error": problem})
+    if resume and damaged and ckpt is None:
+        raise InputError(f"cannot resume '{run.path.name}': no checkpoint reads back whole ({'; '.join(damaged)}). "
+                         "Start a new run.")
     if ckpt is not None:
-        state = load_checkpoint(ckpt, transformer=transformer, optimizer=optimizer, lr_scheduler=lr_scheduler)
+        _apply_learning_rate(optimizer, lr_scheduler, config.learning_rate)
         step, best = state["step"], state.get("best_val_loss", float("inf"))
         if main:
             run.truncate_events_after(step)
@@ -411,6 +446,9 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume
             if not torch.isfinite(torch.as_tensor(grad_norm)):
                 raise Diverged(f"non-finite gradient norm at step {step + 1}")
             optimizer.step()
+            problem = _weights_problem(params)
+            if problem:  # checked before anything (a checkpoint, the best model) is saved from these weights
+                raise Diverged(f"{problem} after step {step + 1}")
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
