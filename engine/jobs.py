@@ -213,14 +213,61 @@ def start_job(run_dir: str | os.PathLike, argv: list[str], env: dict | None = No
     return proc.pid
 
 
+# Below this much free space a job that died without a word is taken to have met a full disk.
+DISK_FULL_BYTES = 64 * 2**20
+
+
+def disk_full_message(folder: Path) -> str | None:
+    """'disk full: ...' when the disk holding `folder` has (almost) no space left, else None."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if free >= DISK_FULL_BYTES:
+        return None
+    return (f"disk full: the disk holding the run folder has {free / 2**20:.0f} MiB free, so the job could not write "
+            "its files. Free some space, then resume the run (its last complete checkpoint is kept).")
+
+
 def job_status(run_dir: str | os.PathLike) -> dict:
     """The job's status, read only: a job whose process is gone without finishing reads as failed."""
     run = RunDir(run_dir)
     status = run.read_status()
     if status.get("state") in ("running", "stopping") and not pid_alive(status.get("pid"), status.get("pid_started")):
-        status = {**status, "state": "failed", "error": status.get("error") or "the job process exited unexpectedly",
-                  "log_tail": run.log_tail()}
+        why = disk_full_message(run.path) or status.get("error") or "the job process exited unexpectedly"
+        status = {**status, "state": "failed", "error": why, "log_tail": run.log_tail()}
     return status
+
+
+def pump_queue_quietly(root: Path | None = None) -> None:
+    """Start what can start before a status read; a read must not fail because a job cannot start right now
+    (a full disk, a busy lock): the job stays queued and the next poll tries again."""
+    try:
+        pump_queue(root)
+    except (OSError, TimeoutError) as err:
+        import logging
+
+        logging.getLogger(__name__).warning("could not start queued jobs now: %s", err)
+
+
+def clean_leftovers(run: RunDir) -> list[str]:
+    """Remove what a worker that died mid-write left behind (`.tmp-*` folders, half-written temporary files)."""
+    import shutil
+
+    removed = []
+    for folder in (run.path, run.checkpoints_dir):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            # half-written files of atomic writes: only old ones (another process may be writing one right now)
+            stale_file = (p.name.startswith(".") and p.is_file() and p.name != LOCK_NAME and p.name.count(".") >= 2
+                          and time.time() - p.stat().st_mtime > 60)
+            if p.name.startswith(".tmp-") or stale_file:
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                removed.append(p.name)
+    return removed
 
 
 def stop_job(run_dir: str | os.PathLike) -> None:

@@ -21,7 +21,7 @@ from ..jobs import (
     atomic_write_json,
     job_status,
     list_run_dirs,
-    pump_queue,
+    pump_queue_quietly,
     queue_position,
     runs_root,
     stop_job,
@@ -145,7 +145,7 @@ def resume_training(run_id: str) -> dict:
 def list_runs(kind: str | tuple[str, ...] | None = "train") -> list[dict]:
     """Past and current runs of some kinds ("train", "tta", "tta-sweep"; None: all), newest first."""
     kinds = (kind,) if isinstance(kind, str) else kind
-    pump_queue()
+    pump_queue_quietly()
     rows = []
     for path in reversed(list_run_dirs()):
         if path.name.startswith("_"):
@@ -167,7 +167,7 @@ def active_or_newest_run(kind: str | tuple[str, ...] | None = "train") -> str | 
 
 def training_status(run_id: str) -> dict:
     """Everything the UI shows about a run, read from its folder."""
-    pump_queue()
+    pump_queue_quietly()
     path = run_dir(run_id)
     run = RunDir(path)
     status = job_status(path)

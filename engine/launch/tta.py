@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ..errors import InputError
-from ..jobs import RunDir, job_status, pump_queue, queue_position, runs_root, stop_job, submit_job
+from ..jobs import RunDir, job_status, pump_queue_quietly, queue_position, runs_root, stop_job, submit_job
 from ..presets import DEFAULT_PRESET, load_preset
 from ..safe_paths import data_root, resolve_under, sanitize_filename
 from .training import new_run_id, run_dir
@@ -147,7 +147,7 @@ def stop_tta(run_id: str) -> dict:
 
 
 def tta_status(run_id: str) -> dict:
-    pump_queue()
+    pump_queue_quietly()
     path = run_dir(run_id)
     run = RunDir(path)
     status = job_status(path)

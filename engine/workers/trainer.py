@@ -14,6 +14,7 @@ a resumed run reproduces an uninterrupted one.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -30,7 +31,7 @@ from ..attention.schedule import AttentionSettings
 from ..checkpoint import latest_checkpoint, load_newest_intact, save_checkpoint
 from ..config import TrainConfig
 from ..errors import ConfigError, InputError
-from ..jobs import RunDir, atomic_write_json, this_process
+from ..jobs import RunDir, atomic_write_json, clean_leftovers, disk_full_message, this_process
 from ..lora import add_lora, save_lora
 from ..models import TextEmbeds, family
 
@@ -306,10 +307,17 @@ def train(config: TrainConfig, resume: bool = False, progress: ProgressFn | None
     config.validate(preset)
     entries = check_dataset(config, family(preset))
     run = prepare_run_dir(config, resume)
+    clean_leftovers(run)  # a worker that died mid-write (a full disk, a kill) left temporary files
     try:
         return _train(config, preset, run, entries, resume, progress)
     except Exception as err:
-        run.update_status(state="failed", error=f"{type(err).__name__}: {str(err)[:2000]}")
+        disk_full = isinstance(err, OSError) and err.errno == errno.ENOSPC
+        why = disk_full_message(run.path) if disk_full else None
+        try:
+            run.update_status(state="failed", error=why or ("disk full: " if disk_full else "") +
+                              f"{type(err).__name__}: {str(err)[:2000]}")
+        except OSError:
+            pass  # the disk is full: readers report it (engine.jobs.job_status)
         raise
 
 

@@ -92,3 +92,39 @@ def test_no_intact_checkpoint_is_a_clear_refusal(data, tmp_path):
     (ckpt / "state.json").write_text("{}")
     with pytest.raises(CheckpointError, match=rf"step-000002/lora/{DIFFUSERS_WEIGHT_NAME} is missing"):
         read_checkpoint(ckpt)
+
+
+def test_a_full_disk_says_disk_full_and_the_next_start_cleans_up(data, tmp_path, monkeypatch):
+    import errno
+    import os
+    import time
+
+    from engine import jobs
+    from engine.workers import trainer
+
+    out = tmp_path / "run"
+    real_save = trainer.save_checkpoint
+
+    def full(root, step, **kw):
+        (root / f".tmp-step-{step:06d}").mkdir(parents=True, exist_ok=True)  # what a save cut short leaves
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(trainer, "save_checkpoint", full)
+    monkeypatch.setattr(jobs, "DISK_FULL_BYTES", 2**62)  # this disk "is full" for the readers
+    with pytest.raises(OSError):
+        train(_config(data, out))
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "failed" and status["error"].startswith("disk full")
+    # A worker that could not even write its status: the reader says disk full (and reading writes nothing).
+    RunDir(out).update_status(state="running", pid=999_999_999, pid_started=1.0)
+    before = (out / "status.json").read_bytes()
+    shown = jobs.job_status(out)
+    assert shown["state"] == "failed" and shown["error"].startswith("disk full")
+    assert (out / "status.json").read_bytes() == before
+    stale = out / ".status.json.abc123"
+    stale.write_text("{")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    monkeypatch.setattr(jobs, "DISK_FULL_BYTES", 64 * 2**20)
+    assert train(_config(data, out), resume=True)["state"] == "finished"
+    assert not list((out / "checkpoints").glob(".tmp-*")) and not stale.exists()
