@@ -131,9 +131,12 @@ def read_config_file(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist.")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ConfigError(f"config file '{path}': invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text (a binary file?); give a JSON training config.") \
+            from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}': expected a JSON object of settings.")
     values = {_ALIASES.get(k, k): v for k, v in data.items()}

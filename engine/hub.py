@@ -101,7 +101,14 @@ def _hub_error(err: Exception, action: str, repo_id: str, endpoint: str, token: 
     )
 
     status = getattr(getattr(err, "response", None), "status_code", None)
-    if isinstance(err, OfflineModeIsEnabled):
+    cause, seen = err, 0
+    while status is None and cause is not None and seen < 8:  # a cache fallback hides the server's answer
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+        status = getattr(getattr(cause, "response", None), "status_code", None)
+    if isinstance(status, int) and status >= 500:
+        msg = (f"Cannot {action}: the Hub at {endpoint} answered {status} (a server error, not your request). "
+               "Try again later; nothing was changed locally.")
+    elif isinstance(err, OfflineModeIsEnabled):
         msg = (f"Cannot {action}: offline mode is on (HF_HUB_OFFLINE=1). Unset HF_HUB_OFFLINE to reach "
                f"{endpoint}.")
     elif isinstance(err, RevisionNotFoundError):

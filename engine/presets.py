@@ -114,9 +114,11 @@ def load_preset(name_or_path: str, presets_dir: Path | None = None) -> dict:
         available = ", ".join(list_presets(presets_dir)) or "none"
         raise ConfigError(f"preset '{name_or_path}' not found (looked for {path}). Available presets: {available}.")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ConfigError(f"preset file {path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}.") from None
+        raise ConfigError(f"preset file {path.name}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"preset file {path.name} is not UTF-8 text; save it as UTF-8 JSON.") from None
     return validate_preset(data, origin=f"preset file {path.name}")
 
 

@@ -35,6 +35,8 @@ def resolve_under(root: Path, user_path: str, what: str = "folder") -> Path:
     if not isinstance(user_path, str) or not user_path.strip():
         raise InputError(f"{what} path is empty; give a path relative to {root}.")
     raw = user_path.strip()
+    if "\x00" in raw:
+        raise InputError(f"{what} path contains a NUL character; give a plain path relative to the data root.")
     if os.path.isabs(raw) or raw.startswith("~"):
         raise InputError(f"{what} '{raw}' is an absolute path; give a path relative to the data root {root}.")
     if ".." in Path(raw).parts:

@@ -85,8 +85,12 @@ def frame_stream(path: Path):
         width, height = meta["size"]
     except Exception as err:  # header parsing fails in many ways for broken files
         reader.close()
-        lines = str(err).strip().splitlines()
-        detail = f"{type(err).__name__}{': ' + lines[-1][:120] if lines else ''}"
+        text = str(err)
+        lines = text.strip().splitlines()
+        if "Stream #" in text and "Video:" not in text:  # ffmpeg found streams, none of them video
+            detail = "no video stream: the file holds only audio (or other data)"
+        else:
+            detail = f"{type(err).__name__}{': ' + lines[-1][:120] if lines else ''}"
         problem = InputError(f"video file '{path}' could not be decoded ({detail}); is it a valid video?")
         problem.detail = detail
         raise problem from None

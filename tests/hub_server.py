@@ -72,6 +72,7 @@ class FakeHub:
         self.repos: dict[str, Repo] = {}
         self.requests: list[dict] = []  # method, path, status, user (never the token)
         self.yaml_validated: list[str] = []
+        self.fail_with: int | None = None  # answer every request with this HTTP status (a broken Hub)
         self.lock = threading.Lock()
         self._counter = 0
         handler = type("Handler", (_Handler,), {"hub": self})
@@ -151,6 +152,8 @@ class _Handler(BaseHTTPRequestHandler):
         with self.hub.lock:
             self.hub.requests.append(self._record)
         body = self._body() if self.command == "POST" else b""  # read it even when refusing (keep-alive)
+        if self.hub.fail_with is not None:
+            return self._error(self.hub.fail_with, "Internal Error")
         if not ok:
             return self._error(401, "Invalid credentials in Authorization header")
         with self.hub.lock:

@@ -395,3 +395,12 @@ def test_revisions_that_could_leave_the_cache_are_refused_before_any_request(rev
         push_adapter(adapter_run, "alice/lora", token=TOKEN, revision=rev, endpoint=endpoint)
     assert not (tmp_path / "cache").exists()
     assert parse_hub_ref("alice/lora@refs/pr/1") == ("alice/lora", "refs/pr/1")  # real refs still pass
+
+
+def test_a_hub_server_error_is_reported_as_such_not_as_unreachable(hub, adapter_run):
+    hub.fail_with = 500
+    with pytest.raises(HubError, match=r"answered 500 \(a server error, not your request\)") as info:
+        resolve_adapter("alice/never-pulled", token=TOKEN)
+    assert "could not be reached" not in str(info.value)
+    with pytest.raises(HubError, match="answered 500"):
+        push_adapter(adapter_run, "alice/lora", token=TOKEN)

@@ -115,10 +115,16 @@ def cmd_evaluate(args) -> int:
 def cmd_presets(args) -> int:
     from ..presets import list_presets, load_preset
 
+    broken = 0
     for name in list_presets():
-        p = load_preset(name)
+        try:
+            p = load_preset(name)
+        except EngineError as err:  # one broken preset does not hide the others
+            broken += 1
+            print(f"{name:24s} BROKEN: {err}")
+            continue
         print(f"{name:24s} {p['source']:40s} {p['description'][:60]}")
-    return 0
+    return 1 if broken else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -218,6 +218,13 @@ def _caption_pairs(input_dir: Path, within: Path | None = None) -> tuple[list[tu
 
 
 def _read_caption_file(path: Path) -> list[tuple[str, str | None]]:
+    try:
+        return _parse_caption_file(path)
+    except UnicodeDecodeError:
+        raise InputError(f"{path.name} is not UTF-8 text; save it as UTF-8.") from None
+
+
+def _parse_caption_file(path: Path) -> list[tuple[str, str | None]]:
     if path.suffix == ".csv":
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
@@ -228,7 +235,7 @@ def _read_caption_file(path: Path) -> list[tuple[str, str | None]]:
             rows = [{(k or "").strip(): v for k, v in row.items()} for row in reader]
     else:
         try:
-            rows = json.loads(path.read_text())
+            rows = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise InputError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}.") from None
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
@@ -362,6 +369,8 @@ def convert_dataset(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
                 raise _Skip(f"missing caption ({hint})")
             if not caption.strip():
                 raise _Skip("empty caption")
+            if "\ufffd" in caption or "\x00" in caption:  # read with errors="replace": invalid bytes show as U+FFFD
+                raise _Skip("the caption is not valid UTF-8 text (or holds a NUL character); save it as UTF-8")
             clip, source_fps, _ = _read_resampled(path, frames, target_fps)
             h, w = clip.shape[1:3]
             height, width = size or tta_size(h, w, preset["tta"]["short_side"], multiple)

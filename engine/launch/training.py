@@ -27,8 +27,10 @@ from ..jobs import (
     stop_job,
     submit_job,
 )
+from ..models import family
 from ..presets import DEFAULT_PRESET
 from ..safe_paths import data_root, resolve_under, sanitize_filename
+from ..workers.trainer import check_dataset
 
 DATA_SOURCES = ("synthetic", "upload", "folder")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".gif")
@@ -108,8 +110,15 @@ def start_training(preset: str = DEFAULT_PRESET, data_source: str = "synthetic",
     out = runs_root() / run_id
     # Validate the settings (once) before touching the disk; the data folder is filled in below.
     config = config_from_preset(preset, **{**settings, "data_dir": "-", "output_dir": str(out)})
-    config.data_dir = str(prepare_dataset(data_source, datasets_root() / run_id, preset=preset, uploads=uploads,
-                                          folder=folder, num_samples=num_samples, seed=config.seed))
+    try:
+        config.data_dir = str(prepare_dataset(data_source, datasets_root() / run_id, preset=preset, uploads=uploads,
+                                              folder=folder, num_samples=num_samples, seed=config.seed))
+        # what the worker would find wrong with the data (too few clips, other sizes), said now
+        check_dataset(config, family(config.preset_dict()))
+    except BaseException:
+        shutil.rmtree(datasets_root() / run_id, ignore_errors=True)
+        shutil.rmtree(datasets_root() / f"{run_id}-uploads", ignore_errors=True)
+        raise
     run = RunDir(out).create()
     atomic_write_json(run.config_path, config.to_dict())
     run.update_status(state="queued", created=time.time(), kind="train", run_id=run_id, preset=preset,

@@ -55,6 +55,10 @@ def prepare_run_dir(config: TrainConfig, resume: bool) -> RunDir:
     run = RunDir(config.output_dir)
     if not config.output_dir:
         raise ConfigError("output_dir is required: the folder the run writes into.")
+    if "\x00" in config.output_dir:
+        raise InputError("output_dir contains a NUL character; choose a plain folder name.")
+    if run.path.exists() and not run.path.is_dir():
+        raise InputError(f"output dir '{run.path}' is a file, not a folder; choose a new --output_dir.")
     existing = run.config_path.is_file()
     if existing and not resume and not _started(run):
         try:  # a launcher prepared this folder with this very config: start it
