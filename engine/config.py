@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 from pathlib import Path
 
 from .errors import ConfigError, InputError
 from .models import family
 from .presets import DEFAULT_PRESET, check_capable, load_preset, validate_preset
-from .settings import ATTENTION, LORA, RUN, STR, TRAINING, Setting
+from .settings import ATTENTION, LORA, RUN, STR, TRAINING, Setting, read_json_file
 
 # The attention backend is `attention_backend` in a training config, `backend` in a preset.
 _ATTENTION_FIELDS = {("attention_backend" if k == "backend" else k): s for k, s in ATTENTION.items()}
@@ -130,13 +129,7 @@ def read_config_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"config file '{path}': invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}.") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file '{path}' is not UTF-8 text (a binary file?); give a JSON training config.") \
-            from None
+    data = read_json_file(path, f"config file '{path}'")
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}': expected a JSON object of settings.")
     values = {_ALIASES.get(k, k): v for k, v in data.items()}

@@ -7,14 +7,13 @@ returns a validated, fully-defaulted `dict`, and errors name the file, the field
 from __future__ import annotations
 
 import copy
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, InputError
 from .models import DEFAULT_FAMILY, family_named, family_names
-from .settings import DICT, PRESET_SECTIONS, STR, Setting, check_section
+from .settings import DICT, PRESET_SECTIONS, STR, Setting, check_section, read_json_file
 
 PRESETS_DIR = Path(os.environ.get("RADIAL_STUDIO_PRESETS", Path(__file__).resolve().parent.parent / "presets"))
 DEFAULT_PRESET = "tiny-wan"
@@ -113,12 +112,7 @@ def load_preset(name_or_path: str, presets_dir: Path | None = None) -> dict:
     if not path.is_file():
         available = ", ".join(list_presets(presets_dir)) or "none"
         raise ConfigError(f"preset '{name_or_path}' not found (looked for {path}). Available presets: {available}.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"preset file {path.name}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}.") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"preset file {path.name} is not UTF-8 text; save it as UTF-8 JSON.") from None
+    data = read_json_file(path, f"preset file {path.name}")
     return validate_preset(data, origin=f"preset file {path.name}")
 
 

@@ -13,6 +13,7 @@ count, frame rules of a model family) are made where the preset is known (`engin
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -234,3 +235,13 @@ def check_section(group: dict[str, Setting], values: dict, origin: str, section:
                           f"known fields in '{section}': {sorted(group)}.")
     return {name: s.check(copy.deepcopy(values.get(name, s.default)), f"{origin}: field '{section}.{name}'")
             for name, s in group.items()}
+
+
+def read_json_file(path, what: str) -> Any:
+    """The JSON in a UTF-8 file; ConfigError naming `what` (e.g. "preset file x.json") when it is not that."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{what}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} is not UTF-8 text (a binary file?); save it as UTF-8 JSON.") from None
