@@ -44,7 +44,9 @@ def launch_options() -> dict:
         outputs, runs = map(Path, api.served_paths())
         return runs, outputs
 
-    return {"allowed_paths": served_paths(), "app_kwargs": {"middleware": [Middleware(ServedFiles, roots=roots)]}}
+    # Gradio refuses bigger uploads before writing them; the engine checks the same bound (engine.uploads).
+    return {"allowed_paths": served_paths(), "app_kwargs": {"middleware": [Middleware(ServedFiles, roots=roots)]},
+            "max_file_size": f"{api.max_upload_mb()}mb"}
 
 
 def _pump_forever(interval: float = 2.0) -> None:

@@ -28,6 +28,7 @@ from .launch.tta import APP_SWEEP, start_tta, start_tta_sweep, stop_tta, tta_sta
 from .paths import outputs_dir
 from .presets import DEFAULT_PRESET, check_capable, list_presets, load_preset, presets_for  # noqa: F401
 from .settings import ATTENTION, TTA, TTA_RUN  # noqa: F401
+from .uploads import max_upload_mb  # noqa: F401
 from .spaces_support import (  # noqa: F401
     generation_seconds,
     gpu_task,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,21 +70,31 @@ def write_lossless(frames, path: str | os.PathLike, fps: float = 16) -> Path:
                    output_params=["-qp", "0", "-preset", "veryfast"])
 
 
-def frame_stream(path: Path):
-    """(fps, frame iterator, close) for a video, decoded by imageio-ffmpeg.
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video's header says, read without decoding a frame into this process."""
 
-    Not moviepy: its reader derives the frame count from the duration ffmpeg prints with two
-    decimals, so e.g. 65 frames at 16 fps read back as 64. ffmpeg applies rotation metadata
-    and the reported size is the rotated one. Raises InputError (with `.detail`) for
-    unreadable files.
-    """
+    height: int
+    width: int
+    fps: float
+    duration: float | None  # seconds; None where the container does not say
+
+    @property
+    def frames_estimate(self) -> int | None:
+        """duration x fps, rounded: headers are often a frame off (or absent), so only a hint."""
+        if self.duration and self.fps > 0:
+            return int(round(self.duration * self.fps))
+        return None
+
+
+def _open(path: Path, name: str | None = None):
+    """(header meta, frame reader) from imageio-ffmpeg; InputError (with `.detail`) naming the file (or `name`)."""
     import imageio_ffmpeg
 
     reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
     try:
         meta = next(reader)
-        fps = float(meta.get("fps") or 0)
-        width, height = meta["size"]
+        meta["size"][1]
     except Exception as err:  # header parsing fails in many ways for broken files
         reader.close()
         text = str(err)
@@ -91,9 +103,36 @@ def frame_stream(path: Path):
             detail = "no video stream: the file holds only audio (or other data)"
         else:
             detail = f"{type(err).__name__}{': ' + lines[-1][:120] if lines else ''}"
-        problem = InputError(f"video file '{path}' could not be decoded ({detail}); is it a valid video?")
+        problem = InputError(f"video file '{name or path}' could not be decoded ({detail}); is it a valid video?")
         problem.detail = detail
         raise problem from None
+    return meta, reader
+
+
+def probe_video(path: str | os.PathLike, name: str | None = None) -> VideoInfo:
+    """The header of a video (size, frame rate, duration): ffmpeg reads the container, no frame is decoded here.
+
+    What the app checks in a request; decoding happens in the job. Errors name `name` (default: the path).
+    """
+    meta, reader = _open(Path(path), name)
+    reader.close()
+    width, height = meta["size"]
+    duration = meta.get("duration")
+    return VideoInfo(int(height), int(width), float(meta.get("fps") or 0),
+                     float(duration) if isinstance(duration, (int, float)) and duration > 0 else None)
+
+
+def frame_stream(path: Path):
+    """(fps, frame iterator, close) for a video, decoded by imageio-ffmpeg.
+
+    Not moviepy: its reader derives the frame count from the duration ffmpeg prints with two
+    decimals, so e.g. 65 frames at 16 fps read back as 64. ffmpeg applies rotation metadata
+    and the reported size is the rotated one. Raises InputError (with `.detail`) for
+    unreadable files.
+    """
+    meta, reader = _open(Path(path))
+    fps = float(meta.get("fps") or 0)
+    width, height = meta["size"]
 
     def frames():
         for raw in reader:
@@ -102,18 +141,45 @@ def frame_stream(path: Path):
     return fps, frames(), reader.close
 
 
-def read_mp4(path: str | os.PathLike, max_frames: int | None = None) -> tuple[np.ndarray, float]:
-    """Decode every frame (or the first `max_frames`) -> (uint8 [F, H, W, 3], fps). InputError if unreadable."""
+def resize_center_crop(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Scale uint8 [F, H, W, 3] to cover height x width (aspect kept, antialiased), then crop the centre."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = frames.shape[1:3]
+    if (h, w) == (height, width):
+        return frames
+    scale = max(height / h, width / w)
+    new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
+    x = torch.from_numpy(frames if frames.flags.writeable else frames.copy()).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+    top, left = (new_h - height) // 2, (new_w - width) // 2
+    x = x[:, :, top:top + height, left:left + width]
+    return x.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def read_mp4(path: str | os.PathLike, max_frames: int | None = None,
+             size: Callable[[int, int], tuple[int, int]] | None = None) -> tuple[np.ndarray, float]:
+    """Decode every frame (or the first `max_frames`) -> (uint8 [F, H, W, 3], fps). InputError if unreadable.
+
+    `size(height, width) -> (h, w)`: resize + centre-crop each frame as it arrives, so memory holds one
+    source frame, not the whole source clip (a 4K upload stays small).
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"video file '{path}' does not exist.")
     fps, stream, close = frame_stream(path)
-    out = []
+    out, target = [], None
     try:
         for frame in stream:
+            if size is not None:
+                target = target or size(*frame.shape[:2])
+                frame = resize_center_crop(frame[None], *target)[0]
             out.append(frame)
             if max_frames is not None and len(out) >= max_frames:
                 break
+    except InputError:
+        raise
     except Exception as err:
         raise InputError(f"video file '{path}' is corrupt: decoding failed after {len(out)} frames "
                          f"({type(err).__name__}).") from None

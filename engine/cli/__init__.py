@@ -94,7 +94,7 @@ def cmd_train(args) -> int:
         bar.refresh()
 
     try:
-        status = train(config, resume=args.resume, progress=progress)
+        status = train(config, resume=args.resume, progress=progress, prepare_from=args.prepare_from)
     finally:
         bar.close()
     if status:
@@ -153,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data_dir", help="dataset folder (metadata.json + videos/)")
     t.add_argument("--output_dir", help="run folder: config, status, events, checkpoints, LoRA")
     t.add_argument("--config", help="JSON training config (the original format is accepted)")
+    t.add_argument("--prepare_from", metavar="DIR", help="a folder of captioned clips to convert into the config's "
+                   "data_dir first, in this process (what the app does with uploads); skipped once data_dir holds a dataset")
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output_dir")
     t.add_argument("--quiet", action="store_true")
     _add_train_flags(t)

@@ -41,6 +41,7 @@ from ..presets import DEFAULT_PRESET
 from ..safe_paths import check_inside, is_inside
 from ..validation import nearest_valid_frame_counts
 from ..video import frame_stream as _frame_stream
+from ..video import resize_center_crop
 from ..video import read_mp4 as read_clip  # noqa: F401  (the clip reader of the training code: latent_cache, tests)
 from ..video import write_mp4
 from .clip_probe import ProbeCache
@@ -258,23 +259,6 @@ def tta_size(height: int, width: int, short_side: int, multiple: int) -> tuple[i
     return (short_side, long_px) if height <= width else (long_px, short_side)
 
 
-def _resize_center_crop(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Scale uint8 [F, H, W, 3] to cover height x width (aspect kept, antialiased), then crop the centre."""
-    import torch
-    import torch.nn.functional as F
-
-    h, w = frames.shape[1:3]
-    if (h, w) == (height, width):
-        return frames
-    scale = max(height / h, width / w)
-    new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
-    top, left = (new_h - height) // 2, (new_w - width) // 2
-    x = x[:, :, top:top + height, left:left + width]
-    return x.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
 def _source_indices(count: int, source_fps: float, target_fps: float) -> list[int]:
     """Which source frames show times 0, 1/target, 2/target, ... (the latest frame at or before each time)."""
     step = source_fps / target_fps
@@ -379,7 +363,7 @@ def convert_dataset(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
             if task == "tta" and min(h, w) < preset["tta"]["short_side"]:
                 raise _Skip(f"too small resolution: {w}x{h} (width x height); the short side needs at least "
                             f"{preset['tta']['short_side']} (preset field tta.short_side)")
-            clip = _resize_center_crop(clip, height, width)
+            clip = resize_center_crop(clip, height, width)
             video_id = _safe_id(path.stem, taken)
             write_mp4(clip, out / VIDEOS_DIR / f"{video_id}.mp4", fps=out_fps)
             entries.append({

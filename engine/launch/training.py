@@ -54,47 +54,82 @@ def run_dir(run_id: str) -> Path:
     return runs_root() / run_id
 
 
-def prepare_dataset(source: str, target: Path, *, preset: str, uploads: list | None = None, folder: str | None = None,
-                    num_samples: int = 4, seed: int = 0) -> Path:
-    """Make `target` a dataset (metadata.json + videos/) from the chosen source."""
+def stage_uploads(uploads: list | None, staging: Path, config) -> Path:
+    """Check uploads from their sizes and headers only, and copy them to `staging` for the job to convert.
+
+    Nothing is decoded here (the job converts them: engine.workers.trainer.convert_uploads); what
+    the headers already show (not a video, too big, too small, too short, too few usable clips) is
+    refused now, naming the file.
+    """
+    from ..uploads import check_source_size, check_upload_size
+    from ..video import probe_video
+
+    files = [Path(getattr(f, "name", f)) for f in (uploads or [])]
+    if not any(f.suffix.lower() in VIDEO_SUFFIXES for f in files):
+        raise InputError("no video among the uploaded files; upload videos with same-name .txt captions.")
+    fps = config.preset_dict()["generation"]["fps"]
+    seconds = (config.extended_num_frames - 1) / fps  # the time of the last frame a clip must show
+    usable, problems = 0, []
+    for f in files:
+        if not f.is_file():
+            raise InputError(f"uploaded file '{f.name}' is missing; upload it again.")
+        if f.suffix.lower() not in VIDEO_SUFFIXES + (".txt",):
+            raise InputError(f"uploaded file '{f.name}' is neither a video ({', '.join(VIDEO_SUFFIXES)}) nor a .txt caption.")
+        check_upload_size(f)
+        if f.suffix.lower() == ".txt":
+            continue
+        try:
+            info = probe_video(f, f.name)
+        except InputError as err:
+            problems.append(f"{f.name}: unreadable ({getattr(err, 'detail', err)})")
+            continue
+        check_source_size(f.name, info.height, info.width)
+        if info.height < config.height or info.width < config.width:
+            problems.append(f"{f.name}: {info.width}x{info.height}, smaller than {config.width}x{config.height}")
+        elif info.duration is not None and info.duration + 1 / max(info.fps, 1) < seconds:  # a frame of header slack
+            problems.append(f"{f.name}: {info.duration:.2f} s, too short for {config.extended_num_frames} frames "
+                            f"at {fps:g} fps")
+        else:
+            usable += 1
+    why = f" ({'; '.join(problems[:5])})" if problems else ""
+    if not usable:
+        raise InputError(f"no usable clip among the uploads{why}.")
+    if usable <= config.num_validation_clips:
+        raise InputError(f"{usable} usable clip(s) among the uploads{why}; need more than num_validation_clips="
+                         f"{config.num_validation_clips} (held out for validation). Upload more clips.")
+    staging.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
+    for f in files:
+        shutil.copyfile(f, staging / sanitize_filename(f.name, taken))
+    return staging
+
+
+def prepare_dataset(source: str, target: Path, *, preset: str, folder: str | None = None, num_samples: int = 4,
+                    seed: int = 0) -> Path:
+    """Make `target` a dataset (metadata.json + videos/) from a synthetic or data-root source (uploads: stage_uploads)."""
     from ..data.dataset import convert_dataset, create_synthetic_dataset, load_dataset
 
-    if source not in DATA_SOURCES:
-        raise InputError(f"data source '{source}' is not one of {list(DATA_SOURCES)}.")
+    if source not in DATA_SOURCES or source == "upload":
+        raise InputError(f"data source '{source}' is not one of {[s for s in DATA_SOURCES if s != 'upload']}.")
     if source == "synthetic":
         if not 2 <= int(num_samples) <= 256:
             raise InputError(f"num_samples={num_samples}: choose 2 to 256 synthetic clips (one is held out).")
         return create_synthetic_dataset(target, int(num_samples), preset=preset, seed=seed)
-    if source == "upload":
-        files = [Path(getattr(f, "name", f)) for f in (uploads or [])]
-        if not any(f.suffix.lower() in VIDEO_SUFFIXES for f in files):
-            raise InputError("no video among the uploaded files; upload videos with same-name .txt captions.")
-        staging = target.with_name(target.name + "-uploads")
-        staging.mkdir(parents=True, exist_ok=True)
-        taken: set[str] = set()
-        for f in files:
-            if not f.is_file():
-                raise InputError(f"uploaded file '{f.name}' is missing; upload it again.")
-            if f.suffix.lower() not in VIDEO_SUFFIXES + (".txt",):
-                raise InputError(f"uploaded file '{f.name}' is neither a video ({', '.join(VIDEO_SUFFIXES)}) nor a .txt caption.")
-            shutil.copyfile(f, staging / sanitize_filename(f.name, taken))
-        report = convert_dataset(staging, target, preset=preset)
-    else:
-        root = data_root()
-        path = resolve_under(root, folder or "", "dataset folder")
-        if (path / "metadata.json").is_file():
-            load_dataset(path, within=root)  # validate (every file inside the data root); lists every problem
-            return path
-        report = convert_dataset(path, target, preset=preset, within=root)
+    root = data_root()
+    path = resolve_under(root, folder or "", "dataset folder")
+    if (path / "metadata.json").is_file():
+        load_dataset(path, within=root)  # validate (every file inside the data root); lists every problem
+        return path
+    report = convert_dataset(path, target, preset=preset, within=root)
     if not report.kept:
         reasons = "; ".join(f"{name}: {why}" for name, why in report.skipped[:5])
         raise InputError(f"no usable clip in the {source} data ({reasons}).")
     return target
 
 
-def _argv(run: RunDir) -> list[str]:
-    """The job reads the run's own config.json (the same file `train --config` takes)."""
-    return ["train", "--config", str(run.config_path), "--quiet"]
+def _argv(run: RunDir, staging: Path | None = None) -> list[str]:
+    """The job reads the run's own config.json (the same file `train --config` takes) and converts any uploads."""
+    return ["train", "--config", str(run.config_path), "--quiet"] + (["--prepare_from", str(staging)] if staging else [])
 
 
 def start_training(preset: str = DEFAULT_PRESET, data_source: str = "synthetic", *, uploads: list | None = None,
@@ -110,11 +145,18 @@ def start_training(preset: str = DEFAULT_PRESET, data_source: str = "synthetic",
     out = runs_root() / run_id
     # Validate the settings (once) before touching the disk; the data folder is filled in below.
     config = config_from_preset(preset, **{**settings, "data_dir": "-", "output_dir": str(out)})
+    if data_source not in DATA_SOURCES:
+        raise InputError(f"data source '{data_source}' is not one of {list(DATA_SOURCES)}.")
+    staging = None
     try:
-        config.data_dir = str(prepare_dataset(data_source, datasets_root() / run_id, preset=preset, uploads=uploads,
-                                              folder=folder, num_samples=num_samples, seed=config.seed))
-        # what the worker would find wrong with the data (too few clips, other sizes), said now
-        check_dataset(config, family(config.preset_dict()))
+        if data_source == "upload":  # checked from headers now, converted in the job
+            staging = stage_uploads(uploads, datasets_root() / f"{run_id}-uploads", config)
+            config.data_dir = str(datasets_root() / run_id)
+        else:
+            config.data_dir = str(prepare_dataset(data_source, datasets_root() / run_id, preset=preset, folder=folder,
+                                                  num_samples=num_samples, seed=config.seed))
+            # what the worker would find wrong with the data (too few clips, other sizes), said now
+            check_dataset(config, family(config.preset_dict()))
     except BaseException:
         shutil.rmtree(datasets_root() / run_id, ignore_errors=True)
         shutil.rmtree(datasets_root() / f"{run_id}-uploads", ignore_errors=True)
@@ -124,10 +166,11 @@ def start_training(preset: str = DEFAULT_PRESET, data_source: str = "synthetic",
     run.update_status(state="queued", created=time.time(), kind="train", run_id=run_id, preset=preset,
                       data_source=data_source, total_steps=config.max_steps)
     try:
-        submit_job(out, _argv(run))
+        submit_job(out, _argv(run, staging))
     except BaseException:  # a request that failed leaves no queued job (nor its data) behind
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(datasets_root() / run_id, ignore_errors=True)
+        shutil.rmtree(datasets_root() / f"{run_id}-uploads", ignore_errors=True)
         raise
     return training_status(run_id)
 
@@ -193,6 +236,7 @@ def training_status(run_id: str) -> dict:
         "loss": status.get("loss"),
         "best_val_loss": status.get("best_val_loss"),
         "error": status.get("error"),
+        "phase": status.get("phase"),
         "queue_position": queue_position(path),
         "train_events": run.read_events("train"),
         "validation_events": run.read_events("validation"),

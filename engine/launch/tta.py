@@ -13,9 +13,18 @@ import time
 from pathlib import Path
 
 from ..errors import InputError
-from ..jobs import RunDir, job_status, pump_queue_quietly, queue_position, runs_root, stop_job, submit_job
+from ..jobs import (
+    RunDir,
+    job_status,
+    pump_queue_quietly,
+    queue_position,
+    runs_root,
+    stop_job,
+    submit_job,
+)
 from ..presets import DEFAULT_PRESET, load_preset
 from ..safe_paths import data_root, resolve_under, sanitize_filename
+from ..uploads import check_upload_size
 from .training import new_run_id, run_dir
 
 
@@ -47,6 +56,7 @@ def _uploaded(video) -> Path:
         raise InputError(f"uploaded video '{src.name}' is missing; upload it again.")
     if src.suffix.lower() not in VIDEO_SUFFIXES:
         raise InputError(f"'{src.name}' is not a video file ({', '.join(VIDEO_SUFFIXES)}); upload a clip.")
+    check_upload_size(src)
     return src
 
 
@@ -71,7 +81,12 @@ def start_tta(video=None, *, preset: str = DEFAULT_PRESET, rank: int | None = No
     here and now instead (ZeroGPU lends a GPU only to the request).
     """
     from ..models import family
-    from ..workers.tta import check_settings, frames_of, load_clip, resolve_preset
+    from ..workers.tta import (
+        check_clip_header,
+        check_settings,
+        frames_of,
+        resolve_preset,
+    )
 
     preset_dict, _ = resolve_preset(preset)  # refuses presets that cannot continue a clip
     tta = preset_dict["tta"]
@@ -82,9 +97,10 @@ def start_tta(video=None, *, preset: str = DEFAULT_PRESET, rank: int | None = No
     check_settings(rank=rank, alpha=None, lr=lr, steps=steps, objective=objective, seed=seed, cond_frames=cond_frames,
                    total_frames=total_frames, fam=family(preset_dict))
     run_id = new_run_id()
-    # Checked where the upload lies (length, size, readability): a rejected file is never copied into the runs.
+    # Checked where the upload lies, from its header (readable, size, length): a rejected file is never copied into
+    # the runs, and no frame is decoded in the app's process (the job decodes it).
     path = sample_clip(preset, seed=0) if video in (None, "") else _uploaded(video)
-    load_clip(path, preset_dict, cond_frames=cond_frames, total_frames=total_frames, prompt=prompt)
+    check_clip_header(path, preset_dict, cond_frames=cond_frames, total_frames=total_frames)
     if video not in (None, ""):
         path = _stage_upload(path, run_id)
     out = runs_root() / run_id

@@ -305,11 +305,48 @@ def _save_lora_atomically(transformer, target: Path, fam):
     return saved
 
 
-def train(config: TrainConfig, resume: bool = False, progress: ProgressFn | None = None) -> dict:
-    """Run (or resume) a length-extension training run. Returns the final status."""
+def convert_uploads(config: TrainConfig, staging: str | os.PathLike, preset: dict) -> None:
+    """Turn the app's staged uploads into the run's dataset (config.data_dir), here in the job, then drop them.
+
+    The app only checked the files' sizes and headers: decoding (and the exact frame counts) happens
+    here, so a huge or broken upload costs the job, never the app. Done once: a resume finds the dataset.
+    """
+    from ..data.dataset import METADATA_FILE, convert_dataset
+
+    target = Path(config.data_dir)
+    if (target / METADATA_FILE).is_file():
+        return
+    staging = Path(staging)
+    if not staging.is_dir():
+        raise InputError("the uploaded clips of this run are gone (they are kept only until they are converted); "
+                         "start a new run and upload them again.")
+    report = convert_dataset(staging, target, preset=preset, overwrite=True)
+    if not report.kept:
+        reasons = "; ".join(f"{name}: {why}" for name, why in report.skipped[:5])
+        raise InputError(f"no usable clip among the uploads ({reasons}).")
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def train(config: TrainConfig, resume: bool = False, progress: ProgressFn | None = None,
+          prepare_from: str | os.PathLike | None = None) -> dict:
+    """Run (or resume) a length-extension training run. Returns the final status.
+
+    `prepare_from`: staged uploads (the app's) to convert into config.data_dir first; what is wrong
+    with them (or the dataset made of them) goes into the run's status as its error.
+    """
     preset = config.preset_dict()
     config.validate(preset)
-    entries = check_dataset(config, family(preset))
+    if prepare_from is None:
+        entries = check_dataset(config, family(preset))
+    else:
+        try:
+            RunDir(config.output_dir).update_status(phase="converting the uploaded clips")
+            convert_uploads(config, prepare_from, preset)
+            entries = check_dataset(config, family(preset))
+        except InputError as err:
+            RunDir(config.output_dir).update_status(state="failed", error=str(err), phase=None)
+            raise
+        RunDir(config.output_dir).update_status(phase=None)
     run = prepare_run_dir(config, resume)
     clean_leftovers(run)  # a worker that died mid-write (a full disk, a kill) left temporary files
     try:

@@ -174,26 +174,51 @@ def target_size(src_h: int, src_w: int, preset: dict, height: int | None, width:
     return tta_size(src_h, src_w, short_side, fam.size_multiple)
 
 
+def _too_short(path: Path, found: int, cond_frames: int, total_frames: int, how: str = "") -> InputError:
+    return InputError(f"video '{path.name}' has {found} frames{how}; test-time adaptation needs at least {total_frames} "
+                      f"({cond_frames} conditioning frames + {total_frames - cond_frames} to predict).")
+
+
+def check_clip_header(path: str | os.PathLike, preset: dict, *, cond_frames: int, total_frames: int,
+                      height: int | None = None, width: int | None = None) -> None:
+    """What a request can tell from the header alone (readable, size bound, big enough, about long enough).
+
+    No frame is decoded here: the job decodes (and counts exactly) in its own process. The header's
+    frame count (duration x fps) is often a frame off, so only a clip two or more frames short is refused now.
+    """
+    from ..uploads import check_source_size
+    from ..video import probe_video
+
+    path = Path(path)
+    info = probe_video(path, path.name)
+    check_source_size(path.name, info.height, info.width)
+    target_size(info.height, info.width, preset, height, width)
+    estimate = info.frames_estimate
+    if estimate is not None and estimate + 1 < total_frames:
+        raise _too_short(path, estimate, cond_frames, total_frames, " (by its header)")
+
+
 def load_clip(path: str | os.PathLike, preset: dict, *, cond_frames: int, total_frames: int, height: int | None = None,
               width: int | None = None, prompt: str | None = None, video_id: str | None = None) -> Clip:
-    """Read the first `total_frames` frames and resize/centre-crop them. InputError for unusable clips."""
-    from ..data.dataset import _resize_center_crop
+    """Read the first `total_frames` frames, resized/centre-cropped as they arrive. InputError for unusable clips."""
+    from ..uploads import check_source_size
     from ..video import read_mp4
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"video file '{path.name}' does not exist.")
-    frames, fps = read_mp4(path, max_frames=total_frames)
+    source: list[tuple[int, int]] = []
+
+    def size(src_h: int, src_w: int) -> tuple[int, int]:
+        check_source_size(path.name, src_h, src_w)
+        source.append((src_h, src_w))
+        return target_size(src_h, src_w, preset, height, width)
+
+    frames, fps = read_mp4(path, max_frames=total_frames, size=size)
     if len(frames) < total_frames:
-        raise InputError(
-            f"video '{path.name}' has {len(frames)} frames; test-time adaptation needs at least {total_frames} "
-            f"({cond_frames} conditioning frames + {total_frames - cond_frames} to predict)."
-        )
-    src_h, src_w = frames.shape[1:3]
-    h, w = target_size(src_h, src_w, preset, height, width)
-    frames = _resize_center_crop(frames, h, w)
+        raise _too_short(path, len(frames), cond_frames, total_frames)
     return Clip(video_id=video_id or path.stem, path=path, prompt=find_prompt(path) if prompt is None else prompt,
-                frames=frames, fps=float(fps or preset["generation"]["fps"]), source_size=(src_h, src_w))
+                frames=frames, fps=float(fps or preset["generation"]["fps"]), source_size=source[0])
 
 
 def to_pixels(frames: np.ndarray) -> torch.Tensor:

@@ -44,7 +44,7 @@ def test_tta_run_on_the_sample_clip_gives_video_and_metrics(client):
 def test_tta_bad_inputs_are_clear(client, tmp_path):
     short = tmp_path / "short.mp4"
     write_mp4(np.random.default_rng(0).integers(0, 255, (20, 64, 64, 3), dtype=np.uint8), short, fps=8)
-    with pytest.raises(Exception, match=r"has 20 frames; test-time adaptation needs at least 65"):
+    with pytest.raises(Exception, match=r"has 20 frames \(by its header\); test-time adaptation needs at least 65"):
         client.predict(handle_file(str(short)), api_name="/tta_run")
     with pytest.raises(Exception, match="rank"):
         client.predict(None, "tiny-wan", 0, api_name="/tta_run")
