@@ -200,3 +200,17 @@ def test_frames_are_resized_as_they_arrive_so_memory_holds_one_source_frame(tmp_
     tracemalloc.stop()
     assert np.array_equal(streamed, resize_center_crop(whole, 96, 128))
     assert peak < whole.nbytes / 4, (peak, whole.nbytes)  # the whole source clip is 56 MB; far less was held
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("lora_rank", 100000, r"'lora_rank'=100000 is out of range: it must be a whole number >= 1 and <= 4096"),
+    ("lora_rank", 2048, r"lora_rank.*above the model width \(64\)"),
+    ("height", 100000, r"'height'=100000 is out of range: .* <= 4096"),
+    ("extended_num_frames", 100001, r"'extended_num_frames'=100001 is out of range: .* <= 2001"),
+])
+def test_rank_frames_and_sizes_are_bounded_before_anything_runs(runs, field, value, message):
+    from engine.launch.training import start_training
+
+    with pytest.raises((ConfigError, InputError), match=message):
+        start_training("tiny-wan", "synthetic", settings={field: value})
+    assert _nothing_queued(runs)
