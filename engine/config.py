@@ -1,6 +1,6 @@
 """The length-extension training config: preset defaults + a JSON config + overrides, checked once.
 
-`TrainConfig` has one field per setting of engine.settings (LORA, ATTENTION, TRAINING, RUN) plus
+`TrainConfig` has one field per setting of engine.settings (LORA, ATTENTION, TRAINING, RUN, MEMORY) plus
 where the run reads and writes; defaults and checks come from there. Field names follow the
 seed configuration (`lora_rank`, `base_num_frames`, `pattern`, ...), and the original JSON
 config format (`--config`) is accepted as is: its `model_id` selects the weights (Hub id or
@@ -22,7 +22,7 @@ from pathlib import Path
 from .errors import ConfigError, InputError
 from .models import family
 from .presets import DEFAULT_PRESET, check_capable, load_preset, validate_preset
-from .settings import ATTENTION, LORA, RUN, STR, TRAINING, Setting, read_json_file
+from .settings import ATTENTION, LORA, MEMORY, RUN, STR, TRAINING, Setting, read_json_file
 
 # The attention backend is `attention_backend` in a training config, `backend` in a preset.
 _ATTENTION_FIELDS = {("attention_backend" if k == "backend" else k): s for k, s in ATTENTION.items()}
@@ -32,11 +32,11 @@ WHERE = {
     "data_dir": Setting(STR, "", "dataset folder (metadata.json + videos/)"),
     "output_dir": Setting(STR, "", "the run folder"),
 }
-FIELDS: dict[str, Setting] = {**WHERE, **LORA, **_ATTENTION_FIELDS, **TRAINING, **RUN}
+FIELDS: dict[str, Setting] = {**WHERE, **LORA, **_ATTENTION_FIELDS, **TRAINING, **RUN, **MEMORY}
 # Fields that may differ between a run and its resume.
 RESUMABLE_CHANGES = ("output_dir", "max_steps", "num_epochs", "validation_steps", "sample_steps",
                      "checkpointing_steps", "checkpoints_total_limit", "attention_backend", "learning_rate",
-                     "max_grad_norm", "use_sage_attention", "use_model_offload")
+                     "max_grad_norm", "use_sage_attention", "use_model_offload", *MEMORY)
 
 
 class TrainConfigMethods:
@@ -85,6 +85,9 @@ class TrainConfigMethods:
         if width is not None and self.lora_rank > width:
             raise ConfigError(f"training config field 'lora_rank'={self.lora_rank}: above the model width ({width}); "
                               f"choose 1 to {width} (typically 8 to 128).")
+        if self.offload_activations and not self.use_gradient_checkpointing:
+            raise ConfigError("training config field 'offload_activations'=true needs use_gradient_checkpointing=true "
+                              "(it offloads what checkpointing saves); turn checkpointing on or offloading off.")
         layers = fam.num_layers(preset)
         if layers is not None and self.dense_layers > layers:
             raise ConfigError(f"training config field 'dense_layers'={self.dense_layers}: the model has {layers} "

@@ -195,6 +195,17 @@ RUN = {
     "use_sage_attention": Setting(BOOL, False, "SageAttention in dense layers when installed"),
 }
 
+# Memory options of a training run (engine.memory); any of them may change on resume.
+MEMORY = {
+    "fp8_base": Setting(BOOL, False, "store the frozen base weights in float8 (e4m3) and compute in bf16: 1 byte "
+                        "per base weight instead of 2 (LoRA weights stay fp32)"),
+    "offload_activations": Setting(BOOL, False, "keep the block inputs that gradient checkpointing saves in pinned "
+                                   "host memory, copied on a side stream (needs use_gradient_checkpointing)"),
+    "gpu_memory_gb": Setting(FLOAT, None, "fit the step in this much GPU memory: the memory plan turns on the "
+                             "options it needs (python -m engine plan); null: use the options as given",
+                             lo=0, lo_open=True, hi=10_000, optional=True),
+}
+
 TTA_OBJECTIVES = ("diffusion", "continuation")
 TTA_SAMPLERS = ("scheduler", "euler")
 # Preset `tta` section: test-time adaptation defaults (the CLI, the app and the API take them).

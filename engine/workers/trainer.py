@@ -327,6 +327,23 @@ def convert_uploads(config: TrainConfig, staging: str | os.PathLike, preset: dic
     shutil.rmtree(staging, ignore_errors=True)
 
 
+def apply_memory_options(transformer, config: TrainConfig, use_cuda: bool):
+    """Gradient checkpointing (its saved inputs in host memory with offload_activations) and fp8 base weights.
+
+    After the LoRA is added: fp8 storage leaves the adapters alone only when they exist already.
+    """
+    from ..memory.fp8 import store_base_in_fp8
+    from ..memory.offload import enable_activation_offload
+
+    if config.fp8_base:
+        store_base_in_fp8(transformer, torch.bfloat16 if (use_cuda and config.use_mixed_precision) else torch.float32)
+    if config.use_gradient_checkpointing and config.offload_activations:
+        return enable_activation_offload(transformer)
+    if config.use_gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    return None
+
+
 def train(config: TrainConfig, resume: bool = False, progress: ProgressFn | None = None,
           prepare_from: str | os.PathLike | None = None) -> dict:
     """Run (or resume) a length-extension training run. Returns the final status.
@@ -393,8 +410,7 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume
     if config.use_mixed_precision and use_cuda:
         for p in params:  # trainable weights in fp32; the frozen base stays in bf16
             p.data = p.data.float()
-    if config.use_gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
+    apply_memory_options(transformer, config, use_cuda)
     settings = AttentionSettings(pattern=config.pattern, dense_layers=config.dense_layers,
                                  dense_timesteps=config.dense_timesteps, decay_factor=config.decay_factor,
                                  block_size=config.block_size, backend=config.attention_backend,
