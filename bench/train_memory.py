@@ -1,0 +1,190 @@
+"""Peak GPU memory and step time of one length-extension training step, per memory option (GPU).
+
+Random weights at the official Wan2.1 configs (no download), bf16 base, rank-64 LoRA in fp32 on the
+preset's target modules, AdamW, bf16 autocast, gradient checkpointing, radial attention on the
+Triton kernel, the project's own `length_extension_losses` (base pass dense, then the extended
+pass, each with its backward), then the optimizer step: what `train` does per micro-step.
+Memory is `torch.cuda.max_memory_allocated` over the step.
+
+Two parts:
+  fit   the 14B and 1.3B widths with 1 and 2 blocks at each token count: per-block kept memory and
+        the one-block recompute peak, per option (the numbers the memory plan is fitted to);
+  full  whole models at the recipes' sizes, per option (what the plan is checked against).
+Options: none, offload (offload_activations), fp8 (fp8_base), fp8+offload. A run that does not
+fit is recorded as OOM. Results go to $OUT/train_memory.json after every run; a table is printed last.
+
+    python3 bench/train_memory.py --out $OUT --full "14b:none@121,14b:fp8+offload@121,14b:fp8+offload@161"
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.memory.architectures import OFFICIAL  # noqa: E402
+
+PRESET = {"1.3b": "wan2.1-t2v-1.3b", "14b": "wan2.1-t2v-14b"}
+DIMS = {"1.3b": OFFICIAL["Wan-AI/Wan2.1-T2V-1.3B-Diffusers"], "14b": OFFICIAL["Wan-AI/Wan2.1-T2V-14B-Diffusers"]}
+SIZE = {"1.3b": (480, 832), "14b": (768, 1280)}
+OPTIONS = ("none", "offload", "fp8", "fp8+offload")  # fp8 last: it cannot be undone on a model
+
+
+def gib(n: float) -> float:
+    return n / 2**30
+
+
+class Bench:
+    def __init__(self, out: Path):
+        from engine.config import config_from_preset
+        from engine.models import family_named
+
+        self.out = out
+        self.fam = family_named("wan")
+        self.config_from_preset = config_from_preset
+        self.rows: list[dict] = []
+
+    def save(self):
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "train_memory.json").write_text(json.dumps({"device": torch.cuda.get_device_name(),
+                                                                "rows": self.rows}, indent=2))
+
+    def build(self, size: str, layers: int):
+        from diffusers import WanTransformer3DModel
+
+        from engine.attention.processor import tag_family
+        from engine.lora import add_lora
+
+        torch.manual_seed(0)
+        with torch.device("cuda"):
+            model = WanTransformer3DModel(**{**DIMS[size], "num_layers": layers}).to(torch.bfloat16)
+        tag_family(model, self.fam)
+        config = self.config_from_preset(PRESET[size], data_dir="-", output_dir="-")
+        params = add_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.target_modules, seed=0)
+        for p in params:
+            p.data = p.data.float()
+        return model.train(), params, config
+
+    def step(self, model, params, config, options: str, base: int, extended: int, size: str) -> dict:
+        from engine.attention.processor import install_radial_attention
+        from engine.attention.schedule import AttentionSettings
+        from engine.memory.fp8 import store_base_in_fp8
+        from engine.memory.offload import enable_activation_offload
+        from engine.models import TextEmbeds
+        from engine.workers.trainer import length_extension_losses
+
+        if "fp8" in options and not getattr(model, "_bench_fp8", False):
+            store_base_in_fp8(model, torch.bfloat16)
+            model._bench_fp8 = True
+        offload = enable_activation_offload(model) if "offload" in options else None
+        if offload is None:
+            model.enable_gradient_checkpointing()
+        # The fit's 1-2 block models are all radial (that also warms the kernel at each shape); whole models keep
+        # the recipe's dense layers.
+        full = len(model.blocks) == DIMS[size]["num_layers"]
+        settings = AttentionSettings(pattern=config.pattern, dense_layers=config.dense_layers if full else 0,
+                                     dense_timesteps=config.dense_timesteps, decay_factor=config.decay_factor,
+                                     block_size=config.block_size, backend="triton")
+        schedule = install_radial_attention(model, settings, self.fam)
+        schedule.training = True
+        h, w = SIZE[size]
+        lf_base, lf_ext = self.fam.latent_frames(base), self.fam.latent_frames(extended)
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        latents = torch.randn(1, 16, lf_ext, h // 8, w // 8, device="cuda", dtype=torch.bfloat16, generator=gen)
+        noise = torch.randn(latents.shape, device="cuda", dtype=torch.bfloat16, generator=gen)
+        embeds = TextEmbeds(torch.randn(1, 512, 4096, device="cuda", dtype=torch.bfloat16, generator=gen))
+        sigmas = torch.tensor([0.7])
+        optimizer = torch.optim.AdamW(params, lr=1e-5)
+        cfg = self.config_from_preset(PRESET[size], data_dir="-", output_dir="-", base_num_frames=base,
+                                      extended_num_frames=extended)
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start_alloc = torch.cuda.memory_allocated()
+        row = {"size": size, "layers": len(model.blocks), "options": options, "base": base, "extended": extended,
+               "tokens_extended": lf_ext * (h // 16) * (w // 16), "tokens_base": lf_base * (h // 16) * (w // 16),
+               "static_gib": gib(start_alloc)}
+        t0 = time.perf_counter()
+        try:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                losses = length_extension_losses(self.fam, model, schedule, latents, embeds, noise, sigmas, lf_base,
+                                                 cfg, backward=lambda loss, sync: loss.backward())
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+            row.update(seconds=time.perf_counter() - t0, peak_gib=gib(torch.cuda.max_memory_allocated()),
+                       loss=float(losses["loss"]), finite=bool(torch.isfinite(losses["loss"])))
+            if offload is not None:
+                row.update(host_gib=gib(offload.pool.peak_bytes), offloaded_gib=gib(offload.offloaded_bytes))
+        except torch.OutOfMemoryError:
+            row.update(oom=True, peak_gib=gib(torch.cuda.max_memory_allocated()))
+        finally:
+            del optimizer
+            if offload is not None:
+                offload.pool.clear()
+            model.zero_grad(set_to_none=True)
+            gc.collect()
+            torch.cuda.empty_cache()
+        # Adam's state is part of the step's peak but is dropped with the optimizer above.
+        self.rows.append(row)
+        self.save()
+        print(json.dumps(row), flush=True)
+        return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=".")
+    parser.add_argument("--fit", default="14b:121,14b:161,1.3b:161", help="size:extended frames for the block fit")
+    parser.add_argument("--full", default="14b:none@121,14b:fp8+offload@121,14b:fp8+offload@161",
+                        help="size:options@extended frames, whole models")
+    parser.add_argument("--base", type=int, default=69)
+    args = parser.parse_args()
+    bench = Bench(Path(args.out))
+    print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}", flush=True)
+
+    for item in filter(None, args.fit.split(",")):  # also warms the kernels at every shape used below
+        size, extended = item.split(":")
+        for layers in (1, 2):
+            model, params, config = bench.build(size, layers)
+            for options in OPTIONS:
+                bench.step(model, params, config, options, args.base, int(extended), size)
+            del model, params
+            gc.collect()
+            torch.cuda.empty_cache()
+
+    by_size: dict[str, list[tuple[str, int]]] = {}
+    for item in filter(None, args.full.split(",")):
+        size, rest = item.split(":")
+        options, extended = rest.split("@")
+        by_size.setdefault(size, []).append((options, int(extended)))
+    for size, runs in by_size.items():
+        t0 = time.perf_counter()
+        model, params, config = bench.build(size, DIMS[size]["num_layers"])
+        print(f"built {size} in {time.perf_counter() - t0:.0f} s", flush=True)
+        for options, extended in sorted(runs, key=lambda r: "fp8" in r[0]):
+            bench.step(model, params, config, options, args.base, extended, size)
+        del model, params
+        gc.collect()
+        torch.cuda.empty_cache()
+
+    print("\n| model | blocks | options | frames | tokens (extended) | peak GiB | step s | host GiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in bench.rows:
+        peak = "OOM" if r.get("oom") else f"{r['peak_gib']:.1f}"
+        secs = f"{r['seconds']:.1f}" if "seconds" in r else "-"
+        host = f"{r['host_gib']:.1f}" if "host_gib" in r else "-"
+        print(f"| {r['size']} | {r['layers']} | {r['options']} | {r['base']} -> {r['extended']} | "
+              f"{r['tokens_extended']} | {peak} | {secs} | {host} |")
+
+
+if __name__ == "__main__":
+    main()
