@@ -10,10 +10,11 @@ Two parts:
   fit   the 14B and 1.3B widths with 1 and 2 blocks at each token count: per-block kept memory and
         the one-block recompute peak, per option (the numbers the memory plan is fitted to);
   full  whole models at the recipes' sizes, per option (what the plan is checked against).
-Options: none, offload (offload_activations), fp8 (fp8_base), fp8+offload. A run that does not
+Options, joined by "+": offload (offload_activations), fp8 (fp8_base), chunkN (ffn_chunks=N); or none. A run that does not
 fit is recorded as OOM. Results go to $OUT/train_memory.json after every run; a table is printed last.
 
-    python3 bench/train_memory.py --out $OUT --full "14b:none@121,14b:fp8+offload@121,14b:fp8+offload@161"
+    python3 bench/train_memory.py --out $OUT --fit_layers 1 --fit_options none \\
+        --full "14b:none@121,14b:fp8+offload+chunk8@161,14b:fp8+offload+chunk8@121"
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from engine.memory.architectures import OFFICIAL  # noqa: E402
 PRESET = {"1.3b": "wan2.1-t2v-1.3b", "14b": "wan2.1-t2v-14b"}
 DIMS = {"1.3b": OFFICIAL["Wan-AI/Wan2.1-T2V-1.3B-Diffusers"], "14b": OFFICIAL["Wan-AI/Wan2.1-T2V-14B-Diffusers"]}
 SIZE = {"1.3b": (480, 832), "14b": (768, 1280)}
-OPTIONS = ("none", "offload", "fp8", "fp8+offload")  # fp8 last: it cannot be undone on a model
+OPTIONS = ("none", "offload", "chunk8", "fp8", "fp8+offload+chunk8")  # fp8 last: it cannot be undone on a model
 
 
 def gib(n: float) -> float:
@@ -75,15 +76,21 @@ class Bench:
     def step(self, model, params, config, options: str, base: int, extended: int, size: str) -> dict:
         from engine.attention.processor import install_radial_attention
         from engine.attention.schedule import AttentionSettings
+        from engine.memory.chunking import chunk_feed_forward
         from engine.memory.fp8 import store_base_in_fp8
         from engine.memory.offload import enable_activation_offload
         from engine.models import TextEmbeds
         from engine.workers.trainer import length_extension_losses
 
-        if "fp8" in options and not getattr(model, "_bench_fp8", False):
+        parts = options.split("+")
+        if "fp8" in parts and not getattr(model, "_bench_fp8", False):
             store_base_in_fp8(model, torch.bfloat16)
             model._bench_fp8 = True
-        offload = enable_activation_offload(model) if "offload" in options else None
+        elif "fp8" not in parts and getattr(model, "_bench_fp8", False):
+            raise ValueError(f"{options}: fp8 cannot be undone on this model; list fp8 runs last")
+        chunks = next((int(p[5:]) for p in parts if p.startswith("chunk")), 1)
+        chunk_feed_forward(model, chunks)
+        offload = enable_activation_offload(model) if "offload" in parts else None
         if offload is None:
             model.enable_gradient_checkpointing()
         # The fit's 1-2 block models are all radial (that also warms the kernel at each shape); whole models keep
@@ -104,6 +111,12 @@ class Bench:
         optimizer = torch.optim.AdamW(params, lr=1e-5)
         cfg = self.config_from_preset(PRESET[size], data_dir="-", output_dir="-", base_num_frames=base,
                                       extended_num_frames=extended)
+        reserve_s = None
+        if offload is not None:  # steady state: the slabs a first step allocates (timed separately)
+            t_reserve = time.perf_counter()
+            tokens = lf_ext * (h // 16) * (w // 16)
+            offload.pool.reserve(len(model.blocks), tokens * DIMS[size]["num_attention_heads"] * 128 * 2)
+            reserve_s = time.perf_counter() - t_reserve
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.synchronize()
@@ -111,7 +124,7 @@ class Bench:
         start_alloc = torch.cuda.memory_allocated()
         row = {"size": size, "layers": len(model.blocks), "options": options, "base": base, "extended": extended,
                "tokens_extended": lf_ext * (h // 16) * (w // 16), "tokens_base": lf_base * (h // 16) * (w // 16),
-               "static_gib": gib(start_alloc)}
+               "static_gib": gib(start_alloc), "reserve_seconds": reserve_s}
         t0 = time.perf_counter()
         try:
             with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -147,15 +160,17 @@ def main() -> None:
     parser.add_argument("--full", default="14b:none@121,14b:fp8+offload@121,14b:fp8+offload@161",
                         help="size:options@extended frames, whole models")
     parser.add_argument("--base", type=int, default=69)
+    parser.add_argument("--fit_layers", default="1,2")
+    parser.add_argument("--fit_options", default=",".join(OPTIONS))
     args = parser.parse_args()
     bench = Bench(Path(args.out))
     print(f"{torch.cuda.get_device_name()}; torch {torch.__version__}", flush=True)
 
     for item in filter(None, args.fit.split(",")):  # also warms the kernels at every shape used below
         size, extended = item.split(":")
-        for layers in (1, 2):
+        for layers in map(int, args.fit_layers.split(",")):
             model, params, config = bench.build(size, layers)
-            for options in OPTIONS:
+            for options in args.fit_options.split(","):
                 bench.step(model, params, config, options, args.base, int(extended), size)
             del model, params
             gc.collect()
@@ -170,7 +185,7 @@ def main() -> None:
         t0 = time.perf_counter()
         model, params, config = bench.build(size, DIMS[size]["num_layers"])
         print(f"built {size} in {time.perf_counter() - t0:.0f} s", flush=True)
-        for options, extended in sorted(runs, key=lambda r: "fp8" in r[0]):
+        for options, extended in runs:  # in the order given (fp8 runs last: fp8 cannot be undone)
             bench.step(model, params, config, options, args.base, extended, size)
         del model, params
         gc.collect()

@@ -2,19 +2,22 @@
 
 Gradient checkpointing keeps, per transformer block, only the block's inputs, but at long
 lengths those add up: Wan 14B at 1280x768 x 161 frames keeps 40 x 157,440 tokens x 5120 x 2 bytes
-= 60 GiB. Here each block runs under torch's reentrant checkpoint (which saves exactly its tensor
-inputs through `save_for_backward`), inside saved-tensor hooks that move every large saved tensor
-to a pinned host buffer on a side CUDA stream (overlapping the next block's compute) and bring it
-back when the block's backward recomputes it.
+= 60 GiB. torch's (non-reentrant) checkpoint saves a block's inputs as saved tensors before it
+runs the block under its own hooks, so saved-tensor hooks placed around each checkpoint call see
+exactly those inputs: every large one is copied to a pinned host buffer on a side CUDA stream
+(overlapping the next block's compute), and brought back when the block's backward recomputes it.
 
 Why our own hooks and not `torch.autograd.graph.save_on_cpu`: that copies synchronously on the
-compute stream and allocates from torch's caching host allocator, which rounds buffers up and
-keeps every size it has seen (the base and the extended pass want different sizes), so host
-memory grows far past what is in use. `PinnedPool` reuses page-locked slabs by size and gives
-back the smaller ones when bigger tensors arrive.
+compute stream and allocates from torch's caching host allocator, which rounds every buffer up to
+a power of two and never gives memory back (the base and the extended pass want different sizes),
+so host memory ends far above what is in use (measured: the 14B step at 121 frames was killed for
+host memory on a 125 GiB machine). `PinnedPool` page-locks ordinary memory itself
+(`cudaHostRegister`), reuses it by size, and really frees the smaller slabs when bigger tensors come.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 import torch.utils.checkpoint
@@ -46,7 +49,7 @@ class PinnedPool:
             self.allocated_bytes -= slab.numel()
         self.free.clear()
         size = -(-nbytes // _SLAB_ROUND) * _SLAB_ROUND
-        slab = torch.empty(size, dtype=torch.uint8, pin_memory=self.pin)
+        slab = _pinned(size) if self.pin else torch.empty(size, dtype=torch.uint8)
         self.allocated_bytes += size
         self.peak_bytes = max(self.peak_bytes, self.allocated_bytes)
         return slab
@@ -60,6 +63,31 @@ class PinnedPool:
                 event.synchronize()
         self.allocated_bytes -= sum(slab.numel() for slab, _ in self.free)
         self.free.clear()
+
+
+    def reserve(self, count: int, nbytes: int) -> None:
+        """Have `count` free slabs of at least `nbytes` ready (what the first step would allocate)."""
+        slabs = [self.take(nbytes) for _ in range(count)]
+        for slab in slabs:
+            self.give(slab)
+
+
+def _unregister(ptr: int) -> None:
+    try:
+        torch.cuda.cudart().cudaHostUnregister(ptr)
+    except Exception:  # noqa: BLE001 - interpreter shutdown: the process frees it anyway
+        pass
+
+
+def _pinned(size: int) -> torch.Tensor:
+    """Ordinary host memory, page-locked here and unlocked when the tensor object goes (then freed for real)."""
+    slab = torch.empty(size, dtype=torch.uint8)
+    err = torch.cuda.cudart().cudaHostRegister(slab.data_ptr(), size, 0)
+    if int(err) != 0:
+        raise RuntimeError(f"cudaHostRegister of {size / 2**30:.1f} GiB failed (error {int(err)}): host memory "
+                           "cannot be page-locked; turn offload_activations off or free host memory.")
+    weakref.finalize(slab, _unregister, slab.data_ptr())
+    return slab
 
 
 class _Offloaded:
@@ -123,14 +151,9 @@ def offloading_checkpoint(offload: ActivationOffload):
     """A `gradient_checkpointing_func` for diffusers' `enable_gradient_checkpointing`: block inputs to the host."""
 
     def checkpoint(block, *args):
-        tensors = [a for a in args if isinstance(a, torch.Tensor)]
-        if args and isinstance(args[0], torch.Tensor) and not any(t.requires_grad for t in tensors):
-            # Reentrant checkpoint passes gradients only to inputs that need them; the first block's input
-            # comes from frozen layers, so without this its LoRA weights would get none. Nothing upstream
-            # needs a gradient (no input did), so cutting the graph here loses nothing.
-            args = (args[0].detach().requires_grad_(), *args[1:])
+        # Only the inputs are saved under these hooks: inside, checkpoint's own hooks take over.
         with offload.hooks():
-            return torch.utils.checkpoint.checkpoint(block.__call__, *args, use_reentrant=True)
+            return torch.utils.checkpoint.checkpoint(block.__call__, *args, use_reentrant=False)
 
     return checkpoint
 

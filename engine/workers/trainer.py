@@ -328,13 +328,16 @@ def convert_uploads(config: TrainConfig, staging: str | os.PathLike, preset: dic
 
 
 def apply_memory_options(transformer, config: TrainConfig, use_cuda: bool):
-    """Gradient checkpointing (its saved inputs in host memory with offload_activations) and fp8 base weights.
+    """Gradient checkpointing (its saved inputs in host memory with offload_activations), fp8 base weights and
+    token-sliced feed-forwards (ffn_chunks).
 
     After the LoRA is added: fp8 storage leaves the adapters alone only when they exist already.
     """
+    from ..memory.chunking import chunk_feed_forward
     from ..memory.fp8 import store_base_in_fp8
     from ..memory.offload import enable_activation_offload
 
+    chunk_feed_forward(transformer, config.ffn_chunks)
     if config.fp8_base:
         store_base_in_fp8(transformer, torch.bfloat16 if (use_cuda and config.use_mixed_precision) else torch.float32)
     if config.use_gradient_checkpointing and config.offload_activations:

@@ -123,3 +123,22 @@ def test_a_run_trains_with_both_options_and_they_may_change_on_resume(tmp_path):
     status = train(config_from_preset("tiny-wan", fp8_base=False, offload_activations=False,
                                       **{**values, "max_steps": 3}), resume=True)
     assert status["state"] == "finished" and status["step"] == 3
+
+
+def test_token_chunked_feed_forwards_give_the_same_outputs_and_gradients(tiny_preset):
+    from engine.memory.chunking import chunk_feed_forward
+
+    reference = _tiny_with_lora(tiny_preset)
+    reference.enable_gradient_checkpointing()
+    expected = _lora_grads(reference)
+    model = _tiny_with_lora(tiny_preset)
+    model.enable_gradient_checkpointing()
+    names = sorted(n for n, _ in model.named_parameters())
+    assert chunk_feed_forward(model, 3) == len(model.blocks)
+    assert sorted(n for n, _ in model.named_parameters()) == names  # LoRA keys and checkpoints unchanged
+    got = _lora_grads(model)
+    for name in expected:
+        assert torch.allclose(got[name], expected[name], rtol=1e-5, atol=1e-7), name
+    assert type(model.blocks[0].ffn).__name__ == "TokenChunkedFeedForward"
+    chunk_feed_forward(model, 1)
+    assert type(model.blocks[0].ffn).__name__ == "FeedForward"
