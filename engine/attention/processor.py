@@ -8,7 +8,9 @@ family's stock processor, so it is exactly stock diffusers. The family comes fro
 from the tag its loader put on the transformer (`tag_family`); this module knows no family.
 
 `attend` is what a family's processor calls once it has q, k, v: radial or dense, as the
-schedule says for that layer and step.
+schedule says for that layer and step. With Ulysses context parallelism on (`schedule.cp`, set by
+`context_parallel.enable_context_parallel`) it runs that same attention on the full sequence for
+a share of the heads, between two all-to-alls; the processors stay unaware of it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .schedule import AttentionSchedule, AttentionSettings
 _HOOK_ATTR = "_radial_studio_hook"
 _SCHEDULE_ATTR = "_radial_studio_schedule"
 _FAMILY_ATTR = "_radial_studio_family"
+_CP_ATTR = "_radial_studio_cp"  # set while context parallelism is on (context_parallel.py)
 
 _SAGE_NOTICE: list[str] = []
 
@@ -57,6 +60,13 @@ def dense_attention(query, key, value, attention_mask=None, backend: str = "sdpa
 
 def attend(schedule: AttentionSchedule, layer_index: int, query, key, value, attention_mask=None):
     """Attention of one layer on [B, S, H, D]: radial when the schedule says so, else dense."""
+    if schedule.cp is not None:  # q, k, v hold this rank's tokens: attend over all of them, a share of the heads
+        return schedule.cp.ulysses(lambda q, k, v: _attend(schedule, layer_index, q, k, v), query, key, value,
+                                   attention_mask)
+    return _attend(schedule, layer_index, query, key, value, attention_mask)
+
+
+def _attend(schedule: AttentionSchedule, layer_index: int, query, key, value, attention_mask=None):
     from . import backends
 
     if schedule.use_radial(layer_index):
@@ -90,8 +100,16 @@ def _observe_hook(schedule: AttentionSchedule):
     return hook
 
 
+def _refuse_under_context_parallel(transformer) -> None:
+    if getattr(transformer, _CP_ATTR, None) is not None:  # new processors would drop the all-to-alls silently
+        raise ValueError("context parallelism (setting 'context_parallel') is on for this transformer: call "
+                         "disable_context_parallel(transformer) before changing its attention processors, then "
+                         "enable_context_parallel again (the order is install_radial_attention, then enable).")
+
+
 def remove_radial_attention(transformer, family=None) -> None:
     """Back to the family's stock processors and no hook."""
+    _refuse_under_context_parallel(transformer)
     family = _family_of(transformer, family)
     handle = getattr(transformer, _HOOK_ATTR, None)
     if handle is not None:

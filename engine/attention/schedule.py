@@ -55,6 +55,7 @@ class AttentionSchedule:
         self.patch_size = tuple(patch_size)
         self.training = False  # in training every step counts as "late": dense_timesteps do not apply
         self.force_dense = False  # e.g. the base-length pass of length-extension training
+        self.cp = None  # Ulysses context parallelism (context_parallel.ContextParallel) while it is on
         self.reset()
 
     def reset(self) -> None:
