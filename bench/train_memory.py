@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.memory.architectures import OFFICIAL  # noqa: E402
+from engine.models.official_configs import OFFICIAL  # noqa: E402
 
 PRESET = {"1.3b": "wan2.1-t2v-1.3b", "14b": "wan2.1-t2v-14b"}
 DIMS = {"1.3b": OFFICIAL["Wan-AI/Wan2.1-T2V-1.3B-Diffusers"], "14b": OFFICIAL["Wan-AI/Wan2.1-T2V-14B-Diffusers"]}

@@ -26,6 +26,7 @@ SETTING_NAMES = ["max_steps", "learning_rate", "lora_rank", "lora_alpha", "base_
 def preset_training_defaults(name: str) -> dict:
     d = api.training_defaults(name)
     return {n: d[n] for n in SETTING_NAMES}
+MEMORY_FLAGS = ("fp8_base", "offload_activations")  # engine.settings.MEMORY; ffn_chunks is a number
 INT_SETTINGS = {"max_steps", "lora_rank", "base_num_frames", "extended_num_frames", "dense_layers", "dense_timesteps",
                 "block_size", "gradient_accumulation_steps", "validation_steps", "checkpointing_steps", "sample_steps",
                 "seed"}
@@ -71,10 +72,15 @@ def train_start(preset=api.DEFAULT_PRESET, data_source="synthetic", num_samples=
                 learning_rate=None, lora_rank=None, lora_alpha=None, base_num_frames=None, extended_num_frames=None,
                 pattern=None, dense_layers=None, dense_timesteps=None, decay_factor=None, block_size=None,
                 gradient_accumulation_steps=None, validation_steps=None, checkpointing_steps=None, sample_steps=None,
-                seed=None, smoothing=0.0):
-    """Every parameter has a default: with none, a short demo run of the tiny model on synthetic clips."""
+                seed=None, smoothing=0.0, fp8_base=None, offload_activations=None, ffn_chunks=None):
+    """Every parameter has a default: with none, a short demo run of the tiny model on synthetic clips.
+
+    The memory options come after `smoothing` so positional API calls made before they existed still work.
+    """
     values = locals()
-    settings = {}
+    settings = {name: values[name] for name in MEMORY_FLAGS if values[name] is not None}
+    if ffn_chunks not in (None, ""):
+        settings["ffn_chunks"] = int(ffn_chunks)
     for name in SETTING_NAMES:
         value = values[name]
         if value is None or value == "":
@@ -165,6 +171,13 @@ def build(default_preset: str, demo: gr.Blocks) -> None:
                         val_steps = gr.Number(d["validation_steps"], precision=0, label="Validate every")
                         ckpt_steps = gr.Number(d["checkpointing_steps"], precision=0, label="Checkpoint every")
                         sample_steps = gr.Number(d["sample_steps"], precision=0, label="Sample steps (0: none)")
+                with gr.Accordion("Advanced: memory (long videos, big models)", open=False):
+                    gr.Markdown("Measured costs per option: docs/memory.md. The 14B recipe (1280x768, 69 -> 161) "
+                                "fits 76 GiB with all three.")
+                    with gr.Row():
+                        fp8_base = gr.Checkbox(False, label="fp8 base weights")
+                        offload_activations = gr.Checkbox(False, label="Offload activations to host")
+                        ffn_chunks = gr.Number(1, precision=0, minimum=1, maximum=64, label="Feed-forward slices")
                 with gr.Row():
                     start = gr.Button("Start", variant="primary")
                     stop = gr.Button("Stop", variant="stop")
@@ -186,7 +199,8 @@ def build(default_preset: str, demo: gr.Blocks) -> None:
                     dense_timesteps, decay_factor, block_size, accum, val_steps, ckpt_steps, sample_steps, seed]
         view = [status_md, plot, base_video, ext_video, checkpoints_md, raw]
         preset.change(on_preset_change, preset, settings, api_name=False)
-        start.click(train_start, [preset, data_source, num_samples, uploads, folder, *settings, smoothing],
+        start.click(train_start, [preset, data_source, num_samples, uploads, folder, *settings, smoothing, fp8_base,
+                                  offload_activations, ffn_chunks],
                     [run_id, *view], api_name="train_start").then(
             lambda current: gr.Dropdown(choices=_run_choices(), value=current), run_id, run_id, api_name=False)
         stop.click(train_stop, [run_id, smoothing], view, api_name="train_stop")

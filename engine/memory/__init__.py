@@ -4,6 +4,6 @@
   (diffusers' layerwise casting; the LoRA weights are left alone).
 - `offload.offloading_checkpoint`: gradient checkpointing whose saved block inputs live in pinned
   host memory, copied out on a side stream during the forward and back during the backward.
-- `plan`: predicted peak GPU memory per option combination, from a model fitted to measurements
-  (`python -m engine plan`, `train --gpu_memory_gb N`).
+- `chunking.chunk_feed_forward`: feed-forwards run over token slices, each checkpointed on its own.
+Measured costs: docs/memory.md (bench/train_memory.py).
 """

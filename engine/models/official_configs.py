@@ -1,8 +1,7 @@
-"""The official transformer configs of the Hub models the presets name, for planning without a download.
+"""The published `transformer/config.json` of the Hub models the presets name.
 
-A preset whose weights are on disk (or in the HF cache) is planned from its own config.json; these
-are the published `transformer/config.json` values, used when the weights are not here yet (the
-plan runs before the download) and by the GPU benchmarks, which build random weights at these sizes.
+The GPU benchmarks build random weights at these sizes (nothing is downloaded); code that needs a
+model's size before its weights are here (a memory estimate) can read them too.
 """
 
 from __future__ import annotations
