@@ -124,7 +124,8 @@ def test_training_uploads_are_staged_from_headers_and_converted_in_the_job(runs,
     from engine.data.dataset import load_dataset
     from engine.jobs import RunDir
     from engine.launch.training import start_training
-    from engine.workers.trainer import convert_uploads
+    from engine.models import family
+    from engine.workers.trainer import check_dataset, convert_uploads
 
     files = []
     for i in range(3):
@@ -135,7 +136,9 @@ def test_training_uploads_are_staged_from_headers_and_converted_in_the_job(runs,
     monkeypatch.setattr("engine.launch.training.training_status", lambda run_id: {"run_id": run_id})
     with monkeypatch.context() as m:
         _no_decoding(m)
-        status = start_training("tiny-wan", "upload", uploads=files, settings={"max_steps": 1})
+        # The run trains at its own size, not the preset's 64x64: the job converts to that.
+        status = start_training("tiny-wan", "upload", uploads=files, settings={"max_steps": 1, "height": 32,
+                                                                                "width": 32})
     run = RunDir(runs / status["run_id"])
     argv = queued[0]
     staging = runs / "_datasets" / f"{status['run_id']}-uploads"
@@ -144,8 +147,19 @@ def test_training_uploads_are_staged_from_headers_and_converted_in_the_job(runs,
     assert not (runs / "_datasets" / status["run_id"]).exists()  # nothing converted in the request
     convert_uploads(config, staging, config.preset_dict())  # what the job does first
 
-    assert len(load_dataset(config.data_dir)) == 3 and not staging.exists()
+    assert [(e.height, e.width) for e in load_dataset(config.data_dir)] == [(32, 32)] * 3 and not staging.exists()
+    check_dataset(config, family(config.preset_dict()))  # what the job checks next: the run's size, so it passes
     convert_uploads(config, staging, config.preset_dict())  # a resume finds the dataset and converts nothing
+
+
+def test_a_job_whose_staged_uploads_are_gone_says_so(runs, tmp_path):
+    from engine.config import config_from_preset
+    from engine.workers.trainer import convert_uploads
+
+    config = config_from_preset("tiny-wan", data_dir=str(tmp_path / "ds"), output_dir=str(tmp_path / "run"))
+    with pytest.raises(InputError, match="the uploaded clips of this run are gone.*upload them again"):
+        convert_uploads(config, tmp_path / "never-staged", config.preset_dict())
+    assert not (tmp_path / "ds").exists()
 
 
 def test_what_the_headers_show_is_refused_in_the_request_naming_each_file(runs, tmp_path, monkeypatch):

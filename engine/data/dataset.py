@@ -167,6 +167,12 @@ class ConvertReport:
         d["skipped"] = [{"file": f, "reason": r} for f, r in self.skipped]
         return d
 
+    def require_kept(self, what: str) -> None:
+        """InputError with the first reasons when no clip was kept (`what`: where the clips came from)."""
+        if not self.kept:
+            reasons = "; ".join(f"{name}: {why}" for name, why in self.skipped[:5])
+            raise InputError(f"no usable clip {what} ({reasons or 'no video found'}).")
+
 
 class _Skip(Exception):
     """A source file is not usable; the message is the reason in the report."""

@@ -120,10 +120,7 @@ def prepare_dataset(source: str, target: Path, *, preset: str, folder: str | Non
     if (path / "metadata.json").is_file():
         load_dataset(path, within=root)  # validate (every file inside the data root); lists every problem
         return path
-    report = convert_dataset(path, target, preset=preset, within=root)
-    if not report.kept:
-        reasons = "; ".join(f"{name}: {why}" for name, why in report.skipped[:5])
-        raise InputError(f"no usable clip in the {source} data ({reasons}).")
+    convert_dataset(path, target, preset=preset, within=root).require_kept(f"in the {source} data")
     return target
 
 

@@ -13,15 +13,7 @@ import time
 from pathlib import Path
 
 from ..errors import InputError
-from ..jobs import (
-    RunDir,
-    job_status,
-    pump_queue_quietly,
-    queue_position,
-    runs_root,
-    stop_job,
-    submit_job,
-)
+from ..jobs import RunDir, job_status, pump_queue_quietly, queue_position, runs_root, stop_job, submit_job
 from ..presets import DEFAULT_PRESET, load_preset
 from ..safe_paths import data_root, resolve_under, sanitize_filename
 from ..uploads import check_upload_size
@@ -81,12 +73,7 @@ def start_tta(video=None, *, preset: str = DEFAULT_PRESET, rank: int | None = No
     here and now instead (ZeroGPU lends a GPU only to the request).
     """
     from ..models import family
-    from ..workers.tta import (
-        check_clip_header,
-        check_settings,
-        frames_of,
-        resolve_preset,
-    )
+    from ..workers.tta import check_clip_header, check_settings, frames_of, resolve_preset
 
     preset_dict, _ = resolve_preset(preset)  # refuses presets that cannot continue a clip
     tta = preset_dict["tta"]

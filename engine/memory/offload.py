@@ -109,7 +109,7 @@ class ActivationOffload:
         self.min_bytes = min_bytes
         self.offloadable = offloadable or (lambda t: t.is_cuda)
         self.stream = torch.cuda.Stream() if torch.cuda.is_available() else None
-        self.offloaded_bytes = 0  # of the current step (reset by the caller)
+        self.offloaded_bytes = 0  # moved to the host since this object was made (reports, tests)
 
     def pack(self, t: torch.Tensor):
         nbytes = t.numel() * t.element_size()

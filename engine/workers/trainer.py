@@ -320,10 +320,11 @@ def convert_uploads(config: TrainConfig, staging: str | os.PathLike, preset: dic
     if not staging.is_dir():
         raise InputError("the uploaded clips of this run are gone (they are kept only until they are converted); "
                          "start a new run and upload them again.")
-    report = convert_dataset(staging, target, preset=preset, overwrite=True)
-    if not report.kept:
-        reasons = "; ".join(f"{name}: {why}" for name, why in report.skipped[:5])
-        raise InputError(f"no usable clip among the uploads ({reasons}).")
+    # The run's own size and lengths (its settings may differ from the preset's recipe).
+    run_recipe = {**preset, "training": {**preset["training"], "height": config.height, "width": config.width,
+                                         "base_num_frames": config.base_num_frames,
+                                         "extended_num_frames": config.extended_num_frames}}
+    convert_dataset(staging, target, preset=run_recipe, overwrite=True).require_kept("among the uploads")
     shutil.rmtree(staging, ignore_errors=True)
 
 
