@@ -19,6 +19,7 @@ from .jobs import pump_queue, runs_root  # noqa: F401
 from .launch.training import (  # noqa: F401
     active_or_newest_run,
     list_runs,
+    memory_estimate,
     resume_training,
     start_training,
     stop_training,

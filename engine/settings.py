@@ -203,6 +203,9 @@ MEMORY = {
                                    "host memory, copied on a side stream (needs use_gradient_checkpointing)"),
     "ffn_chunks": Setting(INT, 1, "run each feed-forward over this many slices of the tokens, each recomputed on "
                           "its own in backward: its share of the peak shrinks by that factor (1: off)", lo=1, hi=64),
+    "gpu_memory_gb": Setting(FLOAT, None, "fit the step in this much GPU memory: the memory plan (python -m engine "
+                             "plan) then chooses fp8_base, offload_activations and ffn_chunks; null: as given",
+                             lo=0, lo_open=True, hi=100_000, optional=True),
 }
 
 TTA_OBJECTIVES = ("diffusion", "continuation")

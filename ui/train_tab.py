@@ -10,6 +10,7 @@ from __future__ import annotations
 import gradio as gr
 
 from engine import api
+from engine.errors import EngineError
 
 from .errors import user_errors_as_messages
 from .job_view import curves_frame, job_status_markdown
@@ -89,6 +90,21 @@ def train_start(preset=api.DEFAULT_PRESET, data_source="synthetic", num_samples=
     status = api.start_training(preset, data_source, uploads=uploads, folder=folder, num_samples=int(num_samples or 4),
                             settings=settings)
     return (status["run_id"], *_view(status, smoothing))
+
+
+def memory_line(preset: str = api.DEFAULT_PRESET, lora_rank: float | None = None, base_num_frames: float | None = None,
+                extended_num_frames: float | None = None, fp8_base: bool = False, offload_activations: bool = False,
+                ffn_chunks: float = 1) -> str:
+    """The memory plan's estimate for these settings (engine.memory.plan), shown beside Start."""
+    settings = {"lora_rank": lora_rank, "base_num_frames": base_num_frames, "extended_num_frames": extended_num_frames,
+                "fp8_base": bool(fp8_base), "offload_activations": bool(offload_activations),
+                "ffn_chunks": int(ffn_chunks or 1)}
+    try:
+        e = api.memory_estimate(preset, {k: (int(v) if isinstance(v, float) else v) for k, v in settings.items()})
+    except EngineError as err:
+        return f"Memory estimate: not available ({err})"
+    host = f", {e['host_gib']} GiB of host memory" if e["host_gib"] else ""
+    return f"Predicted peak GPU memory of a step: **{e['peak_gib']} GiB** ({e['options']}{host})"
 
 
 def _default_run(run_id: str | None) -> str | None:
@@ -182,6 +198,8 @@ def build(default_preset: str, demo: gr.Blocks) -> None:
                     start = gr.Button("Start", variant="primary")
                     stop = gr.Button("Stop", variant="stop")
                     resume = gr.Button("Resume")
+                memory_md = gr.Markdown(memory_line(default_preset, d["lora_rank"], d["base_num_frames"],
+                                                 d["extended_num_frames"]), elem_id="memory-estimate")
             with gr.Column(scale=2):
                 run_id = gr.Dropdown(choices=[], value="", label="Run", allow_custom_value=True,
                                      info="empty: the active run, else the newest")
@@ -203,6 +221,10 @@ def build(default_preset: str, demo: gr.Blocks) -> None:
                                   offload_activations, ffn_chunks],
                     [run_id, *view], api_name="train_start").then(
             lambda current: gr.Dropdown(choices=_run_choices(), value=current), run_id, run_id, api_name=False)
+        memory_inputs = [preset, lora_rank, base_frames, ext_frames, fp8_base, offload_activations, ffn_chunks]
+        for component in memory_inputs:
+            component.change(memory_line, memory_inputs, memory_md, api_name=False, show_progress="hidden")
+        gr.api(memory_line, api_name="train_memory_estimate")
         stop.click(train_stop, [run_id, smoothing], view, api_name="train_stop")
         resume.click(train_resume, [run_id, smoothing], view, api_name="train_resume")
         run_id.change(train_status, [run_id, smoothing], view, api_name="train_status")

@@ -181,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .hub import add_hub_parsers
     from .tta import add_tta_parsers
 
+    from .plan import add_plan_parser
+
+    add_plan_parser(sub, _add_train_flags)
     add_tta_parsers(sub)  # tta, tta-sweep, evaluate-tta
     add_hub_parsers(sub)  # push, pull
     return parser

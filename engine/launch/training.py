@@ -7,6 +7,7 @@ loss points, samples, checkpoints), so any process can follow any run.
 
 from __future__ import annotations
 
+import copy
 import re
 import shutil
 import time
@@ -142,6 +143,10 @@ def start_training(preset: str = DEFAULT_PRESET, data_source: str = "synthetic",
     out = runs_root() / run_id
     # Validate the settings (once) before touching the disk; the data folder is filled in below.
     config = config_from_preset(preset, **{**settings, "data_dir": "-", "output_dir": str(out)})
+    if config.gpu_memory_gb is not None:  # nothing fits: said now (the job plans again, with its host's memory)
+        from ..memory.plan import apply_plan
+
+        apply_plan(copy.copy(config), config.preset_dict(), config.gpu_memory_gb)
     if data_source not in DATA_SOURCES:
         raise InputError(f"data source '{data_source}' is not one of {list(DATA_SOURCES)}.")
     staging = None
@@ -170,6 +175,17 @@ def start_training(preset: str = DEFAULT_PRESET, data_source: str = "synthetic",
         shutil.rmtree(datasets_root() / f"{run_id}-uploads", ignore_errors=True)
         raise
     return training_status(run_id)
+
+
+def memory_estimate(preset: str = DEFAULT_PRESET, settings: dict | None = None) -> dict:
+    """The memory plan's prediction for a run of `preset` with `settings` (what the UI shows beside Start)."""
+    from ..memory.plan import estimate
+
+    settings = {k: v for k, v in (settings or {}).items() if v is not None and v != ""}
+    config = config_from_preset(preset, **{**settings, "data_dir": "-", "output_dir": "-"})
+    e = estimate(config, config.preset_dict(), config.fp8_base, config.offload_activations, config.ffn_chunks)
+    return {"peak_gib": round(e.peak_gib, 1), "host_gib": round(e.host_gib, 1), "options": e.label(),
+            "parts": {k: round(v, 2) for k, v in e.parts.items()}}
 
 
 def stop_training(run_id: str) -> dict:

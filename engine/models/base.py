@@ -157,6 +157,27 @@ class AttentionLayer:
     index: int
 
 
+@dataclass(frozen=True)
+class MemoryProfile:
+    """How a family's length-extension training step uses GPU memory (engine.memory.plan reads it).
+
+    The sizes come from the transformer config; the per-token coefficients were fitted to whole-model
+    measurements (`measured` says which): one block's recompute peak is
+    tokens x (bytes_per_token_width x width + bytes_per_token_ffn x ffn_width / ffn_chunks), and with
+    offload_activations about `inflight_blocks` block inputs are still on the GPU at once.
+    """
+
+    transformer_class: str  # diffusers class name (built on the meta device to count parameters)
+    transformer_config: dict
+    width: int
+    ffn_width: int
+    layers: int
+    bytes_per_token_width: float
+    bytes_per_token_ffn: float
+    inflight_blocks: float
+    measured: str
+
+
 class ModelFamily:
     """The contract. Subclasses set the class attributes and implement the methods that raise."""
 
@@ -207,6 +228,10 @@ class ModelFamily:
 
     def num_layers(self, preset: dict) -> int | None:
         """Transformer blocks counted by `dense_layers`, or None when unknown without loading."""
+        return None
+
+    def memory_profile(self, preset: dict) -> MemoryProfile | None:
+        """What the memory plan needs (None: this family's memory use has not been measured)."""
         return None
 
     def offload_encoders(self, pipe) -> None:

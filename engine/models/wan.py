@@ -23,7 +23,7 @@ import torch
 from ..attention.processor import attend, tag_family
 from ..errors import ModelLoadError
 from ..paths import cache_dir
-from .base import AttentionLayer, Capabilities, ContinuationMode, ModelFamily, TextEmbeds
+from .base import AttentionLayer, Capabilities, ContinuationMode, MemoryProfile, ModelFamily, TextEmbeds
 
 NAME = "wan"
 # Bump when the way tiny models are built changes, so cached builds are rebuilt.
@@ -268,7 +268,23 @@ class WanFamily(ModelFamily):
                 return json.loads(path.read_text())
             except (OSError, ValueError):
                 continue
-        return None
+        from .official_configs import official_config
+
+        return official_config(preset["source"])  # not downloaded yet: the published config
+
+    # One block's recompute peak per token and the offload overlap, fitted to the H200 whole-model rows of
+    # docs/bench_runs/run17_train_memory.json (Wan2.1 14B at 69 -> 121 and 1.3B at 69 -> 161, no options);
+    # docs/memory.md shows how close the fit comes on every other row.
+    MEMORY_FIT = {"bytes_per_token_width": 62.2, "bytes_per_token_ffn": 3.73, "inflight_blocks": 5.0}
+
+    def memory_profile(self, preset: dict) -> MemoryProfile | None:
+        cfg = self._transformer_config(preset)
+        if not cfg:
+            return None
+        return MemoryProfile(transformer_class=self.transformer_class, transformer_config=cfg,
+                             width=int(cfg["num_attention_heads"]) * int(cfg["attention_head_dim"]),
+                             ffn_width=int(cfg["ffn_dim"]), layers=int(cfg["num_layers"]),
+                             measured="Wan2.1 1.3B and 14B on an H200, 2026-12-02 (BENCHMARKS run 17)", **self.MEMORY_FIT)
 
     def model_width(self, preset: dict) -> int | None:
         cfg = self._transformer_config(preset)

@@ -357,6 +357,10 @@ def train(config: TrainConfig, resume: bool = False, progress: ProgressFn | None
     """
     preset = config.preset_dict()
     config.validate(preset)
+    if config.gpu_memory_gb is not None:  # the plan picks the memory options for this machine's free host memory
+        from ..memory.plan import apply_plan, free_host_gib
+
+        apply_plan(config, preset, config.gpu_memory_gb, free_host_gib())
     if prepare_from is None:
         entries = check_dataset(config, family(preset))
     else:

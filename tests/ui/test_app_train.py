@@ -123,3 +123,11 @@ def test_uploaded_videos_with_captions_train(client, app_url, tmp_path):
     _, root = app_url
     videos = sorted(p.name for p in (root / "runs" / "_datasets" / run_id / "videos").iterdir())
     assert all(" " not in v and "!" not in v for v in videos) and len(videos) == 2
+
+
+def test_the_memory_estimate_beside_start_follows_the_settings(client):
+    out = client.predict("wan2.1-t2v-14b", 64, 69, 161, True, True, 8, api_name="/train_memory_estimate")
+    assert "**71." in out and "fp8_base + offload_activations + ffn_chunks 8" in out and "host memory" in out
+    plain = client.predict("wan2.1-t2v-14b", 64, 69, 161, False, False, 1, api_name="/train_memory_estimate")
+    assert "**144." in plain  # the recipe without options: does not fit even an H200
+    assert "not available" in client.predict("tiny-opensora2", api_name="/train_memory_estimate")

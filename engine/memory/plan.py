@@ -1,0 +1,139 @@
+"""The memory plan: predicted peak GPU (and host) memory of a training step per option combination.
+
+The model, per step (bf16 base, fp32 LoRA with AdamW, gradient checkpointing, batch B):
+  weights     base parameters x 2 bytes (x 1 for those fp8_base stores in float8) + LoRA x 4
+  LoRA state  LoRA x 12 (fp32 gradient + two AdamW moments)
+  saved       blocks x B x tokens x width x 2: the block inputs checkpointing keeps (to the host with
+              offload_activations, which leaves `inflight_blocks` of them on the GPU at once)
+  recompute   B x tokens x (a x width + b x ffn_width / ffn_chunks): one block's backward
+Parameters are counted exactly on the meta device from the transformer config; a, b and the
+in-flight count are the family's fit to whole-model measurements (`ModelFamily.memory_profile`).
+Tokens are those of the extended pass (the base pass is shorter and runs first).
+
+Combinations are tried in a fixed order: options that keep the arithmetic exact first (feed-forward
+slices, then activation offload, then both), fp8 storage (which rounds the base weights) only when
+those do not fit; within that order the measured step-time costs are all within 2% (docs/memory.md).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from ..errors import InputError
+
+GIB = 2**30
+# (fp8_base, offload_activations, ffn_chunks), in the order the plan prefers them.
+COMBINATIONS = ((False, False, 1), (False, False, 8), (False, True, 1), (False, True, 8),
+                (True, False, 1), (True, False, 8), (True, True, 1), (True, True, 8))
+_FP8_LAYERS = ("Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    fp8_base: bool
+    offload_activations: bool
+    ffn_chunks: int
+    peak_gib: float
+    host_gib: float
+    parts: dict = field(default_factory=dict)  # GiB per part of the model above
+
+    @property
+    def options(self) -> dict:
+        return {"fp8_base": self.fp8_base, "offload_activations": self.offload_activations,
+                "ffn_chunks": self.ffn_chunks}
+
+    def label(self) -> str:
+        names = [n for n, on in (("fp8_base", self.fp8_base), ("offload_activations", self.offload_activations)) if on]
+        names += [f"ffn_chunks {self.ffn_chunks}"] if self.ffn_chunks > 1 else []
+        return " + ".join(names) or "none"
+
+
+@lru_cache(maxsize=8)
+def _parameter_counts(transformer_class: str, config_json: str, targets: tuple[str, ...], rank: int) -> tuple:
+    """(all base parameters, those fp8 storage would cast, LoRA parameters), counted on the meta device."""
+    import json
+
+    import diffusers
+    import torch
+
+    cls = getattr(diffusers, transformer_class)
+    with torch.device("meta"):
+        model = cls.from_config(json.loads(config_json))
+    skip = tuple(getattr(model, "_skip_layerwise_casting_patterns", None) or ())
+    total = sum(p.numel() for p in model.parameters())
+    cast = lora = 0
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+        if kind in _FP8_LAYERS and not any(re.search(pat, name) for pat in skip):
+            cast += sum(p.numel() for p in module.parameters(recurse=False))
+        if kind == "Linear" and any(name == t or name.endswith("." + t) for t in targets):
+            lora += rank * (module.in_features + module.out_features)
+    return total, cast, lora
+
+
+def _context(config, preset: dict):
+    from ..models import family
+
+    fam = family(preset)
+    profile = fam.memory_profile(preset)
+    if profile is None or profile.bytes_per_token_width is None:
+        raise InputError(f"no memory plan for model family '{fam.name}': its memory use has not been measured; "
+                         "set fp8_base / offload_activations / ffn_chunks yourself.")
+    targets = tuple(config.target_modules or fam.lora_targets)
+    import json
+
+    counts = _parameter_counts(profile.transformer_class, json.dumps(profile.transformer_config, sort_keys=True),
+                               targets, int(config.lora_rank))
+    tokens = fam.token_layout(config.extended_num_frames, config.height, config.width).num_tokens * config.batch_size
+    return profile, counts, tokens
+
+
+def estimate(config, preset: dict, fp8_base: bool, offload_activations: bool, ffn_chunks: int) -> Estimate:
+    """The predicted peak of one training step of `config` with these options."""
+    profile, (total, cast, lora), tokens = _context(config, preset)
+    block_input = tokens * profile.width * 2
+    if not config.use_gradient_checkpointing:
+        raise InputError("the memory plan models runs with use_gradient_checkpointing=true (without it every "
+                         "block keeps all its activations); turn checkpointing on.")
+    parts = {
+        "weights": (total * 2 - (cast if fp8_base else 0) + lora * 4) / GIB,
+        "lora_state": lora * 12 / GIB,
+        "saved_inputs": (profile.inflight_blocks if offload_activations else profile.layers) * block_input / GIB,
+        "recompute": tokens * (profile.bytes_per_token_width * profile.width
+                               + profile.bytes_per_token_ffn * profile.ffn_width / ffn_chunks) / GIB,
+    }
+    host = profile.layers * block_input / GIB if offload_activations else 0.0
+    return Estimate(fp8_base, offload_activations, ffn_chunks, sum(parts.values()), host, parts)
+
+
+def plan(config, preset: dict, gpu_memory_gb: float, host_memory_gb: float | None = None) -> tuple[list, Estimate | None]:
+    """Every combination's estimate, and the first (in COMBINATIONS order) that fits `gpu_memory_gb`
+    (and `host_memory_gb` of free host memory, when given); None when none does."""
+    rows = [estimate(config, preset, *combo) for combo in COMBINATIONS]
+    fits = [r for r in rows if r.peak_gib <= gpu_memory_gb and (host_memory_gb is None or r.host_gib <= host_memory_gb)]
+    return rows, (fits[0] if fits else None)
+
+
+def free_host_gib() -> float:
+    import psutil
+
+    return psutil.virtual_memory().available / GIB
+
+
+def apply_plan(config, preset: dict, gpu_memory_gb: float, host_memory_gb: float | None = None) -> Estimate:
+    """Set config's memory options to the plan's choice for `gpu_memory_gb`; InputError naming the smallest need."""
+    rows, chosen = plan(config, preset, gpu_memory_gb, host_memory_gb)
+    if chosen is None:
+        hostable = [r for r in rows if host_memory_gb is None or r.host_gib <= host_memory_gb] or rows
+        best = min(hostable, key=lambda r: r.peak_gib)
+        host = f" and {best.host_gib:.0f} GiB of free host memory" if best.offload_activations else ""
+        within = "" if host_memory_gb is None else f" within {host_memory_gb:.0f} GiB of free host memory"
+        raise InputError(f"the step is predicted to need at least {best.peak_gib:.1f} GiB of GPU memory{host} "
+                         f"(with {best.label()}){within}, more than gpu_memory_gb={gpu_memory_gb:g}. "
+                         "Lower extended_num_frames, height/width or lora_rank, or use a bigger GPU"
+                         f"{'' if host_memory_gb is None else ' (or free host memory for offload_activations)'}.")
+    config.fp8_base, config.offload_activations, config.ffn_chunks = (chosen.fp8_base, chosen.offload_activations,
+                                                                      chosen.ffn_chunks)
+    return chosen
