@@ -35,6 +35,7 @@ WHERE = {
 FIELDS: dict[str, Setting] = {**WHERE, **LORA, **_ATTENTION_FIELDS, **TRAINING, **RUN, **MEMORY}
 # Fields that may differ between a run and its resume.
 RESUMABLE_CHANGES = ("output_dir", "max_steps", "num_epochs", "validation_steps", "sample_steps",
+                     "gradient_accumulation_steps",  # keeps the batch per step when the number of processes changes
                      "checkpointing_steps", "checkpoints_total_limit", "attention_backend", "learning_rate",
                      "max_grad_norm", "use_sage_attention", "use_model_offload", *MEMORY)
 

@@ -195,7 +195,8 @@ RUN = {
     "use_sage_attention": Setting(BOOL, False, "SageAttention in dense layers when installed"),
 }
 
-# Memory options of a training run (engine.memory); any of them may change on resume.
+# Memory and parallelism options of a training run (engine.memory, context parallelism); any of them may
+# change on resume.
 MEMORY = {
     "fp8_base": Setting(BOOL, False, "store the frozen base weights in float8 (e4m3) and compute in bf16: 1 byte "
                         "per base weight instead of 2 (LoRA weights stay fp32)"),
@@ -203,6 +204,9 @@ MEMORY = {
                                    "host memory, copied on a side stream (needs use_gradient_checkpointing)"),
     "ffn_chunks": Setting(INT, 1, "run each feed-forward over this many slices of the tokens, each recomputed on "
                           "its own in backward: its share of the peak shrinks by that factor (1: off)", lo=1, hi=64),
+    "context_parallel": Setting(INT, 1, "Ulysses context parallelism: split each sample's tokens over this many "
+                                "processes (launched with torchrun / accelerate launch; must divide the world size "
+                                "and the head count; 1: off)", lo=1, hi=64),
     "gpu_memory_gb": Setting(FLOAT, None, "fit the step in this much GPU memory: the memory plan (python -m engine "
                              "plan) then chooses fp8_base, offload_activations and ffn_chunks; null: as given",
                              lo=0, lo_open=True, hi=100_000, optional=True),

@@ -230,8 +230,11 @@ def validation_loss(fam, model, schedule, clips: CachedClips, config: TrainConfi
 
 
 @torch.no_grad()
-def write_samples(fam, pipe, schedule, val: CachedClips, config: TrainConfig, step: int, run: RunDir, fps: int) -> dict:
-    """Base (dense) and extended (radial) videos for the first held-out prompt, at the preset's frame rate."""
+def write_samples(fam, pipe, schedule, val: CachedClips, config: TrainConfig, step: int, run: RunDir, fps: int,
+                  write: bool = True) -> dict:
+    """Base (dense) and extended (radial) videos for the first held-out prompt, at the preset's frame rate.
+
+    `write=False`: generate only (a context-parallel rank that is not the main one takes part, writes nothing)."""
     from ..video import write_mp4
 
     folder = run.samples_dir / f"step-{step:06d}"
@@ -252,7 +255,8 @@ def write_samples(fam, pipe, schedule, val: CachedClips, config: TrainConfig, st
             video = fam.generate(pipe, embeds=embeds, negative_embeds=embeds.zeros_like(), height=config.height,
                                  width=config.width, num_frames=frames, steps=config.sample_steps, guidance_scale=5.0,
                                  generator=gen)
-            out[name] = str(write_mp4(video, folder / f"{name}.mp4", fps=fps))
+            if write:
+                out[name] = str(write_mp4(video, folder / f"{name}.mp4", fps=fps))
     finally:
         pipe.vae.to(vae_device)
         if schedule is not None:
@@ -387,6 +391,42 @@ def train(config: TrainConfig, resume: bool = False, progress: ProgressFn | None
         raise
 
 
+def _agreed(flag: bool, accelerator) -> bool:
+    """True on every rank when it is true on any (a stop read from disk at slightly different moments)."""
+    if accelerator.num_processes == 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _mean_over_ranks(values: dict, accelerator) -> dict:
+    if accelerator.num_processes == 1:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=accelerator.device)
+    dist.all_reduce(t)  # context-parallel ranks hold equal losses: the world mean is the mean over samples
+    return dict(zip(values, (t / accelerator.num_processes).tolist()))
+
+
+def _context_parallel(transformer, config: TrainConfig, fam):
+    """Ulysses context parallelism of degree config.context_parallel over the launched processes (None: off).
+
+    Every rank of a CP group holds part of each gradient; the DDP that accelerate wraps the model in
+    averages over all ranks, so the losses are scaled by the degree (see _train) to make that the sum.
+    """
+    if config.context_parallel == 1:
+        return None
+    from ..attention.context_parallel import ContextParallel, enable_context_parallel
+
+    cp = ContextParallel.from_env(config.context_parallel)
+    enable_context_parallel(transformer, cp, fam)
+    return cp
+
+
 def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume: bool,
            progress: ProgressFn | None) -> dict:
     from accelerate import Accelerator
@@ -426,10 +466,14 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume
     schedule = install_radial_attention(transformer, settings, fam)
     if schedule is not None:
         schedule.training = True
+    cp = _context_parallel(transformer, config, fam)
+    # Which sample this rank trains on: ranks of one context-parallel group share a sample.
+    data_rank, data_size = (cp.data_rank, cp.data_size) if cp else (rank, world)
+    cp_scale = config.context_parallel  # DDP's mean over the CP ranks' partial gradients, times N: their sum
 
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                                   weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
-    per_epoch = steps_per_epoch(config, len(train_clips), world)
+    per_epoch = steps_per_epoch(config, len(train_clips), data_size)
     total_steps = config.max_steps or config.num_epochs * per_epoch
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
                                  num_training_steps=total_steps)
@@ -463,19 +507,21 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume
 
     def validate(at_step: int) -> None:
         nonlocal best
-        if main:
+        if main or cp:  # under context parallelism every rank takes part in each forward
             model.eval()
             with accelerator.autocast():
                 val = validation_loss(fam, transformer, schedule, val_clips, config, accelerator.device)
             event = {"type": "validation", "step": at_step, **val}
             if val["val_loss"] < best:
                 best = val["val_loss"]
-                _save_lora_atomically(transformer, run.path / "best_model", fam)
+                if main:
+                    _save_lora_atomically(transformer, run.path / "best_model", fam)
                 event["best"] = True
             if config.sample_steps > 0:
                 event["samples"] = write_samples(fam, pipe, schedule, val_clips, config, at_step, run,
-                                                 preset["generation"]["fps"])
-            run.append_event(event)
+                                                 preset["generation"]["fps"], write=main)
+            if main:
+                run.append_event(event)
             model.train()
         accelerator.wait_for_everyone()
 
@@ -486,16 +532,18 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume
     final_state = "finished"
     try:
         while step < total_steps:
-            if run.stop_requested():
+            if _agreed(run.stop_requested(), accelerator):
                 final_state = "stopped"
                 break
             t0 = time.perf_counter()
             torch.manual_seed(config.seed * 100_003 + step)  # LoRA dropout; deterministic per step
             sums = {"loss": 0.0, "loss_base": 0.0, "loss_extended": 0.0, "loss_consistency": 0.0}
             for micro in range(accum):
-                idx = _sample_indices(config, len(train_clips), step, micro, rank, world)
+                idx = _sample_indices(config, len(train_clips), step, micro, data_rank, data_size)
                 latents, embeds = train_clips.batch(idx, accelerator.device)
-                gen = torch.Generator().manual_seed(((config.seed * 1_000_003 + step) * 64 + micro) * 64 + rank)
+                # Seeded by the sample's place in the step, so N data-parallel ranks draw what one process with
+                # N times the accumulation draws (and ranks of a context-parallel group draw the same).
+                gen = torch.Generator().manual_seed((config.seed * 1_000_003 + step) * 4096 + (micro * data_size + data_rank) * 64)
                 noise = torch.randn(latents.shape, generator=gen).to(latents)
                 sigmas = fam.sample_sigmas(latents.shape[0], gen, latents.shape, scheme=config.timestep_sampling,
                                            shift=config.flow_shift)
@@ -505,16 +553,17 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume
                     if not torch.isfinite(loss):
                         raise Diverged(f"non-finite loss {float(loss.detach())} at step {step + 1}")
                     if sync_point and last_micro:
-                        accelerator.backward(loss / accum)
+                        accelerator.backward(loss * cp_scale / accum)
                     else:
                         with accelerator.no_sync(model):
-                            accelerator.backward(loss / accum)
+                            accelerator.backward(loss * cp_scale / accum)
 
                 with accelerator.autocast():
                     losses = length_extension_losses(fam, model, schedule, latents, embeds.to(latents.dtype), noise,
                                                      sigmas, train_clips.base_latent_frames, config, backward)
                 for k in sums:
                     sums[k] += float(losses[k]) / accum
+            sums = _mean_over_ranks(sums, accelerator)  # the step's loss over every rank's samples, not rank 0's
             grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
             if not torch.isfinite(torch.as_tensor(grad_norm)):
                 raise Diverged(f"non-finite gradient norm at step {step + 1}")
@@ -538,7 +587,7 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume
                     progress(status)
             if step % config.validation_steps == 0 or step == total_steps:
                 validate(step)
-            if step % config.checkpointing_steps == 0 or step == total_steps or run.stop_requested():
+            if step % config.checkpointing_steps == 0 or step == total_steps or _agreed(run.stop_requested(), accelerator):
                 checkpoint(step)
     except Diverged as err:
         if main:
