@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .generate import generate_video, resolve_preset
+from .generate import generate_video, is_main_process, resolve_preset
 from .paths import outputs_dir
 from .presets import DEFAULT_PRESET
 from .video import side_by_side, write_mp4
@@ -33,8 +33,9 @@ class Comparison:
 def compare_base_extended(prompt: str, *, preset: str | dict = DEFAULT_PRESET, lora_dir: str | Path | None = None,
                           base_frames: int | None = None, extended_frames: int | None = None,
                           steps: int | None = None, seed: int | None = None, attention: dict | None = None,
-                          out_dir: str | Path | None = None, progress=None) -> Comparison:
-    """`lora_dir` may be None to see what the base model does at extended length alone."""
+                          out_dir: str | Path | None = None, progress=None, context_parallel: int = 1) -> Comparison:
+    """`lora_dir` may be None to see what the base model does at extended length alone. `context_parallel`: see
+    generate_video (every launched process calls this; rank 0 writes)."""
     preset = resolve_preset(preset)
     base_frames = base_frames or preset["training"]["base_num_frames"]
     extended_frames = extended_frames or preset["training"]["extended_num_frames"]
@@ -45,12 +46,15 @@ def compare_base_extended(prompt: str, *, preset: str | dict = DEFAULT_PRESET, l
         return None if progress is None else (lambda done, n: progress(i * n + done, total * n))
 
     base = generate_video(prompt, preset=preset, num_frames=base_frames, steps=steps, seed=seed,
-                          attention={"pattern": "dense"}, out_path=out_dir / "base.mp4", progress=stage(0))
+                          attention={"pattern": "dense"}, out_path=out_dir / "base.mp4", progress=stage(0),
+                          context_parallel=context_parallel)
     ext = generate_video(prompt, preset=preset, num_frames=extended_frames, steps=steps, seed=seed,
                          attention={"pattern": "radial", **(attention or {})}, lora_dir=lora_dir,
-                         out_path=out_dir / "extended.mp4", progress=stage(1))
+                         out_path=out_dir / "extended.mp4", progress=stage(1), context_parallel=context_parallel)
     ext_label = f"{'LoRA ' if lora_dir else ''}{extended_frames}f {ext.settings['attention']['pattern']}"
     composed = side_by_side([base.frames, ext.frames], [f"base {base_frames}f dense", ext_label])
-    path = write_mp4(composed, out_dir / "side_by_side.mp4", fps=preset["generation"]["fps"])
+    path = out_dir / "side_by_side.mp4"
+    if is_main_process():
+        write_mp4(composed, path, fps=preset["generation"]["fps"])
     return Comparison(str(base.path), str(ext.path), str(path), round(base.seconds, 3), round(ext.seconds, 3),
                       base_frames, extended_frames)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -34,6 +35,41 @@ def resolve_preset(preset: str | dict) -> dict:
     return load_preset(preset) if isinstance(preset, str) else preset
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a launched group (torchrun / accelerate launch), or a lone process: the one that writes files."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+@contextmanager
+def context_parallel_sampling(pipe, fam, degree: int):
+    """Ulysses context parallelism of `degree` on the pipeline's transformers for the calls inside (1: nothing).
+
+    The processes must have been launched together (torchrun / accelerate launch); the process group is
+    started here if the launcher did not. The loaded pipeline is shared between requests: CP is taken off
+    again on the way out, whatever happens.
+    """
+    if degree == 1:
+        yield
+        return
+    from accelerate import PartialState
+
+    from .attention.context_parallel import ContextParallel, disable_context_parallel, enable_context_parallel
+
+    PartialState()  # initialises torch.distributed from the launcher's environment (gloo on CPU, NCCL on GPUs)
+    cp = ContextParallel.from_env(degree)
+    enabled = []
+    try:
+        for transformer in fam.transformers(pipe):
+            enable_context_parallel(transformer, cp, fam)
+            enabled.append(transformer)
+        yield
+    finally:
+        for transformer in enabled:
+            disable_context_parallel(transformer)
+
+
 def _check_request(fam, prompt, num_frames, height, width, steps, guidance_scale, seed):
     if not isinstance(prompt, str) or not prompt.strip():
         raise InputError("prompt is empty: describe the video to generate, e.g. 'a red ball bounces on a beach'.")
@@ -63,12 +99,15 @@ def generate_video(
     attention: dict | None = None,
     lora_dir: str | Path | None = None,
     progress: ProgressFn | None = None,
+    context_parallel: int = 1,
 ) -> GenerationResult:
     """Generate one video. Unset arguments take the preset's defaults.
 
     `attention` overrides the preset's attention settings (pattern, dense_layers,
     dense_timesteps, decay_factor, block_size, backend). `lora_dir` is an adapter folder
-    (diffusers format, e.g. a run's `final/`), applied for this call only.
+    (diffusers format, e.g. a run's `final/`), applied for this call only. `context_parallel` N > 1: every
+    process of a launched group calls this; each attends over all tokens for 1/N of the heads
+    (`context_parallel_sampling`), all get the same frames, and only rank 0 writes the mp4.
     """
     preset = resolve_preset(preset)
     check_capable(preset, "generate")
@@ -101,9 +140,10 @@ def generate_video(
     generator = torch.Generator(device="cpu").manual_seed(seed)
     start = time.perf_counter()
     try:
-        video = fam.generate(pipe, prompt=prompt, negative_prompt=negative_prompt, height=height, width=width,
-                             num_frames=num_frames, steps=steps, guidance_scale=guidance_scale, generator=generator,
-                             on_step=None if progress is None else (lambda done: progress(done, steps)))
+        with context_parallel_sampling(pipe, fam, int(context_parallel)):
+            video = fam.generate(pipe, prompt=prompt, negative_prompt=negative_prompt, height=height, width=width,
+                                 num_frames=num_frames, steps=steps, guidance_scale=guidance_scale,
+                                 generator=generator, on_step=None if progress is None else (lambda done: progress(done, steps)))
     finally:
         if lora_dir is not None:  # the loaded model is shared between requests: leave it clean
             fam.unload_lora(pipe)
@@ -111,11 +151,11 @@ def generate_video(
     frames = (np.clip(video, 0, 1) * 255).round().astype(np.uint8)
     if out_path is None:
         out_path = outputs_dir() / f"generate-{time.strftime('%Y%m%d-%H%M%S')}-{seed}.mp4"
-    path = write_mp4(frames, out_path, fps=fps)
+    path = write_mp4(frames, out_path, fps=fps) if is_main_process() else Path(out_path)
     record = {
         "preset": preset["name"], "prompt": prompt, "negative_prompt": negative_prompt, "num_frames": num_frames,
         "height": height, "width": width, "steps": steps, "guidance_scale": guidance_scale, "seed": seed,
         "fps": fps, "attention": settings.to_dict(), "family": fam.name,
-        "lora_dir": str(lora_ref) if lora_ref is not None else None,
+        "lora_dir": str(lora_ref) if lora_ref is not None else None, "context_parallel": int(context_parallel),
     }
     return GenerationResult(path=Path(path), frames=frames, seconds=seconds, settings=record)

@@ -21,9 +21,21 @@ def _add_attention_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--attention_backend", dest="backend", choices=list(ATTENTION_BACKENDS))
 
 
+def _add_context_parallel_flag(p: argparse.ArgumentParser) -> None:
+    from ..settings import MEMORY
+
+    p.add_argument("--context_parallel", type=int, default=1, help=MEMORY["context_parallel"].help)
+
+
 def _attention_overrides(args) -> dict:
     keys = ("pattern", "dense_layers", "dense_timesteps", "decay_factor", "block_size", "backend")
     return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+
+
+def is_main_process() -> bool:
+    from ..generate import is_main_process as main
+
+    return main()
 
 
 def cmd_generate(args) -> int:
@@ -43,13 +55,14 @@ def cmd_generate(args) -> int:
             args.prompt, preset=args.preset, negative_prompt=args.negative_prompt, num_frames=args.num_frames,
             height=args.height, width=args.width, steps=args.steps, guidance_scale=args.guidance_scale,
             seed=args.seed, fps=args.fps, out_path=args.out, attention=_attention_overrides(args),
-            lora_dir=args.lora_checkpoint_dir, progress=progress,
+            lora_dir=args.lora_checkpoint_dir, progress=progress, context_parallel=args.context_parallel,
         )
     finally:
         bar.close()
     summary = {"video": str(result.path), "frames": int(result.frames.shape[0]), "seconds": round(result.seconds, 3),
                **result.settings}
-    print(json.dumps(summary, indent=2))
+    if is_main_process():
+        print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -107,8 +120,10 @@ def cmd_evaluate(args) -> int:
 
     summary = evaluate_lora(args.lora_checkpoint_dir, args.output_dir, base_frames=args.base_frames,
                             extended_frames=args.extended_frames, prompts_file=args.prompts, preset=args.preset,
-                            steps=args.steps, seed=args.seed, attention=_attention_overrides(args))
-    print(json.dumps(summary, indent=2))
+                            steps=args.steps, seed=args.seed, attention=_attention_overrides(args),
+                            context_parallel=args.context_parallel)
+    if is_main_process():
+        print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -145,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fps", type=int)
     g.add_argument("--lora_checkpoint_dir", help="LoRA folder to apply (a run's final/ or best_model/)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_context_parallel_flag(g)
     _add_attention_flags(g)
     g.set_defaults(func=cmd_generate)
 
@@ -169,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--preset", help="default: the run's preset")
     e.add_argument("--steps", type=int)
     e.add_argument("--seed", type=int, default=0)
+    _add_context_parallel_flag(e)
     _add_attention_flags(e)
     e.set_defaults(func=cmd_evaluate)
 

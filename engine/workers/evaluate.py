@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from ..compare import compare_base_extended
+from ..generate import is_main_process
 from ..errors import InputError
 from ..jobs import atomic_write_json
 from ..presets import DEFAULT_PRESET, load_preset
@@ -53,7 +54,7 @@ def run_preset_of(lora_dir: Path) -> str | None:
 
 def evaluate_lora(lora_dir, output_dir, *, base_frames: int, extended_frames: int, prompts_file=None,
                   preset: str | None = None, steps: int | None = None, seed: int = 0, attention: dict | None = None,
-                  progress=None) -> dict:
+                  progress=None, context_parallel: int = 1) -> dict:
     lora_dir, output_dir = Path(lora_dir), Path(output_dir)
     preset_name = preset or run_preset_of(lora_dir) or DEFAULT_PRESET
     preset_dict = load_preset(preset_name)
@@ -63,12 +64,13 @@ def evaluate_lora(lora_dir, output_dir, *, base_frames: int, extended_frames: in
     for i, prompt in enumerate(prompts):
         result = compare_base_extended(prompt, preset=preset_dict, lora_dir=lora_dir, base_frames=base_frames,
                                        extended_frames=extended_frames, steps=steps, seed=seed, attention=radial,
-                                       out_dir=output_dir / f"prompt-{i:03d}")
+                                       out_dir=output_dir / f"prompt-{i:03d}", context_parallel=context_parallel)
         results.append({"prompt": prompt, **result.to_dict()})
         if progress is not None:
             progress(i + 1, len(prompts))
     summary = {"lora_dir": str(lora_dir), "preset": preset_name, "base_frames": base_frames,
                "extended_frames": extended_frames, "seed": seed, "steps": steps or preset_dict["generation"]["steps"],
-               "attention_extended": radial, "results": results}
-    atomic_write_json(output_dir / "summary.json", summary)
+               "attention_extended": radial, "context_parallel": context_parallel, "results": results}
+    if is_main_process():
+        atomic_write_json(output_dir / "summary.json", summary)
     return summary
