@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
+from ..errors import InputError
 from ..presets import DEFAULT_PRESET
 from ..settings import TTA, TTA_RUN, TTA_SWEEP
 
@@ -65,7 +67,16 @@ def cmd_tta(args) -> int:
 
 
 def cmd_tta_sweep(args) -> int:
-    from ..workers.tta import run_tta_sweep
+    from ..workers.tta import merge_tta_sweep, run_tta_sweep
+
+    if args.merge:
+        if not args.experiment:
+            raise InputError("--merge needs --experiment (and --output_root) naming the sweep to merge.")
+        merge_tta_sweep(Path(args.output_root) / args.experiment)
+        print((Path(args.output_root) / args.experiment / "summary.md").read_text())
+        return 0
+    if not args.data_dir:
+        raise InputError("tta-sweep needs --data_dir (a folder from `data convert --task tta`).")
 
     bar, progress = _progress_printer(args.quiet)
     try:
@@ -75,10 +86,10 @@ def cmd_tta_sweep(args) -> int:
                                include_mlp=args.include_mlp, cond_frames=args.cond_frames,
                                total_frames=args.total_frames, height=args.height, width=args.width,
                                sample_steps=args.sample_steps, guidance_scale=args.guidance_scale,
-                               sampler=args.sampler, lpips=not args.no_lpips, progress=progress)
+                               sampler=args.sampler, lpips=not args.no_lpips, progress=progress, shard=args.shard)
     finally:
         bar.close()
-    if result["state"] == "finished":
+    if result["state"] == "finished" and result["summary_md"]:
         print(open(result["summary_md"]).read())
     print(json.dumps({k: v for k, v in result.items() if k != "summary"}, indent=2))
     return 0 if result["state"] == "finished" else 1
@@ -107,13 +118,17 @@ def add_tta_parsers(subparsers) -> None:
     t.set_defaults(func=cmd_tta)
 
     s = subparsers.add_parser("tta-sweep", help="a grid of TTA settings over a dataset; results/<experiment>/")
-    s.add_argument("--data_dir", required=True, help="dataset folder from `data convert --task tta`")
+    s.add_argument("--data_dir", help="dataset folder from `data convert --task tta`")
     s.add_argument("--ranks", default=TTA_SWEEP["ranks"], help="comma-separated, e.g. 8,16,32")
     s.add_argument("--lrs", default=TTA_SWEEP["lrs"], help="comma-separated, e.g. 1e-4,2e-4")
     s.add_argument("--steps", default=TTA_SWEEP["steps"], help="comma-separated, e.g. 20,50,100")
     s.add_argument("--experiment", help="name of the results folder (default: tta-<data folder>-<objective>); "
                                         "running again with the same name resumes")
     s.add_argument("--output_root", default="results")
+    s.add_argument("--shard", default="auto", help="i/N: this process takes every N-th clip (auto: torchrun's RANK/"
+                   "WORLD_SIZE or a SLURM array's task; else the whole sweep); the last shard to finish merges")
+    s.add_argument("--merge", action="store_true", help="only write the summary of a finished sharded sweep "
+                   "(--experiment, --output_root)")
     _common(s)
     s.set_defaults(func=cmd_tta_sweep)
 

@@ -641,13 +641,62 @@ def _positive_list(name: str, values, kind) -> list:
     return sorted(set(values), key=values.index)
 
 
+def sweep_shard(shard: str | None = None) -> tuple[int, int]:
+    """(index, count) of this process's share of a sweep's clips.
+
+    `shard` "i/N" names it; None or "auto": torchrun's RANK / WORLD_SIZE, else a SLURM array's task
+    (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT), else the whole sweep (0, 1).
+    """
+    env = os.environ
+    if shard not in (None, "", "auto"):
+        m = re.fullmatch(r"(\d+)/(\d+)", str(shard))
+        if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+            raise InputError(f"shard {shard!r} must be i/N with 0 <= i < N, e.g. 0/4.")
+        return int(m.group(1)), int(m.group(2))
+    if "WORLD_SIZE" in env and "RANK" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"])
+    if "SLURM_ARRAY_TASK_COUNT" in env and "SLURM_ARRAY_TASK_ID" in env:
+        first = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+        return int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"])
+    return 0, 1
+
+
+class _ShardRun(RunDir):
+    """A shard's own status and events (shards/shard-<i>/), stopped by the experiment's stop flag too."""
+
+    def __init__(self, path, root: RunDir):
+        super().__init__(path)
+        self.root = root
+
+    def stop_requested(self) -> bool:
+        return super().stop_requested() or self.root.stop_requested()
+
+
+def merge_tta_sweep(root: str | os.PathLike) -> dict:
+    """Write summary.json / summary.md of an experiment whose shards have all finished; InputError says what is missing."""
+    root = Path(root)
+    config_path = root / "config.json"
+    if not config_path.is_file():
+        raise InputError(f"'{root}' holds no TTA sweep (no config.json); run tta-sweep first.")
+    config = json.loads(config_path.read_text())
+    layout = ResultsLayout(root)
+    missing = [(v, n) for v in config["videos"] for n in config["settings"] if not layout.metrics(n, v).is_file()]
+    if missing:
+        raise InputError(f"{len(missing)} of {len(config['videos']) * len(config['settings'])} items are not done yet "
+                         f"(first: {missing[0][0]} / {missing[0][1]}); run the missing shards, then merge.")
+    summary = summarize_experiment(root, config["settings"], config["videos"])
+    atomic_write_json(root / "summary.json", summary)
+    (root / "summary.md").write_text(summary_markdown(summary))
+    return summary
+
+
 def run_tta_sweep(data_dir: str | os.PathLike, *, ranks=TTA_SWEEP["ranks"], lrs=TTA_SWEEP["lrs"],
                   steps=TTA_SWEEP["steps"], experiment: str | None = None, objective: str | None = None,
                   preset: str | dict = DEFAULT_PRESET, output_root: str | os.PathLike = "results", seed: int = 0,
                   alpha: float | None = None, include_mlp: bool = False, cond_frames: int | None = None,
                   total_frames: int | None = None, height: int | None = None, width: int | None = None,
                   sample_steps: int | None = None, guidance_scale: float | None = None, sampler: str = "scheduler",
-                  lpips: bool = True, progress: ProgressFn | None = None) -> dict:
+                  lpips: bool = True, progress: ProgressFn | None = None, shard: str | None = None) -> dict:
     """A grid of TTA settings (rank x lr x steps) over every clip of a dataset folder (`data convert --task tta`).
 
     Written to `<output_root>/<experiment>/`: config.json, status.json, events.jsonl,
@@ -657,6 +706,10 @@ def run_tta_sweep(data_dir: str | os.PathLike, *, ranks=TTA_SWEEP["ranks"], lrs=
     baseline is generated once per clip; for each (rank, lr) the LoRA trains once to the
     largest step count and is sampled at each count. Running the same command again resumes:
     finished items are kept. Returns the summary.
+
+    Sharded (`shard`, see `sweep_shard`: several torchrun processes, a SLURM array, or "i/N" by hand):
+    shard i takes every N-th clip (by video id) and keeps its status and events in shards/shard-<i>/;
+    the shard that finds every item done writes the one summary (`merge_tta_sweep` does it by hand).
     """
     from ..data.dataset import load_dataset
 
@@ -693,6 +746,9 @@ def run_tta_sweep(data_dir: str | os.PathLike, *, ranks=TTA_SWEEP["ranks"], lrs=
                   "guidance_scale": sample.guidance_scale, "sampler": sample.sampler,
                   "negative_prompt": sample.negative_prompt, "settings": names}
         run = _prepare_output_dir(root, "tta_sweep", config, resume=True)
+        index, count = sweep_shard(shard)
+        if count > 1 and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # one GPU per torchrun process
         pipe, fam = _load_model(preset_dict)
     except EngineError as err:
         _fail_job_status(root, err)
@@ -700,6 +756,10 @@ def run_tta_sweep(data_dir: str | os.PathLike, *, ranks=TTA_SWEEP["ranks"], lrs=
     resumed = run.config_path.is_file()
     run.create()
     atomic_write_json(run.config_path, config)
+    if count > 1:
+        entries = sorted(entries, key=lambda e: e.video_id)[index::count]
+        run = _ShardRun(root / "shards" / f"shard-{index}", run)
+        run.create()
     layout = ResultsLayout(root)
     total_items = len(entries) * len(names)
     done = sum(1 for e in entries for n in names if layout.metrics(n, e.video_id).is_file())
@@ -720,9 +780,17 @@ def run_tta_sweep(data_dir: str | os.PathLike, *, ranks=TTA_SWEEP["ranks"], lrs=
                             alpha=alpha, include_mlp=include_mlp, pipe=pipe, fam=fam, mode=mode,
                             cond_frames=cond_frames, sample=sample, lpips=lpips, status=status, done=done,
                             total=total_items)
-        summary = summarize_experiment(root, names, [e.video_id for e in entries])
-        atomic_write_json(root / "summary.json", summary)
-        (root / "summary.md").write_text(summary_markdown(summary))
+        if count > 1:
+            try:
+                summary = merge_tta_sweep(root)
+            except InputError:  # other shards are still at work: the last one to finish merges
+                status(state="finished", phase="done", seconds=time.time() - started)
+                return {"output_dir": str(root), "state": "finished", "shard": [index, count], "summary": None,
+                        "summary_path": None, "summary_md": None}
+        else:
+            summary = summarize_experiment(root, names, [e.video_id for e in entries])
+            atomic_write_json(root / "summary.json", summary)
+            (root / "summary.md").write_text(summary_markdown(summary))
         status(state="finished", phase="done", seconds=time.time() - started)
     except TTAStopped:
         status(state="stopped")

@@ -281,3 +281,63 @@ def test_presets_declare_how_they_continue():
     assert load_preset("skyreels-v2-df-1.3b")["source"] == "Skywork/SkyReels-V2-DF-1.3B-540P-Diffusers"
     assert load_preset("wan2.1-vace-1.3b")["source"] == "Wan-AI/Wan2.1-VACE-1.3B-diffusers"
     assert load_preset("skyreels-v2-df-1.3b")["tta"]["short_side"] == 256
+
+
+def _rounded(value):
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+@pytest.mark.slow
+def test_a_sweep_sharded_over_two_processes_gives_the_one_process_summary(clips, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from engine.workers.tta import merge_tta_sweep, sweep_shard
+
+    data = _dataset(tmp_path / "data", clips)
+    kwargs = dict(ranks="2", lrs="1e-2", steps="1", experiment="exp", preset="tiny-wan", **FAST)
+    whole = run_tta_sweep(data, output_root=tmp_path / "one", shard="0/1", **kwargs)["summary"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), "-m", "engine", "tta-sweep", "--data_dir", str(data), "--ranks", "2",
+           "--lrs", "1e-2", "--steps", "1", "--experiment", "exp", "--output_root", str(tmp_path / "two"),
+           "--sample_steps", "2", "--no_lpips", "--quiet"]
+    result = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    root = tmp_path / "two" / "exp"
+    shards = sorted(p.name for p in (root / "shards").iterdir())
+    assert shards == ["shard-0", "shard-1"]  # each kept its own status and events
+    logged = {json.loads(line).get("video_id") for shard in shards
+              for line in (root / "shards" / shard / "events.jsonl").read_text().splitlines()} - {None}
+    assert logged == {"a", "b"}
+    assert _rounded(json.loads((root / "summary.json").read_text())) == _rounded(whole)
+    assert _rounded(merge_tta_sweep(root)) == _rounded(whole)  # merging by hand (a SLURM array) gives it again
+    # How shards are named
+    assert sweep_shard("1/4") == (1, 4)
+    with pytest.raises(InputError, match="shard '4/4' must be i/N"):
+        sweep_shard("4/4")
+
+
+def test_merging_an_unfinished_sharded_sweep_says_what_is_missing(clips, tmp_path):
+    from engine.workers.tta import merge_tta_sweep
+
+    data = _dataset(tmp_path / "data", clips)
+    result = run_tta_sweep(data, ranks="2", lrs="1e-2", steps="1", experiment="exp", preset="tiny-wan",
+                           output_root=tmp_path / "r", shard="0/2", **FAST)
+    assert result["state"] == "finished" and result["summary"] is None  # shard 1/2 has not run
+    root = tmp_path / "r" / "exp"
+    assert not (root / "summary.json").exists()
+    with pytest.raises(InputError, match=r"1 of 2 items are not done yet \(first: b / diffusion-r2-lr0.01-s1\)"):
+        merge_tta_sweep(root)
