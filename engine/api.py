@@ -82,9 +82,18 @@ def generate(prompt: str, *, preset: str = DEFAULT_PRESET, progress=None, **sett
     return generate_video(prompt, preset=require_preset(preset, "generate"), progress=progress, **settings)
 
 
-def compare(prompt: str, *, preset: str = DEFAULT_PRESET, adapter: str = "", progress=None, **settings):
-    """Base (dense, base length) vs the adapter (radial, extended length), side by side. Returns (result, folder)."""
+def compare(prompt: str, *, preset: str = DEFAULT_PRESET, adapter: str = "", progress=None, context_parallel: int = 1,
+            **settings):
+    """Base (dense, base length) vs the adapter (radial, extended length), side by side. Returns (result, folder).
+
+    `context_parallel` N > 1: over N processes (one per GPU) launched for this comparison (engine.launch.compare)."""
     lora_dir = resolve_adapter_ref(adapter) if adapter else None
+    if int(context_parallel) > 1:
+        from .launch.compare import compare_over_processes
+
+        result = compare_over_processes(prompt, preset=require_preset(preset, "generate"), lora_dir=lora_dir,
+                                        context_parallel=int(context_parallel), **{"attention": None, **settings})
+        return result, lora_dir
     result = compare_base_extended(prompt, preset=require_preset(preset, "generate"), lora_dir=lora_dir,
                                    progress=progress, **settings)
     return result, lora_dir

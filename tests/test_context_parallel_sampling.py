@@ -56,3 +56,18 @@ def test_evaluate_over_two_processes_writes_once_and_matches(tmp_path, tiny_pres
     assert summary["context_parallel"] == 2 and len(summary["results"]) == 2
     for name in ("base.mp4", "extended.mp4", "side_by_side.mp4"):
         _same_frames(tmp_path / "one" / "prompt-000" / name, tmp_path / "cp2" / "prompt-000" / name)
+
+
+def test_the_compare_action_over_two_processes_gives_the_in_request_comparison(tmp_path, monkeypatch):
+    from engine import api
+    from engine.errors import InputError
+
+    monkeypatch.setenv("RADIAL_STUDIO_OUTPUTS", str(tmp_path / "outputs"))
+    settings = dict(preset="tiny-wan", base_frames=9, extended_frames=17, steps=2, seed=1)
+    here, _ = api.compare("a red ball rolls", **settings)
+    over, _ = api.compare("a red ball rolls", context_parallel=2, **settings)
+    assert over.base_frames == 9 and over.extended_frames == 17 and "cp2" in over.side_by_side
+    for a, b in ((here.base, over.base), (here.extended, over.extended), (here.side_by_side, over.side_by_side)):
+        _same_frames(a, b)
+    with pytest.raises(InputError, match="context_parallel"):  # the tiny model has 2 heads: 3 cannot split them
+        api.compare("a red ball rolls", context_parallel=3, **settings)

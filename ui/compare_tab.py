@@ -17,13 +17,15 @@ def _gpu_seconds(prompt, preset, adapter, base_frames, extended_frames, steps, *
 @user_errors_as_messages
 @gpu_task(_gpu_seconds)
 def run_compare(prompt, preset, adapter, base_frames, extended_frames, steps, seed, decay_factor, dense_layers,
-                dense_timesteps, progress=gr.Progress()):
+                dense_timesteps, context_parallel=1, progress=gr.Progress()):
+    """`context_parallel` comes last so positional API calls made before it existed still work."""
     result, lora_dir = api.compare(
         prompt, preset=preset, adapter=adapter, base_frames=int(base_frames), extended_frames=int(extended_frames),
         steps=int(steps), seed=int(seed),
         attention={"decay_factor": float(decay_factor), "dense_layers": int(dense_layers),
                    "dense_timesteps": int(dense_timesteps)},
         progress=lambda done, total: progress((done, total), desc="sampling", unit="steps"),
+        context_parallel=int(context_parallel or 1),
     )
     return result.side_by_side, result.base, result.extended, {**result.to_dict(), "adapter": str(lora_dir) if lora_dir else None}
 
@@ -56,6 +58,8 @@ def build(default_preset: str) -> None:
                     decay = gr.Number(decay0, label="Decay factor")
                     dense_layers = gr.Number(layers0, precision=0, label="Dense layers")
                     dense_timesteps = gr.Number(timesteps0, precision=0, label="Dense timesteps")
+                    context_parallel = gr.Number(1, precision=0, minimum=1, label="GPUs (context parallelism)",
+                                                 info="N > 1: the sequence split over N GPUs of this machine")
                 button = gr.Button("Compare", variant="primary")
                 refresh = gr.Button("Refresh adapters", size="sm")
             with gr.Column():
@@ -68,5 +72,5 @@ def build(default_preset: str) -> None:
                                                        dense_timesteps], api_name=False)
         refresh.click(lambda: gr.Dropdown(choices=api.finished_adapters()), None, adapter, api_name=False)
         button.click(run_compare, [prompt, preset, adapter, base_frames, extended_frames, steps, seed, decay,
-                                   dense_layers, dense_timesteps], [composed, base_video, ext_video, info],
+                                   dense_layers, dense_timesteps, context_parallel], [composed, base_video, ext_video, info],
                      api_name="compare")

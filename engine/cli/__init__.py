@@ -127,6 +127,18 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from ..compare import compare_base_extended
+
+    result = compare_base_extended(args.prompt, preset=args.preset, lora_dir=args.adapter, base_frames=args.base_frames,
+                                   extended_frames=args.extended_frames, steps=args.steps, seed=args.seed,
+                                   attention=_attention_overrides(args), out_dir=args.out_dir,
+                                   context_parallel=args.context_parallel)
+    if is_main_process():
+        print(json.dumps(result.to_dict()))  # one line: the app reads it back (engine.launch.compare)
+    return 0
+
+
 def cmd_presets(args) -> int:
     from ..presets import list_presets, load_preset
 
@@ -188,6 +200,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_context_parallel_flag(e)
     _add_attention_flags(e)
     e.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser("compare", help="the Compare tab: base (dense, base length) vs adapter (radial, extended "
+                       "length), side by side")
+    c.add_argument("--prompt", required=True)
+    c.add_argument("--preset", default=DEFAULT_PRESET)
+    c.add_argument("--adapter", help="a LoRA folder (default: the base model alone at extended length)")
+    c.add_argument("--base_frames", type=int)
+    c.add_argument("--extended_frames", type=int)
+    c.add_argument("--steps", type=int)
+    c.add_argument("--seed", type=int)
+    c.add_argument("--out_dir", help="default: outputs/compare-<time>")
+    _add_context_parallel_flag(c)
+    _add_attention_flags(c)
+    c.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("presets", help="list the presets")
     p.set_defaults(func=cmd_presets)
