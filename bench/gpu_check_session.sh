@@ -1,0 +1,20 @@
+#!/bin/bash
+# GPU check of the memory options through the real trainer and CLI (tiny model, CUDA, bf16), then the
+# memory plan's predictions against 1.3B rows it was not fitted to (69 -> 121 frames). Needs .whl/ (diffusers,
+# ftfy, wcwidth, psutil, filelock wheels; site/imageio_ffmpeg and ffmpeg.xz) carried to the GPU machine.
+#   bash bench/gpu_check_session.sh   (with $OUT set)
+set -e
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl 2>&1 | tail -2
+cp -r .whl/site/imageio_ffmpeg /tmp/site/
+python3 -c "import lzma,shutil; shutil.copyfileobj(lzma.open('.whl/ffmpeg.xz'), open('/usr/local/bin/ffmpeg','wb'))"
+chmod +x /usr/local/bin/ffmpeg
+export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 IMAGEIO_FFMPEG_EXE=/usr/local/bin/ffmpeg
+python3 -m engine data create --output_dir /tmp/d --num_samples 3 --preset tiny-wan > /dev/null
+python3 -m engine train --preset tiny-wan --data_dir /tmp/d --output_dir /tmp/r --max_steps 3 --validation_steps 3 \
+  --checkpointing_steps 3 --sample_steps 0 --use_gradient_checkpointing true --fp8_base true \
+  --offload_activations true --ffn_chunks 2 --quiet 2>&1 | tail -1
+python3 -m engine train --preset tiny-wan --data_dir /tmp/d --output_dir /tmp/r2 --max_steps 2 --validation_steps 2 \
+  --checkpointing_steps 2 --sample_steps 0 --use_gradient_checkpointing true --gpu_memory_gb 0.00195 --quiet 2>&1 | tail -1
+python3 -c "import json; c=json.load(open('/tmp/r2/config.json')); print('plan chose', c['fp8_base'], c['offload_activations'], c['ffn_chunks'])"
+python3 bench/train_memory.py --out "$OUT" --fit "" \
+  --full "1.3b:none@121,1.3b:offload+chunk4@121,1.3b:chunk8@121,1.3b:fp8+offload@121" 2>&1 | grep "^|"
