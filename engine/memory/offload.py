@@ -23,7 +23,7 @@ import torch
 import torch.utils.checkpoint
 
 MIN_BYTES = 16 * 2**20  # smaller saved tensors (text, time embeddings) stay on the GPU
-_SLAB_ROUND = 64 * 2**20
+SLAB_ROUND = 64 * 2**20  # host slabs are whole multiples of this
 
 
 class PinnedPool:
@@ -48,7 +48,7 @@ class PinnedPool:
                 event.synchronize()
             self.allocated_bytes -= slab.numel()
         self.free.clear()
-        size = -(-nbytes // _SLAB_ROUND) * _SLAB_ROUND
+        size = -(-nbytes // SLAB_ROUND) * SLAB_ROUND
         slab = _pinned(size) if self.pin else torch.empty(size, dtype=torch.uint8)
         self.allocated_bytes += size
         self.peak_bytes = max(self.peak_bytes, self.allocated_bytes)

@@ -104,7 +104,10 @@ def estimate(config, preset: dict, fp8_base: bool, offload_activations: bool, ff
         "recompute": tokens * (profile.bytes_per_token_width * profile.width
                                + profile.bytes_per_token_ffn * profile.ffn_width / ffn_chunks) / GIB,
     }
-    host = profile.layers * block_input / GIB if offload_activations else 0.0
+    from .offload import SLAB_ROUND  # the pool's slabs: one per block, rounded up
+
+    slab = -(-block_input // SLAB_ROUND) * SLAB_ROUND
+    host = profile.layers * slab / GIB if offload_activations else 0.0
     return Estimate(fp8_base, offload_activations, ffn_chunks, sum(parts.values()), host, parts)
 
 
