@@ -48,7 +48,10 @@ def main() -> None:
     print("comparing base (dense, base length) with the LoRA (radial, extended length)")
     composed, base, extended, info = client.predict(prompt=args.prompt, preset="tiny-wan",
                                                     adapter=f"run:{run_id}/final", api_name="/compare")
-    print(json.dumps({"side_by_side": composed, "base": base, "extended": extended, **info}, indent=2))
+    # The videos are the copies gradio_client downloaded here; `info` also names the server's own paths
+    # (`base`, `extended`, `side_by_side`), which mean nothing on this machine: they are left out.
+    settings = {k: v for k, v in info.items() if k not in ("base", "extended", "side_by_side")}
+    print(json.dumps({"side_by_side": composed, "base": base, "extended": extended, **settings}, indent=2))
 
 
 if __name__ == "__main__":
