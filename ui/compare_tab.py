@@ -40,7 +40,7 @@ def build(default_preset: str) -> None:
     presets = api.presets_for("generate")
     default_preset = api.default_preset_for("generate", default_preset)
     base0, ext0, steps0, decay0, layers0, timesteps0 = _defaults(default_preset)
-    with gr.Tab("Compare"):
+    with gr.Tab("Compare") as tab:
         with gr.Row():
             with gr.Column():
                 prompt = gr.Textbox(label="Prompt", value="a red circle moves from left to right on a dark blue background", lines=2)
@@ -71,6 +71,8 @@ def build(default_preset: str) -> None:
         preset.change(lambda n: _defaults(n), preset, [base_frames, extended_frames, steps, decay, dense_layers,
                                                        dense_timesteps], api_name=False)
         refresh.click(lambda: gr.Dropdown(choices=api.finished_adapters()), None, adapter, api_name=False)
+        # Runs that finished since the page loaded are offered as soon as the tab opens.
+        tab.select(lambda: gr.Dropdown(choices=api.finished_adapters()), None, adapter, api_name=False)
         button.click(run_compare, [prompt, preset, adapter, base_frames, extended_frames, steps, seed, decay,
                                    dense_layers, dense_timesteps, context_parallel], [composed, base_video, ext_video, info],
                      api_name="compare")

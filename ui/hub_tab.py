@@ -30,7 +30,7 @@ def hub_pull(ref: str, token: str = "", oauth_token: gr.OAuthToken | None = None
 
 
 def build() -> None:
-    with gr.Tab("Hub"):
+    with gr.Tab("Hub") as tab:
         gr.Markdown("Share an adapter: the LoRA (diffusers + ComfyUI formats), its training config and a model card "
                     "with the loss plot and a sample video. Repos are private unless you tick *public*.")
         if api.on_spaces():
@@ -55,3 +55,5 @@ def build() -> None:
         push.click(hub_push, [adapter, repo_id, token, public], [result, message], api_name="hub_push")
         pull.click(hub_pull, [ref, token], pulled, api_name="hub_pull")
         refresh.click(lambda: gr.Dropdown(choices=api.finished_adapters()), None, adapter, api_name=False)
+        # Runs that finished since the page loaded are offered as soon as the tab opens.
+        tab.select(lambda: gr.Dropdown(choices=api.finished_adapters()), None, adapter, api_name=False)

@@ -61,3 +61,20 @@ def test_browser_starts_training_sees_losses_and_reattaches_after_reload(page, a
     page.wait_for_function(
         "() => /stopped|finished/.test(document.querySelector('#train-status')?.innerText || '')", timeout=180_000)
     page.screenshot(path=str(ARTIFACTS / "train-stopped.png"), full_page=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tab", ["Compare", "Hub"])
+def test_an_adapter_finished_after_the_page_loaded_is_offered_when_its_tab_opens(page, app_url, tiny_preset, tab):
+    from tests.run_factory import make_finished_run
+
+    url, root = app_url
+    page.goto(url)
+    page.get_by_role("tab", name="Length extension").click()
+    run_id = f"20261202-0000{'01' if tab == 'Compare' else '02'}-abcdef"
+    make_finished_run(root / "runs" / run_id, tiny_preset)  # finished while the page was open
+    page.get_by_role("tab", name=tab).click()
+    # The adapter dropdown (a combobox named by its label): its options are the finished adapters.
+    page.get_by_role("combobox", name=re.compile(r"^Adapter")).locator("visible=true").first.click()
+    page.get_by_role("option", name=f"run {run_id} (final)").wait_for(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / f"{tab.lower()}-adapters.png"), full_page=True)
