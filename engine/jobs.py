@@ -24,7 +24,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 
 STATES = ("queued", "running", "stopping", "stopped", "finished", "failed", "diverged", "damaged")
 FINAL_STATES = ("stopped", "finished", "failed", "diverged", "damaged")
@@ -274,7 +274,11 @@ def stop_job(run_dir: str | os.PathLike) -> None:
     """Ask the worker to finish its current step, checkpoint and exit; a queued job is taken out of the queue."""
     run = RunDir(run_dir)
     with queue_lock(run.path.parent):
-        if run.read_status().get("state") == "queued":  # never started: it will not start now
+        state = job_status(run.path).get("state")
+        if state not in ("queued", "running", "stopping"):
+            # A stop flag left on an ended run would stop its next resume at once: say so instead.
+            raise InputError(f"run '{run.path.name}' is {state or 'not started'}: there is nothing to stop.")
+        if state == "queued":  # never started: it will not start now
             run.update_status(state="stopped")
         run.request_stop()
 

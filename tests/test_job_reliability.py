@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine import jobs
-from engine.errors import ConfigError
+from engine.errors import ConfigError, InputError
 from engine.jobs import RunDir, job_status, pump_queue, queue_position, stop_job, submit_job
 
 # A stand-in worker: it holds a "GPU slot" for a while, then exits (its status then reads failed: done).
@@ -48,7 +48,10 @@ def test_load_many_pollers_start_each_job_once_and_respect_max_jobs(tmp_path, mo
         for i, run in enumerate(runs):
             submit_job(run, ["presets"], root)
             if i == 5:
-                stop_job(run)  # stopped while queued (or just started): it must not run twice, or at all if queued
+                try:  # stopped while queued (or just started): it must not run twice, or at all if queued
+                    stop_job(run)
+                except InputError:  # it had already finished: nothing to stop
+                    pass
             alive = sum(jobs.pid_alive(s.get("pid"), s.get("pid_started")) for s in map(job_status, runs[: i + 1]))
             most_alive = max(most_alive, alive)
             time.sleep(0.05)
@@ -155,3 +158,12 @@ def test_max_jobs_must_be_a_whole_number(monkeypatch, tmp_path):
     monkeypatch.setenv("RADIAL_STUDIO_MAX_JOBS", "0")
     with pytest.raises(ConfigError, match="at least 1"):
         pump_queue(tmp_path)
+
+
+def test_stop_on_an_ended_run_says_so_and_leaves_no_flag_for_its_resume(tmp_path):
+    for state in ("finished", "failed", "stopped"):
+        run = RunDir(tmp_path / state).create()
+        run.update_status(state=state)
+        with pytest.raises(InputError, match=f"run '{state}' is {state}: there is nothing to stop"):
+            stop_job(run.path)
+        assert not run.stop_requested()  # a later resume is not stopped at its first step
