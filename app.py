@@ -58,6 +58,18 @@ def _pump_forever(interval: float = 2.0) -> None:
         time.sleep(interval)
 
 
+def _check_port(host: str, port: int) -> None:
+    """A busy port is the user's to fix: say which flag, before Gradio's traceback about `server_port`."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            raise SystemExit(f"error: cannot listen on {host}:{port} ({err.strerror or err}); another server may "
+                             "be using it: pass --port N (or set GRADIO_SERVER_PORT), or stop the other one.") from None
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default=api.DEFAULT_PRESET, help="preset selected at start (default: tiny-wan)")
@@ -66,6 +78,7 @@ def main(argv=None) -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
     args = parser.parse_args(argv)
+    _check_port(args.host, args.port)
     threading.Thread(target=_pump_forever, daemon=True).start()
     build_app(args.preset).queue().launch(server_name=args.host, server_port=args.port, share=args.share,
                                           **launch_options())
