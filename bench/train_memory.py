@@ -10,7 +10,8 @@ Two parts:
   fit   the 14B and 1.3B widths with 1 and 2 blocks at each token count: per-block kept memory and
         the one-block recompute peak, per option (the numbers the memory plan is fitted to);
   full  whole models at the recipes' sizes, per option (what the plan is checked against).
-Options, joined by "+": offload (offload_activations), fp8 (fp8_base), chunkN (ffn_chunks=N); or none. A run that does not
+Options, joined by "+": offload (offload_activations), fp8 (fp8_base), chunkN (ffn_chunks=N), fsdp (FSDP2
+over this one process: the gather/reshard machinery's cost, no sharding gain); or none. A run that does not
 fit is recorded as OOM. Results go to $OUT/train_memory.json after every run; a table is printed last.
 
     python3 bench/train_memory.py --out $OUT --fit_layers 1 --fit_options none \\
@@ -73,6 +74,23 @@ class Bench:
             p.data = p.data.float()
         return model.train(), params, config
 
+    def shard(self, model):
+        """FSDP2 over a one-process NCCL group (cannot be undone: list fsdp runs last). Returns the new params."""
+        import os
+
+        import torch.distributed as dist
+
+        from engine.memory.sharding import shard_transformer
+
+        if not dist.is_initialized():
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", "29533")
+            dist.init_process_group("nccl", rank=0, world_size=1, device_id=torch.device("cuda", 0))
+        shard_transformer(model)
+        model._bench_fsdp = True
+        model._bench_params = [p for p in model.parameters() if p.requires_grad]  # the shards replace them
+        return model._bench_params
+
     def step(self, model, params, config, options: str, base: int, extended: int, size: str) -> dict:
         from engine.attention.processor import install_radial_attention
         from engine.attention.schedule import AttentionSettings
@@ -83,6 +101,8 @@ class Bench:
         from engine.workers.trainer import length_extension_losses
 
         parts = options.split("+")
+        if getattr(model, "_bench_fsdp", False) and "fsdp" not in parts:
+            raise ValueError(f"{options}: FSDP cannot be undone on this model; list fsdp runs last")
         if "fp8" in parts and not getattr(model, "_bench_fp8", False):
             store_base_in_fp8(model, torch.bfloat16)
             model._bench_fp8 = True
@@ -101,6 +121,9 @@ class Bench:
                                      block_size=config.block_size, backend="triton")
         schedule = install_radial_attention(model, settings, self.fam)
         schedule.training = True
+        if "fsdp" in parts and not getattr(model, "_bench_fsdp", False):
+            self.shard(model)
+        params = getattr(model, "_bench_params", params)
         h, w = SIZE[size]
         lf_base, lf_ext = self.fam.latent_frames(base), self.fam.latent_frames(extended)
         gen = torch.Generator(device="cuda").manual_seed(0)

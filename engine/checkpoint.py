@@ -48,7 +48,9 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def save_checkpoint(root: Path, step: int, *, transformer, family, optimizer, lr_scheduler, state: dict,
-                    keep: int) -> Path:
+                    keep: int, gathered: tuple[dict, dict] | None = None) -> Path:
+    """`gathered`: (LoRA state, optimizer state) of a sharded model, gathered on every rank beforehand
+    (`gather_training_state`); this then only writes."""
     from .lora import save_lora
 
     root.mkdir(parents=True, exist_ok=True)
@@ -56,8 +58,9 @@ def save_checkpoint(root: Path, step: int, *, transformer, family, optimizer, lr
     tmp = root / f".tmp-step-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_lora(transformer, tmp / "lora", family, comfy=False)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    lora_state, optimizer_state = gathered or (None, optimizer.state_dict())
+    save_lora(transformer, tmp / "lora", family, comfy=False, state=lora_state)
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(lr_scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(_rng_state(), tmp / "rng.pt")
     # state.json last: its presence marks the folder complete.
@@ -109,13 +112,23 @@ def read_checkpoint(path: Path) -> dict:
 def load_checkpoint(path: Path, *, transformer, optimizer, lr_scheduler) -> dict:
     """Read a checkpoint whole (CheckpointError naming the bad file), then restore it; returns its state.json."""
     from .lora import set_lora_state_dict
+    from .memory.sharding import shard_lora_state, shard_optimizer_state
 
     parts = read_checkpoint(path)
-    set_lora_state_dict(transformer, parts["lora"])
-    optimizer.load_state_dict(parts["optimizer"])
+    # Saved whole; a sharded (FSDP) model takes this rank's shards of them.
+    set_lora_state_dict(transformer, shard_lora_state(transformer, parts["lora"]))
+    optimizer.load_state_dict(shard_optimizer_state(optimizer, parts["optimizer"]))
     lr_scheduler.load_state_dict(parts["scheduler"])
     _set_rng_state(parts["rng"])
     return parts["state"]
+
+
+def gather_training_state(transformer, optimizer) -> tuple[dict, dict]:
+    """(LoRA state, optimizer state), whole, of a sharded model: a collective, every rank calls it."""
+    from .lora import lora_state_dict
+    from .memory.sharding import full_optimizer_state
+
+    return lora_state_dict(transformer), full_optimizer_state(optimizer)
 
 
 def load_newest_intact(root: Path, **restore) -> tuple[Path | None, dict | None, list[str]]:

@@ -89,6 +89,10 @@ class TrainConfigMethods:
         if self.offload_activations and not self.use_gradient_checkpointing:
             raise ConfigError("training config field 'offload_activations'=true needs use_gradient_checkpointing=true "
                               "(it offloads what checkpointing saves); turn checkpointing on or offloading off.")
+        if self.fsdp and self.fp8_base:
+            raise ConfigError("training config fields 'fsdp' and 'fp8_base' are both true: choose one (sharding over N "
+                              "processes divides the base weights by N, more than fp8's halving; diffusers' fp8 "
+                              "casting would keep every gathered block alive under FSDP).")
         layers = fam.num_layers(preset)
         if layers is not None and self.dense_layers > layers:
             raise ConfigError(f"training config field 'dense_layers'={self.dense_layers}: the model has {layers} "

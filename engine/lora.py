@@ -50,7 +50,9 @@ def lora_state_dict(transformer) -> dict[str, torch.Tensor]:
     from peft.utils import get_peft_model_state_dict
 
     sd = get_peft_model_state_dict(transformer, adapter_name=ADAPTER_NAME)
-    return {k: sd[k].detach().to("cpu", torch.float32).contiguous() for k in sorted(sd)}
+    # A sharded (FSDP) model holds DTensors: gathering them is a collective, so every rank calls this then.
+    whole = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v) for k, v in sorted(sd.items())}
+    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in whole.items()}
 
 
 def set_lora_state_dict(transformer, state: dict[str, torch.Tensor]) -> None:
@@ -67,11 +69,14 @@ def adapter_metadata(transformer) -> dict:
     return {k: (sorted(v) if isinstance(v, (set, frozenset)) else v) for k, v in sorted(meta.items())}
 
 
-def save_lora(transformer, directory: str | Path, family, comfy: bool = True) -> SavedLora:
-    """Write the diffusers-format LoRA (with metadata) and, when the family has one, the ComfyUI export."""
+def save_lora(transformer, directory: str | Path, family, comfy: bool = True,
+              state: dict[str, torch.Tensor] | None = None) -> SavedLora:
+    """Write the diffusers-format LoRA (with metadata) and, when the family has one, the ComfyUI export.
+
+    `state`: the LoRA weights already gathered (lora_state_dict on every rank of a sharded model)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = lora_state_dict(transformer)
+    state = lora_state_dict(transformer) if state is None else state
     meta = adapter_metadata(transformer)
     family.save_lora_weights(directory, state, meta, DIFFUSERS_WEIGHT_NAME)
     _sort_file(directory / DIFFUSERS_WEIGHT_NAME)

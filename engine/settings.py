@@ -207,6 +207,9 @@ MEMORY = {
     "context_parallel": Setting(INT, 1, "Ulysses context parallelism: split each sample's tokens over this many "
                                 "processes (launched with torchrun / accelerate launch; must divide the world size "
                                 "and the head count; 1: off)", lo=1, hi=64),
+    "fsdp": Setting(BOOL, False, "FSDP2: shard the frozen base, the LoRA and its optimizer state over the launched "
+                    "processes (accelerate launch / torchrun), one transformer block gathered at a time; not with "
+                    "fp8_base"),
     "gpu_memory_gb": Setting(FLOAT, None, "fit the step in this much GPU memory: the memory plan (python -m engine "
                              "plan) then chooses fp8_base, offload_activations and ffn_chunks; null: as given",
                              lo=0, lo_open=True, hi=100_000, optional=True),

@@ -19,6 +19,14 @@ def test_accelerate_configs_load_in_accelerate(name, machines):
     assert str(config.distributed_type).endswith("MULTI_GPU") and str(config.mixed_precision).endswith("bf16")
 
 
+def test_the_fsdp2_accelerate_config_asks_for_version_2_which_the_trainer_serves():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(EXAMPLES / "accelerate" / "one_node_8gpu_fsdp2.yaml"))
+    assert str(config.distributed_type).endswith("FSDP") and config.num_processes == 8
+    assert config.fsdp_config["fsdp_version"] == 2
+
+
 def _engine_command(script: Path) -> list[str]:
     text = script.read_text().replace("\\\n", " ")
     line = next(line for line in text.splitlines() if " -m engine " in line or line.startswith("python -m engine"))

@@ -15,9 +15,12 @@ def cmd_plan(args) -> int:
     config = config_from_preset(preset, **{**values, **cli, "data_dir": "-", "output_dir": "-"})
     budget = config.gpu_memory_gb
     rows, chosen = plan(config, config.preset_dict(), budget if budget is not None else float("inf"),
-                        args.host_memory_gb)
+                        args.host_memory_gb, args.processes)
+    spread = (f", {args.processes} processes" + (" sharded (fsdp)" if config.fsdp else "") +
+              (f", context_parallel {config.context_parallel}" if config.context_parallel > 1 else "")
+              if args.processes > 1 or config.context_parallel > 1 else "")
     print(f"{preset}: {config.height}x{config.width}, {config.base_num_frames} -> {config.extended_num_frames} frames, "
-          f"lora_rank {config.lora_rank}, batch {config.batch_size}")
+          f"lora_rank {config.lora_rank}, batch {config.batch_size}{spread} (GiB per GPU)")
     print("| options | predicted peak GiB | host GiB | fits |")
     print("|---|---|---|---|")
     for r in rows:
@@ -43,5 +46,7 @@ def add_plan_parser(subparsers, add_train_flags) -> None:
     p.add_argument("--preset", default=None, help="default: the config's, else the embedded default")
     p.add_argument("--config", help="JSON training config")
     p.add_argument("--host_memory_gb", type=float, help="free host memory to allow for offload_activations")
+    p.add_argument("--processes", type=int, default=1, help="processes (GPUs) the run is launched on: with --fsdp "
+                   "true they share the weights, with --context_parallel N the tokens")
     add_train_flags(p)
     p.set_defaults(func=cmd_plan)

@@ -10,6 +10,12 @@ Parameters are counted exactly on the meta device from the transformer config; a
 in-flight count are the family's fit to whole-model measurements (`ModelFamily.memory_profile`).
 Tokens are those of the extended pass (the base pass is shorter and runs first).
 
+Over several processes (not measured yet: multi-GPU machines were not lent, so these two terms are the
+model's arithmetic, not a fit): context_parallel N gives each rank 1/N of the tokens for saved
+inputs and recompute (Ulysses' attention holds all tokens for 1/N of the heads: the same bytes); fsdp
+over P processes keeps 1/P of the weights and the LoRA state per rank plus two gathered blocks (the
+one running and the one prefetched). fp8_base is not offered with fsdp (the config refuses the pair).
+
 Combinations are tried in a fixed order: options that keep the arithmetic exact first (feed-forward
 slices, then activation offload, then both), fp8 storage (which rounds the base weights) only when
 those do not fit; within that order the measured step-time costs are all within 2% (docs/memory.md).
@@ -90,32 +96,50 @@ def _context(config, preset: dict):
     return profile, counts, tokens
 
 
-def estimate(config, preset: dict, fp8_base: bool, offload_activations: bool, ffn_chunks: int) -> Estimate:
-    """The predicted peak of one training step of `config` with these options."""
+def estimate(config, preset: dict, fp8_base: bool, offload_activations: bool, ffn_chunks: int,
+             processes: int = 1) -> Estimate:
+    """The predicted peak of one training step of `config` with these options, per GPU of `processes`."""
     profile, (total, cast, lora), tokens = _context(config, preset)
+    tokens = tokens / max(1, int(config.context_parallel))
+    shards = max(1, int(processes)) if config.fsdp else 1
     block_input = tokens * profile.width * 2
     if not config.use_gradient_checkpointing:
         raise InputError("the memory plan models runs with use_gradient_checkpointing=true (without it every "
                          "block keeps all its activations); turn checkpointing on.")
     parts = {
-        "weights": (total * 2 - (cast if fp8_base else 0) + lora * 4) / GIB,
-        "lora_state": lora * 12 / GIB,
+        "weights": (total * 2 - (cast if fp8_base else 0) + lora * 4) / shards / GIB,
+        "lora_state": lora * 12 / shards / GIB,
         "saved_inputs": (profile.inflight_blocks if offload_activations else profile.layers) * block_input / GIB,
         "recompute": tokens * (profile.bytes_per_token_width * profile.width
                                + profile.bytes_per_token_ffn * profile.ffn_width / ffn_chunks) / GIB,
     }
+    if shards > 1:
+        parts["gathered_blocks"] = 2 * (total * 2 + lora * 4) / profile.layers / GIB
     from .offload import SLAB_ROUND  # the pool's slabs: one per block, rounded up
 
     slab = -(-block_input // SLAB_ROUND) * SLAB_ROUND
-    host = profile.layers * slab / GIB if offload_activations else 0.0
+    host = profile.layers * slab / GIB if offload_activations else 0.0  # per process
     return Estimate(fp8_base, offload_activations, ffn_chunks, sum(parts.values()), host, parts)
 
 
-def plan(config, preset: dict, gpu_memory_gb: float, host_memory_gb: float | None = None) -> tuple[list, Estimate | None]:
+def _check_processes(config, processes: int) -> int:
+    processes = int(processes)
+    if processes < 1 or processes % max(1, int(config.context_parallel)):
+        raise InputError(f"processes={processes}: must be a positive multiple of context_parallel "
+                         f"({config.context_parallel}); launch that many processes.")
+    return processes
+
+
+def plan(config, preset: dict, gpu_memory_gb: float, host_memory_gb: float | None = None,
+         processes: int = 1, processes_per_host: int | None = None) -> tuple[list, Estimate | None]:
     """Every combination's estimate, and the first (in COMBINATIONS order) that fits `gpu_memory_gb`
-    (and `host_memory_gb` of free host memory, when given); None when none does."""
-    rows = [estimate(config, preset, *combo) for combo in COMBINATIONS]
-    fits = [r for r in rows if r.peak_gib <= gpu_memory_gb and (host_memory_gb is None or r.host_gib <= host_memory_gb)]
+    (and `host_memory_gb` of free host memory, when given); None when none does. `processes`: the
+    launched processes (one GPU each); `processes_per_host` of them (default: all) share the host memory."""
+    processes = _check_processes(config, processes)
+    combos = [c for c in COMBINATIONS if not (config.fsdp and c[0])]
+    rows = [estimate(config, preset, *combo, processes=processes) for combo in combos]
+    per_gpu_host = None if host_memory_gb is None else host_memory_gb / (processes_per_host or processes)
+    fits = [r for r in rows if r.peak_gib <= gpu_memory_gb and (per_gpu_host is None or r.host_gib <= per_gpu_host)]
     return rows, (fits[0] if fits else None)
 
 
@@ -125,9 +149,11 @@ def free_host_gib() -> float:
     return psutil.virtual_memory().available / GIB
 
 
-def apply_plan(config, preset: dict, gpu_memory_gb: float, host_memory_gb: float | None = None) -> Estimate:
+def apply_plan(config, preset: dict, gpu_memory_gb: float, host_memory_gb: float | None = None,
+               processes: int = 1, processes_per_host: int | None = None) -> Estimate:
     """Set config's memory options to the plan's choice for `gpu_memory_gb`; InputError naming the smallest need."""
-    rows, chosen = plan(config, preset, gpu_memory_gb, host_memory_gb)
+    rows, chosen = plan(config, preset, gpu_memory_gb, host_memory_gb, processes, processes_per_host)
+    host_memory_gb = None if host_memory_gb is None else host_memory_gb / (processes_per_host or int(processes))
     if chosen is None:
         hostable = [r for r in rows if host_memory_gb is None or r.host_gib <= host_memory_gb] or rows
         best = min(hostable, key=lambda r: r.peak_gib)

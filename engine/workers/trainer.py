@@ -28,11 +28,12 @@ import torch.nn.functional as F
 
 from ..attention.processor import install_radial_attention
 from ..attention.schedule import AttentionSettings
-from ..checkpoint import latest_checkpoint, load_newest_intact, save_checkpoint
+from ..checkpoint import gather_training_state, latest_checkpoint, load_newest_intact, save_checkpoint
 from ..config import TrainConfig
 from ..errors import ConfigError, InputError
 from ..jobs import RunDir, atomic_write_json, clean_leftovers, disk_full_message, this_process
-from ..lora import add_lora, save_lora
+from ..lora import add_lora, lora_state_dict, save_lora
+from ..memory.sharding import full, local, set_gradient_sync
 from ..models import TextEmbeds, family
 
 ProgressFn = Callable[[dict], None]
@@ -273,8 +274,11 @@ MAX_LORA_WEIGHT = 1e3
 
 
 def _weights_problem(params) -> str | None:
+    """What is wrong with this rank's LoRA weights (its shards of them under FSDP), if anything."""
     with torch.no_grad():
-        for p in params:
+        for p in map(local, params):
+            if p.numel() == 0:  # a small weight sharded over many ranks leaves some without a piece
+                continue
             if not torch.isfinite(p).all():
                 return "non-finite LoRA weights"
             if p.abs().max() > MAX_LORA_WEIGHT:
@@ -296,11 +300,11 @@ def _apply_learning_rate(optimizer, lr_scheduler, lr: float) -> None:
 
 
 
-def _save_lora_atomically(transformer, target: Path, fam):
+def _save_lora_atomically(transformer, target: Path, fam, state: dict | None = None):
     tmp = target.with_name(f".tmp-{target.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        saved = save_lora(transformer, tmp, fam)
+        saved = save_lora(transformer, tmp, fam, state=state)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written adapter behind
         raise
@@ -364,7 +368,9 @@ def train(config: TrainConfig, resume: bool = False, progress: ProgressFn | None
     if config.gpu_memory_gb is not None:  # the plan picks the memory options for this machine's free host memory
         from ..memory.plan import apply_plan, free_host_gib
 
-        apply_plan(config, preset, config.gpu_memory_gb, free_host_gib())
+        world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun / accelerate launch
+        apply_plan(config, preset, config.gpu_memory_gb, free_host_gib(), world,
+                   int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
     if prepare_from is None:
         entries = check_dataset(config, family(preset))
     else:
@@ -427,6 +433,29 @@ def _context_parallel(transformer, config: TrainConfig, fam):
     return cp
 
 
+def _fsdp(transformer, config: TrainConfig, accelerator) -> bool:
+    """Shard the transformer with FSDP2 when config.fsdp asks, or the accelerate config does (version 2 only)."""
+    from accelerate.utils import DistributedType
+
+    reshard = True
+    if accelerator.distributed_type == DistributedType.FSDP:
+        plugin = accelerator.state.fsdp_plugin
+        version = getattr(plugin, "fsdp_version", 1)
+        if version != 2:
+            raise InputError(f"the accelerate config asks for FSDP version {version}: this trainer shards with FSDP2; "
+                             "set fsdp_version: 2 in its fsdp_config (or pass --fsdp true to a plain multi-GPU config).")
+        config.fsdp = True
+        reshard = bool(getattr(plugin, "reshard_after_forward", True))
+    if not config.fsdp:
+        return False
+    if config.fp8_base:  # an accelerate FSDP config met a config with fp8_base
+        raise InputError("fsdp and fp8_base cannot be combined: turn fp8_base off (sharding saves more).")
+    from ..memory.sharding import shard_transformer
+
+    shard_transformer(transformer, reshard_after_forward=reshard)
+    return True
+
+
 def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume: bool,
            progress: ProgressFn | None) -> dict:
     from accelerate import Accelerator
@@ -469,7 +498,10 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume
     cp = _context_parallel(transformer, config, fam)
     # Which sample this rank trains on: ranks of one context-parallel group share a sample.
     data_rank, data_size = (cp.data_rank, cp.data_size) if cp else (rank, world)
-    cp_scale = config.context_parallel  # DDP's mean over the CP ranks' partial gradients, times N: their sum
+    cp_scale = config.context_parallel  # DDP's (or FSDP's) mean over the CP ranks' partial gradients, times N: their sum
+    sharded = _fsdp(transformer, config, accelerator)
+    if sharded:  # sharding replaced the parameters with their shards
+        params = [p for p in transformer.parameters() if p.requires_grad]
 
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                                   weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
@@ -477,8 +509,14 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume
     total_steps = config.max_steps or config.num_epochs * per_epoch
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
                                  num_training_steps=total_steps)
-    model, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
+    if sharded:  # FSDP2 already wraps the model; accelerate keeps the optimizer and the schedule
+        model = transformer
+        optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
+    else:
+        model, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
     model.train()
+    # Under FSDP every rank takes part in each forward and in gathering what is saved.
+    everyone = bool(cp) or sharded
 
     step, best = 0, float("inf")
     ckpt, state, damaged = (load_newest_intact(run.checkpoints_dir, transformer=transformer, optimizer=optimizer,
@@ -499,23 +537,27 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume
         run.events_path.unlink(missing_ok=True)
 
     def checkpoint(at_step: int) -> None:
+        gathered = gather_training_state(transformer, optimizer) if sharded else None
         if main:
             save_checkpoint(run.checkpoints_dir, at_step, transformer=transformer, family=fam, optimizer=optimizer,
                             lr_scheduler=lr_scheduler, keep=config.checkpoints_total_limit,
-                            state={"best_val_loss": best, "config": config.to_dict()})
+                            state={"best_val_loss": best, "config": config.to_dict()}, gathered=gathered)
         accelerator.wait_for_everyone()
+
+    def save_adapter(folder: str):
+        state = lora_state_dict(transformer) if sharded else None  # a collective when sharded
+        return _save_lora_atomically(transformer, run.path / folder, fam, state) if main else None
 
     def validate(at_step: int) -> None:
         nonlocal best
-        if main or cp:  # under context parallelism every rank takes part in each forward
+        if main or everyone:
             model.eval()
             with accelerator.autocast():
                 val = validation_loss(fam, transformer, schedule, val_clips, config, accelerator.device)
             event = {"type": "validation", "step": at_step, **val}
             if val["val_loss"] < best:
                 best = val["val_loss"]
-                if main:
-                    _save_lora_atomically(transformer, run.path / "best_model", fam)
+                save_adapter("best_model")
                 event["best"] = True
             if config.sample_steps > 0:
                 event["samples"] = write_samples(fam, pipe, schedule, val_clips, config, at_step, run,
@@ -552,7 +594,10 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume
                 def backward(loss, sync_point):
                     if not torch.isfinite(loss):
                         raise Diverged(f"non-finite loss {float(loss.detach())} at step {step + 1}")
-                    if sync_point and last_micro:
+                    if sharded:  # reduce-scatter at the step's last backward; accumulate unsharded before it
+                        set_gradient_sync(model, sync_point and last_micro)
+                        accelerator.backward(loss * cp_scale / accum)
+                    elif sync_point and last_micro:
                         accelerator.backward(loss * cp_scale / accum)
                     else:
                         with accelerator.no_sync(model):
@@ -564,11 +609,13 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume
                 for k in sums:
                     sums[k] += float(losses[k]) / accum
             sums = _mean_over_ranks(sums, accelerator)  # the step's loss over every rank's samples, not rank 0's
-            grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
+            grad_norm = full(accelerator.clip_grad_norm_(params, config.max_grad_norm))
             if not torch.isfinite(torch.as_tensor(grad_norm)):
                 raise Diverged(f"non-finite gradient norm at step {step + 1}")
             optimizer.step()
             problem = _weights_problem(params)
+            if sharded and _agreed(problem is not None, accelerator):  # each rank checked its own shards
+                problem = problem or "non-finite LoRA weights on another rank"
             if problem:  # checked before anything (a checkpoint, the best model) is saved from these weights
                 raise Diverged(f"{problem} after step {step + 1}")
             lr_scheduler.step()
@@ -596,9 +643,9 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume
             return run.update_status(state="diverged", error=f"{err}; the last good checkpoint is "
                                      f"{last.name if last else 'none'} (resume from it with a lower learning rate)")
         return {}
+    saved = save_adapter("final") if final_state == "finished" else None
     if main:
-        if final_state == "finished":
-            saved = _save_lora_atomically(transformer, run.path / "final", fam)
+        if saved is not None:
             if saved.comfy_skipped:  # peft trained them; ComfyUI has no module of that name
                 run.append_event({"type": "export", "comfy_skipped": saved.comfy_skipped})
                 run.update_status(warning=f"the ComfyUI export leaves out {len(saved.comfy_skipped)} module(s) "

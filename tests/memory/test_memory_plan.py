@@ -48,6 +48,29 @@ def test_the_plan_picks_exact_options_first_and_fp8_only_when_needed():
     assert chosen.options == {"fp8_base": False, "offload_activations": False, "ffn_chunks": 1}
 
 
+def test_over_many_processes_fsdp_shares_the_weights_and_context_parallelism_the_tokens():
+    one = _config("wan2.1-t2v-14b")
+    alone = estimate(one, one.preset_dict(), False, False, 1).parts
+    sharded = _config("wan2.1-t2v-14b", fsdp=True, context_parallel=4)
+    rows, chosen = plan(sharded, sharded.preset_dict(), 76, processes=8)
+    assert not any(r.fp8_base for r in rows)  # the config refuses fsdp with fp8_base: never offered
+    parts = rows[0].parts
+    assert parts["weights"] == pytest.approx(alone["weights"] / 8)
+    assert parts["lora_state"] == pytest.approx(alone["lora_state"] / 8)
+    assert parts["saved_inputs"] == pytest.approx(alone["saved_inputs"] / 4)
+    assert parts["recompute"] == pytest.approx(alone["recompute"] / 4)
+    assert 0 < parts["gathered_blocks"] < alone["weights"] / 10  # two of the 40 blocks, gathered whole
+    assert chosen.options == {"fp8_base": False, "offload_activations": False, "ffn_chunks": 1}
+    with pytest.raises(InputError, match="processes=6: must be a positive multiple of context_parallel"):
+        plan(sharded, sharded.preset_dict(), 76, processes=6)
+    # Processes on one host share its memory for offloading: 8 x 10 GiB do not fit 60 GiB.
+    tight = _config("wan2.1-t2v-14b", fsdp=True, context_parallel=8)
+    _, chosen = plan(tight, tight.preset_dict(), 12.5, host_memory_gb=60, processes=8)
+    assert chosen is None
+    _, chosen = plan(tight, tight.preset_dict(), 12.5, host_memory_gb=60, processes=8, processes_per_host=4)
+    assert chosen.options == {"fp8_base": False, "offload_activations": True, "ffn_chunks": 8}
+
+
 def test_nothing_that_fits_is_a_clear_error_naming_the_need():
     config = _config("wan2.1-t2v-14b")
     with pytest.raises(InputError, match=r"at least 71.\d GiB of GPU memory and 62 GiB of free host memory.*"
