@@ -59,8 +59,8 @@ def test_training_lowers_validation_loss_and_saved_lora_reloads_in_stock_diffuse
     captured = {}
     real_save = trainer_mod._save_lora_atomically
 
-    def spy(transformer, target, fam):
-        saved = real_save(transformer, target, fam)
+    def spy(transformer, target, fam, state=None):
+        saved = real_save(transformer, target, fam, state)
         if target.name == "final":  # the trainer's in-memory model at the end of training
             transformer.eval()
             captured["out"] = _transformer_out(transformer)
