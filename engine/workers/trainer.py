@@ -509,9 +509,11 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume
     total_steps = config.max_steps or config.num_epochs * per_epoch
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
                                  num_training_steps=total_steps)
-    if sharded:  # FSDP2 already wraps the model; accelerate keeps the optimizer and the schedule
+    if sharded:
+        # FSDP2 wraps the model already, and under an accelerate FSDP config accelerate's prepare would shard it
+        # again (it takes the model and the optimizer only together). The plain optimizer and schedule serve:
+        # accelerate's wrappers add an fp16 loss scaler and accumulation skips, neither of which is used here.
         model = transformer
-        optimizer, lr_scheduler = accelerator.prepare(optimizer, lr_scheduler)
     else:
         model, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
     model.train()
