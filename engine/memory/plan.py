@@ -113,7 +113,7 @@ def estimate(config, preset: dict, fp8_base: bool, offload_activations: bool, ff
         "recompute": tokens * (profile.bytes_per_token_width * profile.width
                                + profile.bytes_per_token_ffn * profile.ffn_width / ffn_chunks) / GIB,
     }
-    if shards > 1:
+    if config.fsdp:  # measured at one process too: +0.3 GiB (1.3B), +1.8 GiB (14B), docs/BENCHMARKS.md run 19
         parts["gathered_blocks"] = 2 * (total * 2 + lora * 4) / profile.layers / GIB
     from .offload import SLAB_ROUND  # the pool's slabs: one per block, rounded up
 

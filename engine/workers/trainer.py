@@ -433,26 +433,31 @@ def _context_parallel(transformer, config: TrainConfig, fam):
     return cp
 
 
-def _fsdp(transformer, config: TrainConfig, accelerator) -> bool:
-    """Shard the transformer with FSDP2 when config.fsdp asks, or the accelerate config does (version 2 only)."""
+def _fsdp_from_launcher(config: TrainConfig, accelerator) -> bool:
+    """An accelerate config with FSDP (version 2 only) turns config.fsdp on. Returns reshard_after_forward."""
     from accelerate.utils import DistributedType
 
-    reshard = True
-    if accelerator.distributed_type == DistributedType.FSDP:
-        plugin = accelerator.state.fsdp_plugin
-        version = getattr(plugin, "fsdp_version", 1)
-        if version != 2:
-            raise InputError(f"the accelerate config asks for FSDP version {version}: this trainer shards with FSDP2; "
-                             "set fsdp_version: 2 in its fsdp_config (or pass --fsdp true to a plain multi-GPU config).")
-        config.fsdp = True
-        reshard = bool(getattr(plugin, "reshard_after_forward", True))
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return True
+    plugin = accelerator.state.fsdp_plugin
+    version = getattr(plugin, "fsdp_version", 1)
+    if version != 2:
+        raise InputError(f"the accelerate config asks for FSDP version {version}: this trainer shards with FSDP2; "
+                         "set fsdp_version: 2 in its fsdp_config (or pass --fsdp true to a plain multi-GPU config).")
+    if config.fp8_base:
+        raise InputError("the accelerate config asks for FSDP, and fsdp cannot be combined with fp8_base: turn "
+                         "fp8_base off (sharding saves more).")
+    config.fsdp = True
+    return bool(getattr(plugin, "reshard_after_forward", True))
+
+
+def _fsdp(transformer, config: TrainConfig, reshard_after_forward: bool) -> bool:
+    """Shard the transformer with FSDP2 when config.fsdp is on."""
     if not config.fsdp:
         return False
-    if config.fp8_base:  # an accelerate FSDP config met a config with fp8_base
-        raise InputError("fsdp and fp8_base cannot be combined: turn fp8_base off (sharding saves more).")
     from ..memory.sharding import shard_transformer
 
-    shard_transformer(transformer, reshard_after_forward=reshard)
+    shard_transformer(transformer, reshard_after_forward=reshard_after_forward)
     return True
 
 
@@ -469,6 +474,7 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume
     )
     main = accelerator.is_main_process
     rank, world = accelerator.process_index, accelerator.num_processes
+    reshard = _fsdp_from_launcher(config, accelerator)  # before the config is written: it records fsdp
     if main:
         atomic_write_json(run.config_path, config.to_dict())
         # The stop flag stays: a stop asked for while the job was starting ends the run at its first step.
@@ -499,7 +505,7 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume
     # Which sample this rank trains on: ranks of one context-parallel group share a sample.
     data_rank, data_size = (cp.data_rank, cp.data_size) if cp else (rank, world)
     cp_scale = config.context_parallel  # DDP's (or FSDP's) mean over the CP ranks' partial gradients, times N: their sum
-    sharded = _fsdp(transformer, config, accelerator)
+    sharded = _fsdp(transformer, config, reshard)
     if sharded:  # sharding replaced the parameters with their shards
         params = [p for p in transformer.parameters() if p.requires_grad]
 

@@ -10,7 +10,8 @@ from engine.errors import InputError
 from engine.memory.plan import apply_plan, estimate, plan
 
 RUNS = Path(__file__).resolve().parents[2] / "docs" / "bench_runs"
-MEASURED = [RUNS / "run17_train_memory.json", RUNS / "run18_train_memory_121.json"]  # run 18: not fitted to
+MEASURED = [RUNS / "run17_train_memory.json", RUNS / "run18_train_memory_121.json",  # runs 18-19: not fitted to
+            RUNS / "run19_fsdp_1p3b.json", RUNS / "run19_fsdp_14b.json"]  # FSDP2 in one process
 SIZES = {"1.3b": ("wan2.1-t2v-1.3b", 480, 832), "14b": ("wan2.1-t2v-14b", 768, 1280)}
 
 
@@ -25,10 +26,11 @@ def _options(label: str):
 
 def test_the_model_reproduces_every_whole_model_measurement():
     rows = [r for f in MEASURED for r in json.loads(f.read_text())["rows"] if r["layers"] > 2]
-    assert len(rows) == 12
+    assert len(rows) == 19
     for r in rows:
         name, h, w = SIZES[r["size"]]
-        config = _config(name, height=h, width=w, base_num_frames=r["base"], extended_num_frames=r["extended"])
+        config = _config(name, height=h, width=w, base_num_frames=r["base"], extended_num_frames=r["extended"],
+                         fsdp="fsdp" in r["options"].split("+"))
         e = estimate(config, config.preset_dict(), *_options(r["options"]))
         # Two rows were fitted (1.3B and 14B with no option); the other ten are predictions. Over-predicting
         # a little is safe (a plan that fits does fit); under-predicting is not.

@@ -79,18 +79,23 @@ def test_an_accelerate_fsdp_config_is_served_by_the_same_sharding_and_version_1_
 
     from engine.config import config_from_preset
     from engine.errors import InputError
-    from engine.workers.trainer import _fsdp
+    from engine.workers.trainer import _fsdp, _fsdp_from_launcher
 
-    def accelerator(version):
-        plugin = SimpleNamespace(fsdp_version=version, reshard_after_forward=True)
+    def accelerator(version, reshard=False):
+        plugin = SimpleNamespace(fsdp_version=version, reshard_after_forward=reshard)
         return SimpleNamespace(distributed_type=DistributedType.FSDP, state=SimpleNamespace(fsdp_plugin=plugin))
 
     config = config_from_preset("tiny-wan", data_dir="-", output_dir="-")
     with pytest.raises(InputError, match="FSDP version 1.*fsdp_version: 2"):
-        _fsdp(torch.nn.Linear(2, 2), config, accelerator(1))
-    # Version 2 turns the run's fsdp on; sharding then needs launched processes (this test is one plain process).
-    with pytest.raises(InputError, match="accelerate launch or torchrun"):
-        _fsdp(torch.nn.Linear(2, 2), config, accelerator(2))
-    assert config.fsdp is True
-    plain = SimpleNamespace(distributed_type=DistributedType.NO)
-    assert _fsdp(torch.nn.Linear(2, 2), config_from_preset("tiny-wan", data_dir="-", output_dir="-"), plain) is False
+        _fsdp_from_launcher(config, accelerator(1))
+    assert config.fsdp is False
+    assert _fsdp_from_launcher(config, accelerator(2)) is False  # the config's reshard_after_forward
+    assert config.fsdp is True  # recorded in the run's config.json, which is written after this
+    with pytest.raises(InputError, match="accelerate launch or torchrun"):  # one plain process: nothing to shard over
+        _fsdp(torch.nn.Linear(2, 2), config, True)
+    fp8 = config_from_preset("tiny-wan", data_dir="-", output_dir="-", fp8_base=True)
+    with pytest.raises(InputError, match="fp8_base"):
+        _fsdp_from_launcher(fp8, accelerator(2))
+    plain = config_from_preset("tiny-wan", data_dir="-", output_dir="-")
+    assert _fsdp_from_launcher(plain, SimpleNamespace(distributed_type=DistributedType.MULTI_GPU)) is True
+    assert plain.fsdp is False and _fsdp(torch.nn.Linear(2, 2), plain, True) is False
