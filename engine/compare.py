@@ -33,9 +33,10 @@ class Comparison:
 def compare_base_extended(prompt: str, *, preset: str | dict = DEFAULT_PRESET, lora_dir: str | Path | None = None,
                           base_frames: int | None = None, extended_frames: int | None = None,
                           steps: int | None = None, seed: int | None = None, attention: dict | None = None,
-                          out_dir: str | Path | None = None, progress=None, context_parallel: int = 1) -> Comparison:
-    """`lora_dir` may be None to see what the base model does at extended length alone. `context_parallel`: see
-    generate_video (every launched process calls this; rank 0 writes)."""
+                          out_dir: str | Path | None = None, progress=None, context_parallel: int = 1,
+                          fsdp: bool = False) -> Comparison:
+    """`lora_dir` may be None to see what the base model does at extended length alone. `context_parallel`,
+    `fsdp`: see generate_video (every launched process calls this; rank 0 writes)."""
     preset = resolve_preset(preset)
     base_frames = base_frames or preset["training"]["base_num_frames"]
     extended_frames = extended_frames or preset["training"]["extended_num_frames"]
@@ -47,10 +48,11 @@ def compare_base_extended(prompt: str, *, preset: str | dict = DEFAULT_PRESET, l
 
     base = generate_video(prompt, preset=preset, num_frames=base_frames, steps=steps, seed=seed,
                           attention={"pattern": "dense"}, out_path=out_dir / "base.mp4", progress=stage(0),
-                          context_parallel=context_parallel)
+                          context_parallel=context_parallel, fsdp=fsdp)
     ext = generate_video(prompt, preset=preset, num_frames=extended_frames, steps=steps, seed=seed,
                          attention={"pattern": "radial", **(attention or {})}, lora_dir=lora_dir,
-                         out_path=out_dir / "extended.mp4", progress=stage(1), context_parallel=context_parallel)
+                         out_path=out_dir / "extended.mp4", progress=stage(1), context_parallel=context_parallel,
+                         fsdp=fsdp)
     ext_label = f"{'LoRA ' if lora_dir else ''}{extended_frames}f {ext.settings['attention']['pattern']}"
     composed = side_by_side([base.frames, ext.frames], [f"base {base_frames}f dense", ext_label])
     path = out_dir / "side_by_side.mp4"

@@ -70,6 +70,20 @@ def context_parallel_sampling(pipe, fam, degree: int):
             disable_context_parallel(transformer)
 
 
+def shard_for_sampling(pipe, fam) -> None:
+    """FSDP2 over the launched processes for the pipeline's transformers: each process keeps 1/N of the weights
+    and every process runs the same sampling. Done once and kept (sharding cannot be undone), so it is for a
+    process that samples and exits (the CLI's --fsdp), never for the app's shared pipeline."""
+    from accelerate import PartialState
+
+    from .memory.sharding import is_sharded, shard_transformer
+
+    PartialState()  # initialises torch.distributed from the launcher's environment
+    for transformer in fam.transformers(pipe):
+        if not is_sharded(transformer):
+            shard_transformer(transformer)
+
+
 def _check_request(fam, prompt, num_frames, height, width, steps, guidance_scale, seed):
     if not isinstance(prompt, str) or not prompt.strip():
         raise InputError("prompt is empty: describe the video to generate, e.g. 'a red ball bounces on a beach'.")
@@ -100,6 +114,7 @@ def generate_video(
     lora_dir: str | Path | None = None,
     progress: ProgressFn | None = None,
     context_parallel: int = 1,
+    fsdp: bool = False,
 ) -> GenerationResult:
     """Generate one video. Unset arguments take the preset's defaults.
 
@@ -107,7 +122,8 @@ def generate_video(
     dense_timesteps, decay_factor, block_size, backend). `lora_dir` is an adapter folder
     (diffusers format, e.g. a run's `final/`), applied for this call only. `context_parallel` N > 1: every
     process of a launched group calls this; each attends over all tokens for 1/N of the heads
-    (`context_parallel_sampling`), all get the same frames, and only rank 0 writes the mp4.
+    (`context_parallel_sampling`), all get the same frames, and only rank 0 writes the mp4. `fsdp`: the
+    launched processes share the transformer's weights (`shard_for_sampling`; composes with context_parallel).
     """
     preset = resolve_preset(preset)
     check_capable(preset, "generate")
@@ -134,6 +150,8 @@ def generate_video(
     pipe = get_pipeline(preset)
     for transformer in fam.transformers(pipe):
         install_radial_attention(transformer, settings, fam)
+    if fsdp:  # before the LoRA: the adapter stays whole on every process and unloads as usual
+        shard_for_sampling(pipe, fam)
     if lora_dir is not None:
         load_lora_into_pipeline(pipe, lora_dir, fam)
 
@@ -157,5 +175,6 @@ def generate_video(
         "height": height, "width": width, "steps": steps, "guidance_scale": guidance_scale, "seed": seed,
         "fps": fps, "attention": settings.to_dict(), "family": fam.name,
         "lora_dir": str(lora_ref) if lora_ref is not None else None, "context_parallel": int(context_parallel),
+        "fsdp": bool(fsdp),
     }
     return GenerationResult(path=Path(path), frames=frames, seconds=seconds, settings=record)

@@ -71,3 +71,39 @@ def test_the_compare_action_over_two_processes_gives_the_in_request_comparison(t
         _same_frames(a, b)
     with pytest.raises(InputError, match="context_parallel"):  # the tiny model has 2 heads: 3 cannot split them
         api.compare("a red ball rolls", context_parallel=3, **settings)
+
+
+@pytest.mark.parametrize("extra", [[], ["--context_parallel", "2"]])
+def test_generate_sharded_over_two_processes_gives_the_one_process_video(tmp_path, extra):
+    args = ["generate", "--prompt", "a red ball rolls", "--seed", "3", "--steps", "3", "--quiet"]
+    _run(1, *args, "--out", str(tmp_path / "one.mp4"))
+    out = _run(2, *args, "--out", str(tmp_path / "fsdp.mp4"), "--fsdp", *extra)
+    assert out.stdout.count('"fsdp": true') == 1  # rank 0 alone reports (and writes)
+    _same_frames(tmp_path / "one.mp4", tmp_path / "fsdp.mp4")
+
+
+def test_evaluate_sharded_loads_the_lora_into_the_sharded_model_and_matches(tmp_path, tiny_preset):
+    from tests.run_factory import make_finished_run
+
+    run = make_finished_run(tmp_path / "run", tiny_preset)
+    args = ["evaluate", "--lora_checkpoint_dir", str(run / "final"), "--base_frames", "9", "--extended_frames", "17",
+            "--steps", "2"]
+    _run(1, *args, "--output_dir", str(tmp_path / "one"))
+    _run(2, *args, "--output_dir", str(tmp_path / "fsdp"), "--fsdp")
+    assert json.loads((tmp_path / "fsdp" / "summary.json").read_text())["fsdp"] is True
+    for name in ("base.mp4", "extended.mp4"):
+        # The gathered weights are bit-identical but lie elsewhere in memory, so fp32 matmuls may sum in another
+        # order (~1e-6); through the codec that moves a few pixels by a few levels, never the picture.
+        a, _ = read_mp4(tmp_path / "one" / "prompt-000" / name)
+        b, _ = read_mp4(tmp_path / "fsdp" / "prompt-000" / name)
+        diff = np.abs(a.astype(int) - b.astype(int))
+        assert a.shape == b.shape and diff.max() <= 6 and diff.mean() < 0.02 and (diff > 1).mean() < 1e-3, name
+
+
+def test_generate_sharded_in_one_plain_process_says_it_needs_a_launcher(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "engine", "generate", "--prompt", "a ball", "--steps", "1", "--quiet",
+                             "--fsdp", "--out", str(tmp_path / "x.mp4")], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode != 0 and "accelerate launch or torchrun" in result.stderr
+    assert not (tmp_path / "x.mp4").exists()

@@ -25,6 +25,9 @@ def _add_context_parallel_flag(p: argparse.ArgumentParser) -> None:
     from ..settings import MEMORY
 
     p.add_argument("--context_parallel", type=int, default=1, help=MEMORY["context_parallel"].help)
+    p.add_argument("--fsdp", action="store_true", help="FSDP2: the launched processes share the transformer's "
+                   "weights (each keeps 1/N; every process runs the same sampling; with --context_parallel N, "
+                   "the tokens too)")
 
 
 def _attention_overrides(args) -> dict:
@@ -56,6 +59,7 @@ def cmd_generate(args) -> int:
             height=args.height, width=args.width, steps=args.steps, guidance_scale=args.guidance_scale,
             seed=args.seed, fps=args.fps, out_path=args.out, attention=_attention_overrides(args),
             lora_dir=args.lora_checkpoint_dir, progress=progress, context_parallel=args.context_parallel,
+            fsdp=args.fsdp,
         )
     finally:
         bar.close()
@@ -121,7 +125,7 @@ def cmd_evaluate(args) -> int:
     summary = evaluate_lora(args.lora_checkpoint_dir, args.output_dir, base_frames=args.base_frames,
                             extended_frames=args.extended_frames, prompts_file=args.prompts, preset=args.preset,
                             steps=args.steps, seed=args.seed, attention=_attention_overrides(args),
-                            context_parallel=args.context_parallel)
+                            context_parallel=args.context_parallel, fsdp=args.fsdp)
     if is_main_process():
         print(json.dumps(summary, indent=2))
     return 0
@@ -133,7 +137,7 @@ def cmd_compare(args) -> int:
     result = compare_base_extended(args.prompt, preset=args.preset, lora_dir=args.adapter, base_frames=args.base_frames,
                                    extended_frames=args.extended_frames, steps=args.steps, seed=args.seed,
                                    attention=_attention_overrides(args), out_dir=args.out_dir,
-                                   context_parallel=args.context_parallel)
+                                   context_parallel=args.context_parallel, fsdp=args.fsdp)
     if is_main_process():
         print(json.dumps(result.to_dict()))  # one line: the app reads it back (engine.launch.compare)
     return 0

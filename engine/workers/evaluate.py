@@ -54,7 +54,7 @@ def run_preset_of(lora_dir: Path) -> str | None:
 
 def evaluate_lora(lora_dir, output_dir, *, base_frames: int, extended_frames: int, prompts_file=None,
                   preset: str | None = None, steps: int | None = None, seed: int = 0, attention: dict | None = None,
-                  progress=None, context_parallel: int = 1) -> dict:
+                  progress=None, context_parallel: int = 1, fsdp: bool = False) -> dict:
     lora_dir, output_dir = Path(lora_dir), Path(output_dir)
     preset_name = preset or run_preset_of(lora_dir) or DEFAULT_PRESET
     preset_dict = load_preset(preset_name)
@@ -64,13 +64,15 @@ def evaluate_lora(lora_dir, output_dir, *, base_frames: int, extended_frames: in
     for i, prompt in enumerate(prompts):
         result = compare_base_extended(prompt, preset=preset_dict, lora_dir=lora_dir, base_frames=base_frames,
                                        extended_frames=extended_frames, steps=steps, seed=seed, attention=radial,
-                                       out_dir=output_dir / f"prompt-{i:03d}", context_parallel=context_parallel)
+                                       out_dir=output_dir / f"prompt-{i:03d}", context_parallel=context_parallel,
+                                       fsdp=fsdp)
         results.append({"prompt": prompt, **result.to_dict()})
         if progress is not None:
             progress(i + 1, len(prompts))
     summary = {"lora_dir": str(lora_dir), "preset": preset_name, "base_frames": base_frames,
                "extended_frames": extended_frames, "seed": seed, "steps": steps or preset_dict["generation"]["steps"],
-               "attention_extended": radial, "context_parallel": context_parallel, "results": results}
+               "attention_extended": radial, "context_parallel": context_parallel, "fsdp": fsdp,
+               "results": results}
     if is_main_process():
         atomic_write_json(output_dir / "summary.json", summary)
     return summary
