@@ -31,13 +31,21 @@ def job_status_markdown(status: dict, title: str) -> str:
     return line
 
 
-def curves_frame(rows: list[dict]) -> pd.DataFrame | None:
+def curves_frame(rows: list[dict], series: tuple[str, ...] = ()) -> pd.DataFrame | None:
     """A long table (step, value, series) for gr.LinePlot, or None before the first point.
 
     None rather than an empty table: a LinePlot that first held an empty table draws later
     data with no colour scale (invisible lines, no legend; seen with Gradio 6.31). Explicit
-    dtypes keep the values numeric."""
+    dtypes keep the values numeric.
+
+    `series`: every series the plot will show. Gradio 6.31 fixes the colour domain to the series in
+    the first table it draws and never widens it, so a run whose first point is its step-0
+    validation would keep a one-entry legend and colourless lines. Each series missing so far gets
+    one point with no value (drawn as nothing) so the domain is whole from the start."""
     if not rows:
         return None
+    present = {r["series"] for r in rows}
+    first = min(r["step"] for r in rows)
+    rows = rows + [{"step": first, "value": float("nan"), "series": name} for name in series if name not in present]
     return pd.DataFrame(rows, columns=["step", "value", "series"]).astype(
         {"step": "int64", "value": "float64", "series": "str"})

@@ -16,6 +16,10 @@ from .errors import user_errors_as_messages
 from .job_view import curves_frame, job_status_markdown
 
 LOSS_SERIES = {"loss": "total", "loss_base": "base", "loss_extended": "extended", "loss_consistency": "consistency"}
+# Every series has its colour before its first point: a scale built from the first data drawn leaves series that
+# appear later (validation, a second run's terms) without a stroke colour.
+SERIES_COLORS = {"total": "#1f77b4", "base": "#ff7f0e", "extended": "#2ca02c", "consistency": "#9467bd",
+                 "validation": "#d62728"}
 
 
 # The settings the form shows; their values come from the preset (engine.api.training_defaults).
@@ -46,7 +50,7 @@ def loss_frame(status: dict, smoothing: float = 0.0):
             rows.append({"step": e["step"], "value": ema, "series": name})
     for e in status.get("validation_events") or []:
         rows.append({"step": e["step"], "value": e["val_loss"], "series": "validation"})
-    return curves_frame(rows)
+    return curves_frame(rows, tuple(SERIES_COLORS))
 
 
 def status_line(status: dict) -> str:
@@ -206,7 +210,7 @@ def build(default_preset: str, demo: gr.Blocks) -> None:
                 status_md = gr.Markdown("No run selected.", elem_id="train-status")
                 smoothing = gr.Slider(0, 0.95, value=0.0, step=0.05, label="Smoothing")
                 plot = gr.LinePlot(loss_frame({}), x="step", y="value", color="series", label="Losses",
-                                   height=320, elem_id="loss-plot")
+                                   color_map=SERIES_COLORS, color_title="", elem_id="loss-plot")
                 with gr.Row():
                     base_video = gr.Video(label="Latest sample: base (dense)", autoplay=True)
                     ext_video = gr.Video(label="Latest sample: extended (radial)", autoplay=True)

@@ -24,13 +24,33 @@ def _loss_frame(status: dict) -> pd.DataFrame:
     return curves_frame(rows)
 
 
+METRIC_LABELS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS", "temporal_consistency": "temporal consistency",
+                 "first_frame_psnr": "first-frame PSNR (dB)"}
+METRIC_COLUMNS = ["metric", "better", "baseline", "TTA", "TTA - baseline"]
+
+
+def _shown(v) -> str:
+    return "n/a" if v is None else f"{v:.4g}"
+
+
 def _metrics_table(status: dict) -> pd.DataFrame:
+    """What a person reads: rounded values, which way is better, and why a metric is missing.
+    The raw numbers stay in the run's metrics.json (and the hidden status output)."""
     m = status.get("metrics")
     if not m:
-        return pd.DataFrame(columns=["metric", "baseline", "tta", "difference"])
-    rows = [{"metric": k, "baseline": m["baseline"].get(k), "tta": m["tta"].get(k), "difference": m["difference"].get(k)}
-            for k in METRIC_ROWS if k in m["baseline"]]
-    return pd.DataFrame(rows)
+        return pd.DataFrame(columns=METRIC_COLUMNS)
+    directions = m.get("directions") or {}
+    rows = []
+    for k in METRIC_ROWS:
+        if k not in m["baseline"]:
+            continue
+        base, tta, diff = m["baseline"].get(k), m["tta"].get(k), m["difference"].get(k)
+        why = m["tta"].get(f"{k}_unavailable") or m["baseline"].get(f"{k}_unavailable")
+        rows.append({"metric": METRIC_LABELS.get(k, k), "better": directions.get(k, ""),
+                     "baseline": _shown(base), "TTA": _shown(tta),
+                     "TTA - baseline": f"not computed: {why}" if (base is None or tta is None) and why
+                     else (f"{diff:+.4g}" if diff is not None else "n/a")})
+    return pd.DataFrame(rows, columns=METRIC_COLUMNS)
 
 
 def _status_line(s: dict) -> str:
@@ -129,7 +149,8 @@ def build(default_preset: str) -> None:
                 status_md = gr.Markdown("No TTA run selected.", elem_id="tta-status")
                 plot = gr.LinePlot(_loss_frame({}), x="step", y="value", color="series", label="TTA loss", height=260)
                 composed = gr.Video(label="Ground truth | baseline | TTA", autoplay=True, loop=True)
-                table = gr.Dataframe(_metrics_table({}), label="Metrics on frames 34-65", interactive=False)
+                table = gr.Dataframe(_metrics_table({}), label="Metrics on frames 34-65", interactive=False,
+                                     wrap=True, elem_id="tta-metrics")
                 raw = gr.JSON(visible=False)
         view = [run_id, status_md, plot, composed, table, raw]
         run.click(tta_run, [video, preset, rank, lr, steps, objective, seed, prompt], view, api_name="tta_run")

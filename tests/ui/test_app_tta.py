@@ -37,8 +37,16 @@ def test_tta_run_on_the_sample_clip_gives_video_and_metrics(client):
     for key in ("psnr", "ssim", "temporal_consistency", "first_frame_psnr"):
         assert isinstance(metrics["baseline"][key], float) and isinstance(metrics["tta"][key], float)
     assert metrics["baseline"]["lpips"] is None and metrics["baseline"]["lpips_unavailable"]
+    # The table is for reading (issue 16 defect 8): rounded values, which way is better, why LPIPS is missing.
     table = client.predict(run_id, api_name="/tta_status")[4]
-    assert {row[0] for row in table["data"]} >= {"psnr", "ssim"}
+    assert table["headers"] == ["metric", "better", "baseline", "TTA", "TTA - baseline"]
+    rows = {row[0]: row for row in table["data"]}
+    assert rows["PSNR (dB)"][1] == "higher" and rows["LPIPS"][1] == "lower" and rows["SSIM"][1] == "higher"
+    psnr = rows["PSNR (dB)"]
+    assert float(psnr[2]) == pytest.approx(metrics["baseline"]["psnr"], rel=1e-3) and len(psnr[2]) <= 7
+    assert float(psnr[4]) == pytest.approx(metrics["difference"]["psnr"], rel=1e-3, abs=1e-4)
+    assert rows["LPIPS"][2] == rows["LPIPS"][3] == "n/a"
+    assert rows["LPIPS"][4] == f"not computed: {metrics['baseline']['lpips_unavailable']}"
 
 
 def test_tta_bad_inputs_are_clear(client, tmp_path):

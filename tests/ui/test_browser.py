@@ -78,3 +78,48 @@ def test_an_adapter_finished_after_the_page_loaded_is_offered_when_its_tab_opens
     page.get_by_role("combobox", name=re.compile(r"^Adapter")).locator("visible=true").first.click()
     page.get_by_role("option", name=f"run {run_id} (final)").wait_for(timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / f"{tab.lower()}-adapters.png"), full_page=True)
+
+
+_LEGEND_INSIDE = """() => {
+  const box = document.querySelector('#loss-plot')?.getBoundingClientRect();
+  const labels = [...document.querySelectorAll('#loss-plot .role-legend-label text')];
+  if (!box || labels.length === 0) return null;
+  return labels.map(t => { const r = t.getBoundingClientRect();
+    return {name: t.textContent, inside: r.height > 0 && r.top >= box.top && r.bottom <= box.bottom}; });
+}"""
+_STROKES = "() => [...document.querySelectorAll('#loss-plot .mark-line path')].map(p => p.getAttribute('stroke') || 'none')"
+
+
+@pytest.mark.slow
+def test_the_loss_legend_shows_every_series_inside_the_plot_even_when_validation_comes_first(page, app_url):
+    """Issue 16 defects 1 and 2: the legend fell below the plot box (only its title showed), and a plot whose
+    first points were a run's step-0 validation kept a one-entry legend and colourless lines for the rest."""
+    from engine.jobs import RunDir, atomic_write_json
+
+    url, root = app_url
+    run_id = "20261202-000003-abcdef"
+    run = RunDir(root / "runs" / run_id)
+    run.path.mkdir(parents=True)
+    atomic_write_json(run.config_path, {"preset": "tiny-wan", "max_steps": 6})
+    run.update_status(state="stopped", step=0, total_steps=6)
+    run.append_event({"type": "validation", "step": 0, "val_loss": 0.6})  # what a run shows first
+    page.goto(url)
+    page.get_by_role("tab", name="Length extension").click()
+    box = page.get_by_role("combobox", name="Run")
+    box.fill(run_id)
+    box.press("Enter")
+    page.wait_for_function("() => document.querySelectorAll('#loss-plot .role-legend-label text').length > 0",
+                           timeout=60_000)
+    for s in range(1, 7):  # the run goes on: its training terms arrive at the next polls
+        run.append_event({"type": "train", "step": s, "loss": 1.0 / s, "loss_base": 0.5 / s,
+                          "loss_extended": 0.5 / s, "loss_consistency": 0.01 / s})
+    run.update_status(state="stopped", step=6, total_steps=6)
+    page.wait_for_function("() => document.querySelectorAll('#loss-plot .mark-line path').length >= 5",
+                           timeout=60_000)
+    page.wait_for_timeout(2500)
+    legend = page.evaluate(_LEGEND_INSIDE)
+    assert sorted(e["name"] for e in legend) == ["base", "consistency", "extended", "total", "validation"]
+    assert all(e["inside"] for e in legend), legend  # defect 1: entries below the box
+    strokes = page.evaluate(_STROKES)
+    assert len(strokes) == 5 and "none" not in strokes and len(set(strokes)) == 5, strokes
+    page.locator("#loss-plot").screenshot(path=str(ARTIFACTS / "train-loss-legend.png"))

@@ -29,7 +29,7 @@ def _train(data, out, procs: int, *args) -> dict:
               "127.0.0.1", "--master_port", str(_port()), "-m"] if procs > 1 else [sys.executable, "-m"]
     result = subprocess.run([*launch, "engine", "train", *COMMON, "--data_dir", str(data), "--output_dir", str(out),
                              *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-8000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
