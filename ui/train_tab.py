@@ -148,6 +148,11 @@ def on_load():
     return gr.Dropdown(choices=_run_choices(), value=_default_run(None) or "")
 
 
+def refresh_run_labels():
+    """The run list's labels follow the runs' states (a run started as "running, 0/40" ends "finished, 40/40")."""
+    return gr.Dropdown(choices=_run_choices())
+
+
 def on_preset_change(name):
     d = preset_training_defaults(name)
     return [d[n] for n in SETTING_NAMES]
@@ -234,6 +239,7 @@ def build(default_preset: str, demo: gr.Blocks) -> None:
         run_id.change(train_status, [run_id, smoothing], view, api_name="train_status")
         smoothing.change(train_status, [run_id, smoothing], view, api_name=False)
         gr.Timer(2.0).tick(train_status, [run_id, smoothing], view, api_name=False, show_progress="hidden")
+        gr.Timer(5.0).tick(refresh_run_labels, None, run_id, api_name=False, show_progress="hidden")
         gr.Button("Refresh runs", size="sm").click(on_load, None, run_id, api_name="train_runs_refresh")
         gr.api(train_runs, api_name="train_runs")
         demo.load(on_load, None, run_id, api_name=False)

@@ -123,3 +123,22 @@ def test_the_loss_legend_shows_every_series_inside_the_plot_even_when_validation
     strokes = page.evaluate(_STROKES)
     assert len(strokes) == 5 and "none" not in strokes and len(set(strokes)) == 5, strokes
     page.locator("#loss-plot").screenshot(path=str(ARTIFACTS / "train-loss-legend.png"))
+
+
+@pytest.mark.slow
+def test_the_run_list_label_follows_the_run_to_its_end(page, app_url):
+    """Issue 16 defect 5: the run dropdown kept the label it had at Start ("running, 0/40")."""
+    url, _ = app_url
+    page.goto(url)
+    page.get_by_role("tab", name="Length extension").click()
+    before = _status_text(page)
+    page.get_by_role("button", name="Start", exact=True).click()
+    page.wait_for_function(
+        "before => { const t = document.querySelector('#train-status')?.innerText || '';"
+        " return t !== before && /finished/.test(t); }", arg=before, timeout=240_000)
+    run_id = re.search(r"(\d{8}-\d{6}-[0-9a-f]{6}): finished", _status_text(page)).group(1)
+    box = page.get_by_role("combobox", name="Run")
+    page.wait_for_function(
+        "([el, id]) => el.value.includes(id) && /finished, (\\d+)\\/\\1\\)/.test(el.value)",
+        arg=[box.element_handle(), run_id], timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "train-run-label.png"), full_page=True)
