@@ -4,12 +4,7 @@
 # ftfy, wcwidth, psutil, filelock wheels; site/imageio_ffmpeg and ffmpeg.xz) carried to the GPU machine.
 #   bash bench/gpu_check_session.sh   (with $OUT set)
 set -e
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl 2>&1 | tail -2
-cp -r .whl/site/imageio_ffmpeg /tmp/site/
-python3 -c "import lzma,shutil; shutil.copyfileobj(lzma.open('.whl/ffmpeg.xz'), open('/usr/local/bin/ffmpeg','wb'))"
-chmod +x /usr/local/bin/ffmpeg
-export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 IMAGEIO_FFMPEG_EXE=/usr/local/bin/ffmpeg
-python3 -m engine data create --output_dir /tmp/d --num_samples 3 --preset tiny-wan > /dev/null
+source bench/gpu_setup.sh
 python3 -m engine train --preset tiny-wan --data_dir /tmp/d --output_dir /tmp/r --max_steps 3 --validation_steps 3 \
   --checkpointing_steps 3 --sample_steps 0 --use_gradient_checkpointing true --fp8_base true \
   --offload_activations true --ffn_chunks 2 --quiet 2>&1 | tail -1

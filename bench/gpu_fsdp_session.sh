@@ -4,12 +4,7 @@
 # sharded checkpoint resumed by a plain process; then the 1.3B step with and without FSDP (bench/train_memory.py).
 # Needs .whl/ carried (see bench/gpu_check_session.sh).   bash bench/gpu_fsdp_session.sh   (with $OUT set)
 set -e
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl 2>&1 | tail -2
-cp -r .whl/site/imageio_ffmpeg /tmp/site/
-python3 -c "import lzma,shutil; shutil.copyfileobj(lzma.open('.whl/ffmpeg.xz'), open('/usr/local/bin/ffmpeg','wb'))"
-chmod +x /usr/local/bin/ffmpeg
-export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 IMAGEIO_FFMPEG_EXE=/usr/local/bin/ffmpeg
-python3 -m engine data create --output_dir /tmp/d --num_samples 3 --preset tiny-wan > /dev/null
+source bench/gpu_setup.sh
 COMMON="--preset tiny-wan --data_dir /tmp/d --max_steps 3 --validation_steps 3 --checkpointing_steps 3 --sample_steps 0
   --lora_dropout 0 --use_gradient_checkpointing true --quiet"
 python3 -m engine train $COMMON --output_dir /tmp/plain 2>&1 | tail -1
