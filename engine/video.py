@@ -190,27 +190,63 @@ def read_mp4(path: str | os.PathLike, max_frames: int | None = None,
     return np.stack(out), fps
 
 
-def _label_strip(text: str, width: int, height: int) -> np.ndarray:
-    from PIL import Image, ImageDraw, ImageFont
+MIN_LABEL_PX = 8  # the smallest font size a label shrinks to before it wraps
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # older Pillow: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def _text_width(text: str, font) -> int:
+    from PIL import Image, ImageDraw
+
+    box = ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), text, font=font)
+    return box[2] - box[0]
+
+
+def label_layout(text: str, width: int, size: int) -> tuple[int, list[str]]:
+    """(font size, lines) that fit `text` in `width` pixels with a 2-pixel margin each side: the preferred
+    size shrunk as far as MIN_LABEL_PX, then words wrapped onto lines (a small panel names its video whole)."""
+    room = max(1, width - 4)
+    for px in range(size, MIN_LABEL_PX - 1, -1):
+        if _text_width(text, _font(px)) <= room:
+            return px, [text]
+    px, font, lines = MIN_LABEL_PX, _font(MIN_LABEL_PX), []
+    for word in text.split():
+        if lines and _text_width(f"{lines[-1]} {word}", font) <= room:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return px, lines
+
+
+def _label_strip(text: str, width: int, height: int, size: int) -> np.ndarray:
+    from PIL import Image, ImageDraw
 
     img = Image.new("RGB", (width, height), (20, 20, 20))
     draw = ImageDraw.Draw(img)
-    try:
-        font = ImageFont.load_default(size=max(10, height * 2 // 3))
-    except TypeError:  # older Pillow: fixed-size bitmap font
-        font = ImageFont.load_default()
-    box = draw.textbbox((0, 0), text, font=font)
-    x = max(2, (width - (box[2] - box[0])) // 2)
-    y = max(0, (height - (box[3] - box[1])) // 2 - box[1])
-    draw.text((x, y), text, fill=(235, 235, 235), font=font)
+    px, lines = label_layout(text, width, size)
+    font, line_h = _font(px), px + 2
+    y0 = max(0, (height - line_h * len(lines)) // 2)
+    for i, line in enumerate(lines):
+        box = draw.textbbox((0, 0), line, font=font)
+        x = max(2, (width - (box[2] - box[0])) // 2 - box[0])
+        draw.text((x, y0 + i * line_h - box[1]), line, fill=(235, 235, 235), font=font)
     return np.asarray(img)
 
 
 def side_by_side(videos: list, labels: list[str], gap: int = 4) -> np.ndarray:
-    """Compose videos left to right with a label above each, played in sync.
+    """Compose videos left to right with a label below each, played in sync.
 
-    Videos may differ in length (a shorter one holds its last frame) and size (each is
-    centred on a common height). Returns uint8 frames [F, H, W, 3].
+    Labels go below the frames, where a player's own overlays (Gradio's label badge sits top-left) do
+    not cover them; a label too long for its panel shrinks, then wraps. Videos may differ in length
+    (a shorter one holds its last frame) and size (each is centred on a common height). Returns uint8
+    frames [F, H, W, 3].
     """
     if len(videos) != len(labels) or not videos:
         raise InputError("side_by_side needs one label per video and at least one video.")
@@ -218,12 +254,15 @@ def side_by_side(videos: list, labels: list[str], gap: int = 4) -> np.ndarray:
     n = max(c.shape[0] for c in clips)
     h = max(c.shape[1] for c in clips)
     strip_h = max(14, min(32, h // 6))
+    size = max(10, strip_h * 2 // 3)
+    layouts = [label_layout(label, c.shape[2], size) for c, label in zip(clips, labels)]
+    strip_h = max([strip_h] + [(px + 2) * len(lines) + 2 for px, lines in layouts])  # room for wrapped labels
     columns = []
     for clip, label in zip(clips, labels):
         f, ch, cw, _ = clip.shape
-        col = np.zeros((n, strip_h + h, cw, 3), np.uint8)
-        col[:, :strip_h] = _label_strip(label, cw, strip_h)
-        top = strip_h + (h - ch) // 2
+        col = np.zeros((n, h + strip_h, cw, 3), np.uint8)
+        col[:, h:] = _label_strip(label, cw, strip_h, size)
+        top = (h - ch) // 2
         col[:f, top:top + ch] = clip
         col[f:, top:top + ch] = clip[-1]  # hold the last frame
         columns.append(col)

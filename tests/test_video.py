@@ -32,11 +32,24 @@ def test_side_by_side_holds_the_shorter_video_and_labels():
     b = np.full((9, 32, 48, 3), 50, np.uint8)
     out = side_by_side([a, b], ["base", "extended"])
     assert out.shape[0] == 9 and out.shape[2] == 32 + 4 + 48
-    strip = out.shape[1] - 32
-    assert (out[8, strip:, :32] == 200).all()  # base holds its last frame
-    assert out[0, :strip].max() > 100  # label text drawn
+    assert (out[8, :32, :32] == 200).all()  # base holds its last frame
+    assert out[0, 32:].max() > 100  # label text drawn, below the frames
     with pytest.raises(InputError):
         side_by_side([a], ["one", "two"])
+
+
+def test_labels_fit_small_panels_whole_and_sit_below_the_frames():
+    """Issue 16 defect 7: on 64-pixel panels the labels were cut ("base 17f dens") and drawn at the top,
+    under Gradio's label badge."""
+    panels = [np.full((3, 64, 64, 3), 90, np.uint8) for _ in range(3)]
+    labels = ["base 17f dense", "LoRA 33f radial", "a much longer label than fits on one line"]
+    out = side_by_side(panels, labels)
+    assert (out[:, :64] == 90).all(axis=(0, 1, 3))[:64].all()  # the top is the video itself, no strip over it
+    strip = out[0, 64:]
+    for i in range(3):
+        text = strip[:, i * 68:i * 68 + 64].max(axis=2) > 150
+        cols = np.flatnonzero(text.any(axis=0))
+        assert cols.size and cols.min() >= 1 and cols.max() <= 62, (labels[i], cols.min(), cols.max())
 
 
 def test_lossless_roundtrip_is_exact(tmp_path):

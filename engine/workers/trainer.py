@@ -478,12 +478,18 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume
     if main:
         atomic_write_json(run.config_path, config.to_dict())
         # The stop flag stays: a stop asked for while the job was starting ends the run at its first step.
-        run.update_status(state="running", **this_process(), step=0, error=None)
+        run.update_status(state="running", **this_process(), step=0, error=None, phase="loading the model")
     accelerator.wait_for_everyone()
+
+    def phase(name: str | None) -> None:  # what the first seconds are spent on, shown beside "step 0/N"
+        if main:
+            run.update_status(phase=name)
 
     fam = family(preset)
     pipe = fam.load_pipeline(preset, accelerator.device)
+    phase(f"encoding {len(entries)} clips (latent cache)")
     train_clips, val_clips = load_clips(pipe, preset, config, entries)
+    phase("preparing the LoRA and attention")
     fam.offload_encoders(pipe)
     _empty_cache()
 
@@ -576,7 +582,9 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume
         accelerator.wait_for_everyone()
 
     if step == 0:
+        phase("validating the untrained model")
         validate(0)
+    phase(None)
     started, start_step = time.perf_counter(), step
     accum = config.gradient_accumulation_steps
     final_state = "finished"

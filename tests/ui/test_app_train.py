@@ -34,6 +34,10 @@ def test_train_start_with_defaults_runs_the_demo_and_compare_uses_it(client):
     status = _wait(client, run_id, lambda s: s["state"] in ("finished", "failed"), timeout=400)
     assert status["state"] == "finished" and status["step"] == status["total_steps"] == 40, status
     assert status["final"] and status["samples"]["extended"].endswith("extended.mp4")
+    from engine.presets import load_preset
+
+    _, fps = read_mp4(status["samples"]["extended"])  # issue 16 defect 7: samples play at the preset's fps
+    assert fps == load_preset("tiny-wan")["generation"]["fps"] == 8
     assert [e["step"] for e in status["train_events"]] == list(range(1, 41))
     plot = client.predict(run_id, 0.0, api_name="/train_status")[1]
     assert {row[2] for row in plot["data"]} >= {"total", "base", "extended", "consistency", "validation"}

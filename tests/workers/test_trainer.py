@@ -254,3 +254,27 @@ def test_accelerate_launch_two_cpu_processes(dataset, tmp_path):
     status = json.loads((out / "status.json").read_text())
     assert status["state"] == "finished" and status["step"] == 2
     assert (out / "final" / DIFFUSERS_WEIGHT_NAME).is_file()
+
+
+def test_the_status_names_each_startup_phase_before_the_first_step(dataset, tmp_path, monkeypatch):
+    """Issue 16 defect 6: the 15-30 s before step 1 showed nothing but "step 0/40"."""
+    from engine.jobs import RunDir
+
+    seen = []
+    real = RunDir.update_status
+
+    def record(self, **fields):
+        if "phase" in fields or "step" in fields:
+            seen.append((fields.get("phase", "-"), fields.get("step")))
+        return real(self, **fields)
+
+    monkeypatch.setattr(RunDir, "update_status", record)
+    config = config_from_preset("tiny-wan", data_dir=str(dataset), output_dir=str(tmp_path / "run"), max_steps=1,
+                                validation_steps=1, checkpointing_steps=1, sample_steps=0)
+    train(config)
+    phases = [p for p, _ in seen if p != "-"]
+    assert phases[:5] == ["loading the model", "encoding 4 clips (latent cache)", "preparing the LoRA and attention",
+                          "validating the untrained model", None]
+    first_step = next(i for i, (_, s) in enumerate(seen) if s == 1)
+    assert seen.index((None, None)) < first_step  # the phase is cleared before steps are counted
+    assert json.loads((tmp_path / "run" / "status.json").read_text()).get("phase") is None
