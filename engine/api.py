@@ -23,6 +23,7 @@ from .launch.training import (  # noqa: F401
     resume_training,
     start_training,
     stop_training,
+    run_settings,
     training_status,
 )
 from .launch.tta import APP_SWEEP, start_tta, start_tta_sweep, stop_tta, tta_status  # noqa: F401

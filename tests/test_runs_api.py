@@ -36,3 +36,21 @@ def test_unknown_or_finished_runs_are_clear_errors(tmp_path, monkeypatch):
     _run(tmp_path, "done", "train", "finished", time.time())
     with pytest.raises(InputError, match="has finished"):
         resume_training("done")
+
+
+def test_run_settings_are_the_runs_config_and_a_run_without_one_is_a_clear_error(tmp_path, monkeypatch):
+    from engine.jobs import atomic_write_json
+    from engine.launch.training import run_settings
+
+    monkeypatch.setenv("RADIAL_STUDIO_RUNS", str(tmp_path))
+    _run(tmp_path, "with-config", "train", "finished", time.time())
+    atomic_write_json(RunDir(tmp_path / "with-config").config_path, {"preset": "tiny-wan", "max_steps": 10})
+    assert run_settings("with-config") == {"preset": "tiny-wan", "max_steps": 10}
+    _run(tmp_path, "queued", "train", "queued", time.time())
+    with pytest.raises(InputError, match="'queued' has no settings yet"):
+        run_settings("queued")
+    (tmp_path / "with-config" / "config.json").write_text("{not json")
+    with pytest.raises(InputError, match="config.json cannot be read"):
+        run_settings("with-config")
+    with pytest.raises(InputError):
+        run_settings("../elsewhere")  # run ids are checked like every other run call

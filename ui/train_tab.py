@@ -153,6 +153,21 @@ def refresh_run_labels():
     return gr.Dropdown(choices=_run_choices())
 
 
+def show_run_settings(run_id):
+    """The form follows the run on display: its preset, settings and memory options (a run without a
+    readable config.json leaves the form as it is)."""
+    keep = [gr.skip()] * (1 + len(SETTING_NAMES) + 3)
+    run_id = _default_run(run_id)
+    if not run_id:
+        return keep
+    try:
+        config = api.run_settings(run_id)
+    except EngineError:
+        return keep
+    names = ["preset", *SETTING_NAMES, "fp8_base", "offload_activations", "ffn_chunks"]
+    return [config[n] if n in config else gr.skip() for n in names]
+
+
 def on_preset_change(name):
     d = preset_training_defaults(name)
     return [d[n] for n in SETTING_NAMES]
@@ -225,7 +240,8 @@ def build(default_preset: str, demo: gr.Blocks) -> None:
         settings = [max_steps, learning_rate, lora_rank, lora_alpha, base_frames, ext_frames, pattern, dense_layers,
                     dense_timesteps, decay_factor, block_size, accum, val_steps, ckpt_steps, sample_steps, seed]
         view = [status_md, plot, base_video, ext_video, checkpoints_md, raw]
-        preset.change(on_preset_change, preset, settings, api_name=False)
+        # .input: a preset the user picks brings its defaults; one the run on display sets keeps that run's values
+        preset.input(on_preset_change, preset, settings, api_name=False)
         start.click(train_start, [preset, data_source, num_samples, uploads, folder, *settings, smoothing, fp8_base,
                                   offload_activations, ffn_chunks],
                     [run_id, *view], api_name="train_start").then(
@@ -237,6 +253,8 @@ def build(default_preset: str, demo: gr.Blocks) -> None:
         stop.click(train_stop, [run_id, smoothing], view, api_name="train_stop")
         resume.click(train_resume, [run_id, smoothing], view, api_name="train_resume")
         run_id.change(train_status, [run_id, smoothing], view, api_name="train_status")
+        run_id.change(show_run_settings, run_id, [preset, *settings, fp8_base, offload_activations, ffn_chunks],
+                      api_name=False, show_progress="hidden")
         smoothing.change(train_status, [run_id, smoothing], view, api_name=False)
         gr.Timer(2.0).tick(train_status, [run_id, smoothing], view, api_name=False, show_progress="hidden")
         gr.Timer(5.0).tick(refresh_run_labels, None, run_id, api_name=False, show_progress="hidden")

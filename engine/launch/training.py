@@ -8,6 +8,7 @@ loss points, samples, checkpoints), so any process can follow any run.
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shutil
 import time
@@ -228,6 +229,18 @@ def active_or_newest_run(kind: str | tuple[str, ...] | None = "train") -> str | 
     runs = list_runs(kind)
     active = next((r for r in runs if r["state"] in ("running", "stopping", "queued")), runs[0] if runs else None)
     return active["run_id"] if active else None
+
+
+def run_settings(run_id: str) -> dict:
+    """The training settings a run was started with (its config.json): what the form shows for that run."""
+    path = run_dir(run_id)
+    config = RunDir(path).config_path
+    if not config.is_file():
+        raise InputError(f"run '{run_id}' has no settings yet (its config.json is written when it starts).")
+    try:
+        return json.loads(config.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f"run '{run_id}': its config.json cannot be read ({err}).") from None
 
 
 def training_status(run_id: str) -> dict:

@@ -142,3 +142,25 @@ def test_the_run_list_label_follows_the_run_to_its_end(page, app_url):
         "([el, id]) => el.value.includes(id) && /finished, (\\d+)\\/\\1\\)/.test(el.value)",
         arg=[box.element_handle(), run_id], timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "train-run-label.png"), full_page=True)
+
+
+@pytest.mark.slow
+def test_the_form_shows_the_settings_of_the_run_on_display(page, app_url, tiny_preset):
+    """Issue 16 defect 5: the form showed the preset's defaults whatever run was on display."""
+    from engine.config import read_config_file
+    from tests.run_factory import make_finished_run
+
+    url, root = app_url
+    run_id = "20261202-000004-abcdef"
+    make_finished_run(root / "runs" / run_id, tiny_preset)  # max_steps 10 (the preset says 40)
+    config = read_config_file(root / "runs" / run_id / "config.json")
+    page.goto(url)
+    page.get_by_role("tab", name="Length extension").click()
+    box = page.get_by_role("combobox", name="Run")
+    box.fill(run_id)
+    box.press("Enter")
+    steps = page.get_by_label("Steps", exact=True)
+    page.wait_for_function("el => el.value === '10'", arg=steps.element_handle(), timeout=30_000)
+    assert float(page.get_by_label("Learning rate", exact=True).input_value()) == config["learning_rate"]
+    assert page.get_by_label("LoRA rank", exact=True).input_value() == str(config["lora_rank"])
+    page.screenshot(path=str(ARTIFACTS / "train-run-settings.png"), full_page=True)
