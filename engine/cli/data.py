@@ -12,7 +12,7 @@ def cmd_data_create(args) -> int:
     from ..data.dataset import create_synthetic_dataset, load_dataset
 
     out = create_synthetic_dataset(args.output_dir, args.num_samples, preset=args.preset, seed=args.seed, fps=args.fps,
-                                   overwrite=args.overwrite)
+                                   overwrite=args.overwrite, task=args.task)
     entries = load_dataset(out)
     print(json.dumps({"output_dir": str(out), "clips": len(entries), "seed": args.seed, "preset": args.preset,
                       "frames": entries[0].extended_frames, "height": entries[0].height, "width": entries[0].width},
@@ -51,6 +51,8 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
     c.add_argument("--preset", default=DEFAULT_PRESET)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--fps", type=int, help="default: the preset's generation.fps")
+    c.add_argument("--task", choices=["extension", "tta"], default="extension",
+                   help="tta: clips of the preset's tta.total_frames at tta.short_side (for tta / tta-sweep)")
     c.add_argument("--overwrite", action="store_true", help="replace a dataset already in --output_dir")
     c.set_defaults(func=cmd_data_create)
 

@@ -61,6 +61,14 @@ VIDEO_ID = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9._\-]*$")
 # aspect (rounded down) up to 2:1, so a 16:9 source becomes 448x256 and a square one 256x256.
 # The first tta.cond_frames (33) are the prefix the adapter is tuned on; the rest is the continuation.
 TTA_MAX_ASPECT = 2.0
+# A source a little below tta.short_side is upscaled to it (UCF-101's 320x240 to 341x256 for the 256 px
+# presets); ground truth, baseline and TTA all see the same upscaled frames, so the comparison stays fair.
+TTA_MAX_UPSCALE = 1.25
+
+
+def tta_min_short_side(short_side: int) -> int:
+    """The smallest source short side a TTA clip of `short_side` is made from."""
+    return math.ceil(short_side / TTA_MAX_UPSCALE)
 
 ProgressFn = Callable[[int, int], None]
 
@@ -117,8 +125,10 @@ def _refuse_existing(out: Path, overwrite: bool) -> None:
 
 def create_synthetic_dataset(output_dir: str | os.PathLike, num_samples: int, *, preset: str | dict = DEFAULT_PRESET,
                              seed: int = 0, fps: int | None = None, progress: ProgressFn | None = None,
-                             overwrite: bool = False) -> Path:
-    """Render `num_samples` synthetic clips (engine.data.synthetic) at the preset's training size/length.
+                             overwrite: bool = False, task: str = "extension") -> Path:
+    """Render `num_samples` synthetic clips (engine.data.synthetic) at the preset's training size/length
+    (task "extension") or as test-time adaptation clips (task "tta": tta.total_frames frames, square at
+    tta.short_side, the first tta.cond_frames the prefix).
 
     An existing dataset in `output_dir` is refused unless `overwrite` (then its metadata.json is replaced)."""
     from .synthetic import render_clip
@@ -127,8 +137,14 @@ def create_synthetic_dataset(output_dir: str | os.PathLike, num_samples: int, *,
         raise InputError(f"num_samples must be a positive integer, got {num_samples!r}.")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InputError(f"seed must be a non-negative integer, got {seed!r}.")
+    if task not in ("extension", "tta"):
+        raise InputError(f"task must be 'extension' or 'tta', got {task!r}.")
     preset = _resolve_preset(preset)
     train = preset["training"]
+    if task == "tta":
+        side = preset["tta"]["short_side"]
+        train = {"base_num_frames": preset["tta"]["cond_frames"], "extended_num_frames": preset["tta"]["total_frames"],
+                 "height": side, "width": side}
     fps = int(fps or preset["generation"]["fps"])
     out = Path(output_dir)
     _refuse_existing(out, overwrite)
@@ -366,9 +382,10 @@ def convert_dataset(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
             height, width = size or tta_size(h, w, preset["tta"]["short_side"], multiple)
             if task == "extension" and (h < height or w < width):
                 raise _Skip(f"too small resolution: {w}x{h} (width x height); needs at least {width}x{height}")
-            if task == "tta" and min(h, w) < preset["tta"]["short_side"]:
+            if task == "tta" and min(h, w) < tta_min_short_side(preset["tta"]["short_side"]):
                 raise _Skip(f"too small resolution: {w}x{h} (width x height); the short side needs at least "
-                            f"{preset['tta']['short_side']} (preset field tta.short_side)")
+                            f"{tta_min_short_side(preset['tta']['short_side'])} (preset field tta.short_side "
+                            f"{preset['tta']['short_side']}, upscaled by at most {TTA_MAX_UPSCALE:g}x)")
             clip = resize_center_crop(clip, height, width)
             video_id = _safe_id(path.stem, taken)
             write_mp4(clip, out / VIDEOS_DIR / f"{video_id}.mp4", fps=out_fps)

@@ -156,8 +156,9 @@ def find_prompt(path: Path) -> str:
 
 
 def target_size(src_h: int, src_w: int, preset: dict, height: int | None, width: int | None) -> tuple[int, int]:
-    """The TTA frame size for a source of src_h x src_w; InputError when the source is too small (never upscaled)."""
-    from ..data.dataset import tta_size
+    """The TTA frame size for a source of src_h x src_w; InputError when the source is too small (an explicit
+    size is never upscaled; the preset's short side by at most TTA_MAX_UPSCALE)."""
+    from ..data.dataset import TTA_MAX_UPSCALE, tta_min_short_side, tta_size
 
     fam, short_side = family(preset), preset["tta"]["short_side"]
     if (height is None) != (width is None):
@@ -168,9 +169,10 @@ def target_size(src_h: int, src_w: int, preset: dict, height: int | None, width:
             raise InputError(f"resolution too small: the video is {src_w}x{src_h} (width x height); "
                              f"the requested {width}x{height} needs at least that many pixels (clips are not upscaled).")
         return height, width
-    if min(src_h, src_w) < short_side:
-        raise InputError(f"resolution too small: the video is {src_w}x{src_h} (width x height); "
-                         f"the short side needs at least {short_side} pixels for this preset (tta.short_side).")
+    if min(src_h, src_w) < tta_min_short_side(short_side):
+        raise InputError(f"resolution too small: the video is {src_w}x{src_h} (width x height); the short side needs "
+                         f"at least {tta_min_short_side(short_side)} pixels for this preset (tta.short_side "
+                         f"{short_side}, upscaled by at most {TTA_MAX_UPSCALE:g}x).")
     return tta_size(src_h, src_w, short_side, fam.size_multiple)
 
 

@@ -221,6 +221,27 @@ def test_convert_tta_crops_short_side_256_and_keeps_65_frames(tmp_path):
     assert read_clip(tmp_path / "small/videos/landscape.mp4")[0].shape == (65, 64, 64, 3)  # 75 -> 64 (x16)
 
 
+def test_convert_tta_upscales_a_ucf101_size_clip_slightly_and_refuses_what_is_far_too_small(tmp_path):
+    """Issue 16 defect 3: 320x240 clips (UCF-101) were refused by the 256 px presets."""
+    src = tmp_path / "src"
+    write_mp4(_ramp_clip(66, 240, 320, step=1), src / "ucf.mp4", fps=8)  # w x h = 320x240
+    write_mp4(_ramp_clip(66, 150, 200, step=1), src / "tiny.mp4", fps=8)  # w x h = 200x150
+    for name in ("ucf", "tiny"):
+        (src / f"{name}.txt").write_text(f"a {name} clip")
+    report = convert_dataset(src, tmp_path / "out", task="tta", preset="wan2.1-t2v-1.3b", fps=8)
+    assert report.kept == ["ucf"]
+    assert read_clip(tmp_path / "out/videos/ucf.mp4")[0].shape == (65, 256, 336, 3)  # 341 -> 336 (x16)
+    reason = dict(report.skipped)["tiny.mp4"]
+    assert "200x150" in reason and "at least 205" in reason and "1.25x" in reason
+    from engine.presets import load_preset
+    from engine.workers.tta import target_size
+
+    preset = load_preset("wan2.1-t2v-1.3b")
+    assert target_size(240, 320, preset, None, None) == (256, 336)  # the app's request check agrees
+    with pytest.raises(InputError, match="at least 205 pixels"):
+        target_size(150, 200, preset, None, None)
+
+
 # ---------------------------------------------------------------------------- validate
 
 
@@ -335,3 +356,23 @@ def test_create_or_convert_into_an_existing_dataset_is_refused_unless_overwrite(
     assert len(json.loads((out / METADATA_FILE).read_text())) == 2
     assert main(["data", "create", "--output_dir", str(out), "--num_samples", "3", "--overwrite"]) == 0
     assert len(load_dataset(out)) == 3
+
+
+@pytest.mark.slow
+def test_data_create_makes_tta_clips_that_a_sweep_runs_on(tmp_path):
+    """Issue 16 defect 3: `data create` could not make a TTA clip (no frame-count option)."""
+    out = tmp_path / "tta"
+    proc = _run("create", "--output_dir", str(out), "--num_samples", "1", "--preset", "tiny-wan", "--task", "tta")
+    assert proc.returncode == 0, proc.stderr
+    made = json.loads(proc.stdout)
+    assert (made["frames"], made["height"], made["width"]) == (65, 64, 64)  # tiny-wan: tta 65 frames, short side 64
+    entry = load_dataset(out)[0]
+    assert (entry.base_frames, entry.extended_frames) == (33, 65)
+    assert read_clip(entry.path)[0].shape == (65, 64, 64, 3)
+    sweep = subprocess.run([sys.executable, "-m", "engine", "tta-sweep", "--data_dir", str(out), "--preset", "tiny-wan",
+                            "--ranks", "4", "--lrs", "1e-3", "--steps", "1", "--sample_steps", "1", "--no_lpips",
+                            "--experiment", "made", "--output_root", str(tmp_path / "results"), "--quiet"],
+                           cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                           timeout=300)
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    assert json.loads((tmp_path / "results" / "made" / "summary.json").read_text())["videos"] == [entry.video_id]
