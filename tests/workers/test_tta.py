@@ -214,7 +214,7 @@ def bad_files(tmp_path_factory):
     ("short clip", {"video": "short"}, InputError, r"has 40 frames; test-time adaptation needs at least 65"),
     ("unreadable", {"video": "garbage"}, InputError, r"could not be decoded"),
     ("missing", {"video": "nope"}, InputError, r"does not exist"),
-    ("too small", {"video": "small"}, InputError, r"resolution too small: the video is 32x32.*at least 64"),
+    ("too small", {"video": "small"}, InputError, r"resolution too small: the video is 32x32.*at least 52 pixels.*tta.short_side 64"),
     ("steps 0", {"steps": 0}, InputError, r"steps=0 is out of range: it must be a whole number >= 1"),
     ("rank 0", {"rank": 0}, InputError, r"rank=0 is out of range: it must be a whole number >= 1"),
     ("objective", {"objective": "magic"}, InputError, r"objective: .magic. is not allowed; choose one of"),
