@@ -30,6 +30,24 @@ def run_compare(prompt, preset, adapter, base_frames, extended_frames, steps, se
     return result.side_by_side, result.base, result.extended, {**result.to_dict(), "adapter": str(lora_dir) if lora_dir else None}
 
 
+def compare_summary(info: dict | None, adapter: str = "") -> str:
+    """The comparison as a person reads it: frames, attention and time per side, the speed ratio per frame.
+    The adapter is named as the user chose it (the hidden JSON output keeps the full record for API clients)."""
+    if not info:
+        return ""
+    per_frame = [info["base_seconds"] / info["base_frames"], info["extended_seconds"] / info["extended_frames"]]
+    lines = ["| | frames | attention | sampling time | per frame |", "|---|---|---|---|---|",
+             f"| base | {info['base_frames']} | dense | {info['base_seconds']:.1f} s | {per_frame[0]:.2f} s |",
+             f"| {'adapter' if info.get('adapter') else 'extended'} | {info['extended_frames']} | radial | "
+             f"{info['extended_seconds']:.1f} s | {per_frame[1]:.2f} s |"]
+    lines.append("")
+    lines.append(f"Adapter: `{adapter}`" if info.get("adapter") else
+                 "No adapter: the base model alone at extended length.")
+    lines.append(f"The extended video is {info['extended_frames'] / info['base_frames']:.1f}x as long and took "
+                 f"{info['extended_seconds'] / max(info['base_seconds'], 1e-9):.1f}x the time.")
+    return "\n".join(lines)
+
+
 def _defaults(name):
     d = api.compare_defaults(name)
     return (d["base_frames"], d["extended_frames"], d["steps"], d["decay_factor"], d["dense_layers"],
@@ -67,7 +85,8 @@ def build(default_preset: str) -> None:
                 with gr.Row():
                     base_video = gr.Video(label="Base")
                     ext_video = gr.Video(label="Extended")
-                info = gr.JSON(label="Timings and settings")
+                summary = gr.Markdown(elem_id="compare-summary")
+                info = gr.JSON(label="Timings and settings", visible=False)  # the API's record of the comparison
         preset.change(lambda n: _defaults(n), preset, [base_frames, extended_frames, steps, decay, dense_layers,
                                                        dense_timesteps], api_name=False)
         refresh.click(lambda: gr.Dropdown(choices=api.finished_adapters()), None, adapter, api_name=False)
@@ -75,4 +94,4 @@ def build(default_preset: str) -> None:
         tab.select(lambda: gr.Dropdown(choices=api.finished_adapters()), None, adapter, api_name=False)
         button.click(run_compare, [prompt, preset, adapter, base_frames, extended_frames, steps, seed, decay,
                                    dense_layers, dense_timesteps, context_parallel], [composed, base_video, ext_video, info],
-                     api_name="compare")
+                     api_name="compare").then(compare_summary, [info, adapter], summary, api_name=False)

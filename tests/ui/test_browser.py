@@ -164,3 +164,24 @@ def test_the_form_shows_the_settings_of_the_run_on_display(page, app_url, tiny_p
     assert float(page.get_by_label("Learning rate", exact=True).input_value()) == config["learning_rate"]
     assert page.get_by_label("LoRA rank", exact=True).input_value() == str(config["lora_rank"])
     page.screenshot(path=str(ARTIFACTS / "train-run-settings.png"), full_page=True)
+
+
+@pytest.mark.slow
+def test_compare_shows_a_readable_summary_not_a_raw_json_block(page, app_url):
+    """Issue 16 defect 8 (second half): Compare's results were a raw JSON block of server paths."""
+    url, root = app_url
+    page.goto(url)
+    page.get_by_role("tab", name="Compare").click()
+    for label, value in (("Base frames", "5"), ("Extended frames", "9"), ("Steps", "1")):
+        field = page.get_by_label(label, exact=True).locator("visible=true").first
+        field.fill(value)
+        field.press("Tab")
+    page.get_by_role("button", name="Compare", exact=True).click()
+    page.wait_for_function("() => (document.querySelector('#compare-summary')?.innerText || '').includes('radial')",
+                           timeout=180_000)
+    text = page.locator("#compare-summary").inner_text()
+    assert "dense" in text and "per frame" in text and "1.8x as long" in text  # 9 frames vs 5
+    assert str(root) not in page.content()  # no server path on the page
+    assert page.get_by_label("Timings and settings").count() == 0 or not page.get_by_label(
+        "Timings and settings").first.is_visible()
+    page.screenshot(path=str(ARTIFACTS / "compare-summary.png"), full_page=True)
