@@ -368,6 +368,8 @@ def train(config: TrainConfig, resume: bool = False, progress: ProgressFn | None
     if config.gpu_memory_gb is not None:  # the plan picks the memory options for this machine's free host memory
         from ..memory.plan import apply_plan, free_host_gib
 
+        if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":  # an accelerate FSDP config: plan for it
+            config.fsdp = True
         world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun / accelerate launch
         apply_plan(config, preset, config.gpu_memory_gb, free_host_gib(), world,
                    int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))

@@ -99,3 +99,16 @@ def test_an_accelerate_fsdp_config_is_served_by_the_same_sharding_and_version_1_
     plain = config_from_preset("tiny-wan", data_dir="-", output_dir="-")
     assert _fsdp_from_launcher(plain, SimpleNamespace(distributed_type=DistributedType.MULTI_GPU)) is True
     assert plain.fsdp is False and _fsdp(torch.nn.Linear(2, 2), plain, True) is False
+
+
+def test_the_memory_plan_under_an_accelerate_fsdp_launch_never_picks_fp8(data, tmp_path, monkeypatch):
+    from engine.config import config_from_preset
+    from engine.errors import InputError
+    from engine.workers.trainer import train
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    config = config_from_preset("tiny-wan", data_dir=str(data), output_dir=str(tmp_path / "run"), max_steps=1,
+                                use_gradient_checkpointing=True, gpu_memory_gb=0.00195)  # the plan would take fp8
+    with pytest.raises(InputError):  # one plain process: sharding then says it needs a launcher
+        train(config)
+    assert config.fsdp is True and config.fp8_base is False
