@@ -201,6 +201,28 @@ def test_a_job_reports_what_converting_the_uploads_found(runs, tmp_path):
     assert staging.is_dir()  # kept: the user's clips are not lost by a failed conversion
 
 
+def test_uploads_the_job_leaves_out_are_listed_in_the_runs_status(runs, tmp_path):
+    """Issue 16 defect 6: clips skipped during an upload were never reported in the UI."""
+    from engine.config import config_from_preset
+    from engine.jobs import RunDir
+    from engine.launch.training import training_status
+    from engine.workers.trainer import convert_uploads
+    from ui.job_view import job_status_markdown
+
+    staging = tmp_path / "staged"
+    staging.mkdir()
+    for i in range(3):
+        _clip(staging / f"clip{i}.mp4", seed=i)
+    _clip(staging / "nocaption.mp4", seed=5, caption=None)
+    out = runs / "run-2"
+    RunDir(out).create().update_status(state="running")
+    config = config_from_preset("tiny-wan", data_dir=str(runs / "_datasets" / "run-2"), output_dir=str(out))
+    convert_uploads(config, staging, config.preset_dict())
+    status = training_status("run-2")
+    assert status["skipped_uploads"] == ["nocaption.mp4: missing caption (add nocaption.txt beside it)"]
+    assert "1 upload(s) left out of the dataset:** nocaption.mp4: missing caption" in job_status_markdown(status, "r")
+
+
 def test_frames_are_resized_as_they_arrive_so_memory_holds_one_source_frame(tmp_path):
     from engine.video import read_mp4, resize_center_crop, write_mp4
 

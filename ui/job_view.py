@@ -26,6 +26,12 @@ def job_status_markdown(status: dict, title: str) -> str:
     line = " · ".join(parts)
     if status.get("error"):
         line += f"\n\n**Error:** {status['error']}"
+    if status.get("warning"):
+        line += f"\n\n**Note:** {status['warning']}"
+    if status.get("skipped_uploads"):
+        shown = status["skipped_uploads"]
+        line += (f"\n\n**{len(shown)} upload(s) left out of the dataset:** " + "; ".join(shown[:8])
+                 + (" ..." if len(shown) > 8 else ""))
     if status.get("log_tail"):
         line += f"\n\n```\n{status['log_tail']}\n```"
     return line

@@ -263,6 +263,8 @@ def training_status(run_id: str) -> dict:
         "best_val_loss": status.get("best_val_loss"),
         "error": status.get("error"),
         "phase": status.get("phase"),
+        "warning": status.get("warning"),
+        "skipped_uploads": status.get("skipped_uploads") or [],
         "queue_position": queue_position(path),
         "train_events": run.read_events("train"),
         "validation_events": run.read_events("validation"),

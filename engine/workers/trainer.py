@@ -332,7 +332,10 @@ def convert_uploads(config: TrainConfig, staging: str | os.PathLike, preset: dic
     run_recipe = {**preset, "training": {**preset["training"], "height": config.height, "width": config.width,
                                          "base_num_frames": config.base_num_frames,
                                          "extended_num_frames": config.extended_num_frames}}
-    convert_dataset(staging, target, preset=run_recipe, overwrite=True).require_kept("among the uploads")
+    report = convert_dataset(staging, target, preset=run_recipe, overwrite=True)
+    report.require_kept("among the uploads")
+    if report.skipped:  # the run trains on the rest; the UI lists what was left out and why
+        RunDir(config.output_dir).update_status(skipped_uploads=[f"{name}: {why}" for name, why in report.skipped])
     shutil.rmtree(staging, ignore_errors=True)
 
 
