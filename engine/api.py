@@ -15,7 +15,7 @@ from .compare import compare_base_extended
 from .config import config_from_preset
 from .generate import generate_video
 from .hub import pull_adapter, push_adapter  # noqa: F401
-from .jobs import pump_queue, runs_root  # noqa: F401
+from .jobs import gpu_request, pump_queue, runs_root  # noqa: F401
 from .launch.training import (  # noqa: F401
     active_or_newest_run,
     list_runs,
@@ -79,8 +79,11 @@ def compare_defaults(name: str) -> dict:
 
 
 def generate(prompt: str, *, preset: str = DEFAULT_PRESET, progress=None, **settings):
-    """Text-to-video in the request (see engine.generate.generate_video for the settings)."""
-    return generate_video(prompt, preset=require_preset(preset, "generate"), progress=progress, **settings)
+    """Text-to-video in the request (see engine.generate.generate_video for the settings), under the
+    one-GPU-job rule (engine.jobs.gpu_request): refused while the allowed jobs run."""
+    preset = require_preset(preset, "generate")
+    with gpu_request("Generate"):
+        return generate_video(prompt, preset=preset, progress=progress, **settings)
 
 
 def compare(prompt: str, *, preset: str = DEFAULT_PRESET, adapter: str = "", progress=None, context_parallel: int = 1,
@@ -89,15 +92,15 @@ def compare(prompt: str, *, preset: str = DEFAULT_PRESET, adapter: str = "", pro
 
     `context_parallel` N > 1: over N processes (one per GPU) launched for this comparison (engine.launch.compare)."""
     lora_dir = resolve_adapter_ref(adapter) if adapter else None
-    if int(context_parallel) > 1:
-        from .launch.compare import compare_over_processes
+    preset = require_preset(preset, "generate")
+    with gpu_request("Compare"):  # the one-GPU-job rule, as for Generate
+        if int(context_parallel) > 1:
+            from .launch.compare import compare_over_processes
 
-        result = compare_over_processes(prompt, preset=require_preset(preset, "generate"), lora_dir=lora_dir,
-                                        context_parallel=int(context_parallel), **{"attention": None, **settings})
-        return result, lora_dir
-    result = compare_base_extended(prompt, preset=require_preset(preset, "generate"), lora_dir=lora_dir,
-                                   progress=progress, **settings)
-    return result, lora_dir
+            result = compare_over_processes(prompt, preset=preset, lora_dir=lora_dir,
+                                            context_parallel=int(context_parallel), **{"attention": None, **settings})
+            return result, lora_dir
+        return compare_base_extended(prompt, preset=preset, lora_dir=lora_dir, progress=progress, **settings), lora_dir
 
 
 def tta_gpu_seconds(preset: str, steps: int) -> float:

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -348,6 +350,41 @@ def pump_queue(root: Path | None = None) -> None:
                 RunDir(path).update_status(state="failed", error="the queued job has no valid command (argv)")
                 continue
             start_job(path, argv)
+
+
+REQUEST_PREFIX = "_request-"  # the lease folder of GPU work done inside a request
+
+
+@contextmanager
+def gpu_request(what: str, root: Path | None = None):
+    """GPU work done inside a request (Generate, Compare) under the one-GPU-job rule.
+
+    Refused (InputError naming what holds the GPU and the fix) when RADIAL_STUDIO_MAX_JOBS jobs run already.
+    While it runs it holds a slot: a lease folder `_request-*` whose status reads "running" with this
+    process's pid, which the queue counts like a job, so no queued job starts beside it. A lease left by
+    a process that died reads as failed (not counted) and is removed by the next request.
+    """
+    root = root or runs_root()
+    limit = max_concurrent_jobs()
+    with queue_lock(root):
+        busy = []
+        for path in list_run_dirs(root):
+            state = job_status(path).get("state")
+            if path.name.startswith(REQUEST_PREFIX) and state not in ("running", "stopping"):
+                shutil.rmtree(path, ignore_errors=True)  # the lease of a request whose process died
+            elif state in ("running", "stopping"):
+                busy.append("another Generate or Compare request" if path.name.startswith(REQUEST_PREFIX)
+                            else f"run {path.name}")
+        if len(busy) >= limit:
+            raise InputError(f"{what} needs the GPU, and {', '.join(busy)} is using it (at most {limit} GPU job(s) "
+                             "at once, RADIAL_STUDIO_MAX_JOBS). Wait until it finishes or stop it, then try again.")
+        lease = RunDir(root / f"{REQUEST_PREFIX}{uuid.uuid4().hex[:12]}").create()
+        lease.update_status(state="running", kind="request", what=what, created=time.time(), **this_process())
+    try:
+        yield
+    finally:
+        shutil.rmtree(lease.path, ignore_errors=True)
+        pump_queue_quietly(root)  # a job queued meanwhile starts now
 
 
 def queue_position(run_dir: str | os.PathLike, root: Path | None = None) -> int | None:
