@@ -26,6 +26,7 @@ def user_errors_as_messages(fn):
         try:
             return fn(*args, **kwargs)
         except EngineError as err:
-            raise gr.Error(without_server_paths(str(err)), print_exception=False) from None
+            # duration=None: the message stays until the user closes it (a 10 s toast left a bare "Error" badge)
+            raise gr.Error(without_server_paths(str(err)), duration=None, print_exception=False) from None
 
     return wrapper

@@ -185,3 +185,20 @@ def test_compare_shows_a_readable_summary_not_a_raw_json_block(page, app_url):
     assert page.get_by_label("Timings and settings").count() == 0 or not page.get_by_label(
         "Timings and settings").first.is_visible()
     page.screenshot(path=str(ARTIFACTS / "compare-summary.png"), full_page=True)
+
+
+@pytest.mark.slow
+def test_an_error_message_stays_until_the_user_closes_it(page, app_url):
+    """Issue 16 defect 10: error toasts vanished after ~10 s, leaving a bare "Error" badge."""
+    url, _ = app_url
+    page.goto(url)
+    page.get_by_role("tab", name="Length extension").click()
+    frames = page.get_by_label("Extended frames", exact=True)
+    frames.fill("5")  # shorter than the base: refused with a clear message
+    frames.press("Tab")
+    page.get_by_role("button", name="Start", exact=True).click()
+    message = page.locator(".toast-message-text", has_text="extended_num_frames").first  # the toast itself
+    message.wait_for(timeout=30_000)
+    page.wait_for_timeout(13_000)  # past Gradio's default 10 s
+    assert message.is_visible()
+    page.screenshot(path=str(ARTIFACTS / "error-stays.png"), full_page=True)
