@@ -78,12 +78,38 @@ def compare_defaults(name: str) -> dict:
 # ---------------------------------------------------------------------------- in-request work
 
 
+HISTORY_SUFFIX = ".settings.json"  # beside each generated mp4: what made it (the Generate tab's history)
+
+
 def generate(prompt: str, *, preset: str = DEFAULT_PRESET, progress=None, **settings):
     """Text-to-video in the request (see engine.generate.generate_video for the settings), under the
-    one-GPU-job rule (engine.jobs.gpu_request): refused while the allowed jobs run."""
+    one-GPU-job rule (engine.jobs.gpu_request): refused while the allowed jobs run. The settings (and the
+    time taken) are kept beside the video for `generation_history`."""
+    from .jobs import atomic_write_json
+
     preset = require_preset(preset, "generate")
     with gpu_request("Generate"):
-        return generate_video(prompt, preset=preset, progress=progress, **settings)
+        result = generate_video(prompt, preset=preset, progress=progress, **settings)
+    atomic_write_json(result.path.with_name(result.path.name + HISTORY_SUFFIX),
+                      {**result.settings, "seconds": round(result.seconds, 2), "video": result.path.name})
+    return result
+
+
+def generation_history(limit: int = 12) -> list[dict]:
+    """The newest generations in the outputs folder (newest first): each its video path and settings.
+    Videos without readable settings (or settings without their video) are left out."""
+    import json
+
+    items = []
+    for meta in outputs_dir().glob(f"*.mp4{HISTORY_SUFFIX}"):
+        video = meta.with_name(meta.name[: -len(HISTORY_SUFFIX)])
+        try:
+            record = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        if video.is_file() and isinstance(record, dict):
+            items.append((meta.stat().st_mtime, {**record, "video": str(video)}))
+    return [r for _, r in sorted(items, key=lambda x: x[0], reverse=True)[: max(0, int(limit))]]
 
 
 def compare(prompt: str, *, preset: str = DEFAULT_PRESET, adapter: str = "", progress=None, context_parallel: int = 1,

@@ -1,6 +1,7 @@
 """engine.api: presets per task, refusals in the request (before anything is queued or written)."""
 
 import math
+import time
 
 import pytest
 
@@ -119,3 +120,30 @@ def test_one_definition_of_every_training_default():
     assert (real.validation_steps, real.checkpointing_steps, real.max_steps) == (50, 50, None)
     args = build_parser().parse_args(["train"])
     assert all(getattr(args, k, None) is None for k in FIELDS if k not in ("preset", "data_dir", "output_dir"))
+
+
+def test_generate_keeps_a_history_newest_first_with_each_videos_settings(tmp_path, monkeypatch):
+    """Issue 16 (Guidance): Generate keeps a history."""
+    from engine import api
+    from engine.video import read_mp4
+    from ui.generate_tab import history_items
+
+    monkeypatch.setenv("RADIAL_STUDIO_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("RADIAL_STUDIO_OUTPUTS", str(tmp_path / "outputs"))
+    assert api.generation_history() == []
+    first = api.generate("a red ball", preset="tiny-wan", steps=1, num_frames=5, seed=1)
+    time.sleep(0.05)
+    second = api.generate("a blue cube", preset="tiny-wan", steps=1, num_frames=9, seed=2)
+    history = api.generation_history()
+    assert [h["prompt"] for h in history] == ["a blue cube", "a red ball"]
+    assert history[0]["video"] == str(second.path) and history[1]["video"] == str(first.path)
+    assert (history[0]["num_frames"], history[0]["seed"], history[0]["preset"]) == (9, 2, "tiny-wan")
+    assert read_mp4(history[1]["video"])[0].shape[0] == 5
+    assert api.generation_history(limit=1) == history[:1]
+    second.path.unlink()  # a video deleted by hand leaves the history, its settings file alone does not show
+    assert [h["prompt"] for h in api.generation_history()] == ["a red ball"]
+    (tmp_path / "outputs" / "junk.mp4.settings.json").write_text("{broken")
+    (tmp_path / "outputs" / "junk.mp4").write_bytes(b"")
+    assert [h["prompt"] for h in api.generation_history()] == ["a red ball"]
+    video, caption = history_items()[0]
+    assert video == str(first.path) and caption.startswith("a red ball · tiny-wan · 5f · seed 1 · ")

@@ -28,6 +28,12 @@ def run_generate(preset, prompt, negative_prompt, num_frames, height, width, ste
     return str(result.path), {**result.settings, "seconds": round(result.seconds, 2)}
 
 
+def history_items() -> list[tuple[str, str]]:
+    """The newest generations as (video, caption) for the gallery: prompt, preset, frames, seed, time."""
+    return [(h["video"], f"{h.get('prompt', '')[:60]} · {h.get('preset', '')} · {h.get('num_frames', '?')}f · "
+                         f"seed {h.get('seed', '?')} · {h.get('seconds', '?')} s") for h in api.generation_history()]
+
+
 def _preset_defaults(name: str):
     gen = api.generation_defaults(name)
     return gen["num_frames"], gen["height"], gen["width"], gen["steps"], gen["guidance_scale"], gen["seed"]
@@ -42,7 +48,7 @@ def build(default_preset: str) -> None:
     presets = api.presets_for("generate")
     default_preset = api.default_preset_for("generate", default_preset)
     frames0, height0, width0, steps0, guidance0, seed0 = _preset_defaults(default_preset)
-    with gr.Tab("Generate"):
+    with gr.Tab("Generate") as tab:
         with gr.Row():
             with gr.Column():
                 preset = gr.Dropdown(presets, value=default_preset, label="Preset")
@@ -60,10 +66,13 @@ def build(default_preset: str) -> None:
             with gr.Column():
                 video = gr.Video(label="Video", autoplay=True)
                 info = gr.JSON(label="Settings")
+        history = gr.Gallery(history_items, label="History (newest first)", columns=4, height="auto",
+                             elem_id="generate-history")
         preset.change(on_preset_change, preset, [num_frames, height, width, steps, guidance, seed], api_name=False)
         button.click(
             run_generate,
             [preset, prompt, negative, num_frames, height, width, steps, guidance, seed],
             [video, info],
             api_name="generate",
-        )
+        ).then(history_items, None, history, api_name=False)
+        tab.select(history_items, None, history, api_name=False)  # generations from other sessions too
