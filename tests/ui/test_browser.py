@@ -202,3 +202,16 @@ def test_an_error_message_stays_until_the_user_closes_it(page, app_url):
     page.wait_for_timeout(13_000)  # past Gradio's default 10 s
     assert message.is_visible()
     page.screenshot(path=str(ARTIFACTS / "error-stays.png"), full_page=True)
+
+
+@pytest.mark.slow
+def test_generate_shows_its_history_in_a_gallery(page, app_url):
+    url, _ = app_url
+    page.goto(url)
+    page.get_by_role("tab", name="Generate").click()
+    page.get_by_label("Steps", exact=True).locator("visible=true").first.fill("1")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    page.locator("#generate-history video").first.wait_for(timeout=120_000)
+    caption = page.locator("#generate-history").inner_text()
+    assert "a red circle moves left" in caption and "seed 0" in caption
+    page.screenshot(path=str(ARTIFACTS / "generate-history.png"), full_page=True)
