@@ -12,7 +12,7 @@ import gradio as gr
 from engine import api
 from engine.errors import EngineError
 
-from .errors import user_errors_as_messages
+from .errors import user_errors_as_messages, without_server_paths
 from .job_view import curves_frame, job_status_markdown
 
 LOSS_SERIES = {"loss": "total", "loss_base": "base", "loss_extended": "extended", "loss_consistency": "consistency"}
@@ -68,7 +68,8 @@ def _view(status: dict, smoothing: float):
     samples = status.get("samples") or {}
     checkpoints = ", ".join(status.get("checkpoints") or []) or "none yet"
     return (status_line(status), loss_frame(status, smoothing), samples.get("base"), samples.get("extended"),
-            f"Checkpoints: {checkpoints}" + (f" · final LoRA: `{status['final']}`" if status.get("final") else ""),
+            f"Checkpoints: {checkpoints}" + (f" · final LoRA: `{without_server_paths(status['final'])}`"
+                                             if status.get("final") else ""),  # relative: no server folders shown
             status)
 
 
