@@ -32,6 +32,21 @@ def _status_text(page) -> str:
     return page.locator("#train-status").inner_text()
 
 
+def _show_run(page, url, run_id):
+    """The Length extension tab with `run_id` typed into the run list (as a user picks a past run)."""
+    page.goto(url)
+    page.get_by_role("tab", name="Length extension").click()
+    box = page.get_by_role("combobox", name="Run")
+    box.fill(run_id)
+    box.press("Enter")
+
+
+def _type(page, label, value):
+    field = page.get_by_label(label, exact=True).locator("visible=true").first
+    field.fill(value)
+    field.press("Tab")
+
+
 @pytest.mark.slow
 def test_browser_starts_training_sees_losses_and_reattaches_after_reload(page, app_url):
     url, _ = app_url
@@ -103,11 +118,7 @@ def test_the_loss_legend_shows_every_series_inside_the_plot_even_when_validation
     atomic_write_json(run.config_path, {"preset": "tiny-wan", "max_steps": 6})
     run.update_status(state="stopped", step=0, total_steps=6)
     run.append_event({"type": "validation", "step": 0, "val_loss": 0.6})  # what a run shows first
-    page.goto(url)
-    page.get_by_role("tab", name="Length extension").click()
-    box = page.get_by_role("combobox", name="Run")
-    box.fill(run_id)
-    box.press("Enter")
+    _show_run(page, url, run_id)
     page.wait_for_function("() => document.querySelectorAll('#loss-plot .role-legend-label text').length > 0",
                            timeout=60_000)
     for s in range(1, 7):  # the run goes on: its training terms arrive at the next polls
@@ -154,11 +165,7 @@ def test_the_form_shows_the_settings_of_the_run_on_display(page, app_url, tiny_p
     run_id = "20261202-000004-abcdef"
     make_finished_run(root / "runs" / run_id, tiny_preset)  # max_steps 10 (the preset says 40)
     config = read_config_file(root / "runs" / run_id / "config.json")
-    page.goto(url)
-    page.get_by_role("tab", name="Length extension").click()
-    box = page.get_by_role("combobox", name="Run")
-    box.fill(run_id)
-    box.press("Enter")
+    _show_run(page, url, run_id)
     steps = page.get_by_label("Steps", exact=True)
     page.wait_for_function("el => el.value === '10'", arg=steps.element_handle(), timeout=30_000)
     assert float(page.get_by_label("Learning rate", exact=True).input_value()) == config["learning_rate"]
@@ -173,9 +180,7 @@ def test_compare_shows_a_readable_summary_not_a_raw_json_block(page, app_url):
     page.goto(url)
     page.get_by_role("tab", name="Compare").click()
     for label, value in (("Base frames", "5"), ("Extended frames", "9"), ("Steps", "1")):
-        field = page.get_by_label(label, exact=True).locator("visible=true").first
-        field.fill(value)
-        field.press("Tab")
+        _type(page, label, value)
     page.get_by_role("button", name="Compare", exact=True).click()
     page.wait_for_function("() => (document.querySelector('#compare-summary')?.innerText || '').includes('radial')",
                            timeout=180_000)
@@ -196,9 +201,7 @@ def test_an_error_message_stays_until_the_user_closes_it(page, app_url):
     # A server folder outside the data root: refused with a clear message. (Not a bad frame count: the form
     # takes the settings of the run on display once the page has loaded, which could undo a typed value.)
     page.get_by_label("folder", exact=True).check()
-    folder = page.get_by_label("Server folder (relative to the data root)")
-    folder.fill("../outside")
-    folder.press("Tab")
+    _type(page, "Server folder (relative to the data root)", "../outside")
     page.get_by_role("button", name="Start", exact=True).click()
     message = page.locator(".toast-message-text", has_text="outside").first  # the toast itself
     message.wait_for(timeout=30_000)
@@ -212,7 +215,7 @@ def test_generate_shows_its_history_in_a_gallery(page, app_url):
     url, _ = app_url
     page.goto(url)
     page.get_by_role("tab", name="Generate").click()
-    page.get_by_label("Steps", exact=True).locator("visible=true").first.fill("1")
+    _type(page, "Steps", "1")
     page.get_by_role("button", name="Generate", exact=True).click()
     page.locator("#generate-history video").first.wait_for(timeout=120_000)
     caption = page.locator("#generate-history").inner_text()
