@@ -10,8 +10,9 @@ Two parts:
   fit   the 14B and 1.3B widths with 1 and 2 blocks at each token count: per-block kept memory and
         the one-block recompute peak, per option (the numbers the memory plan is fitted to);
   full  whole models at the recipes' sizes, per option (what the plan is checked against).
-Options, joined by "+": offload (offload_activations), fp8 (fp8_base), chunkN (ffn_chunks=N), fsdp (FSDP2
-over this one process: the gather/reshard machinery's cost, no sharding gain); or none. A run that does not
+Options, joined by "+": offload (offload_activations), fp8 (fp8_base), chunkN (ffn_chunks=N), swapN (block_swap=N:
+the frozen weights of N blocks in host memory), fsdp (FSDP2 over this one process: the gather/reshard machinery's
+cost, no sharding gain); or none. A run that does not
 fit is recorded as OOM. Results go to $OUT/train_memory.json after every run; a table is printed last.
 
     python3 bench/train_memory.py --out $OUT --fit_layers 1 --fit_options none \\
@@ -94,6 +95,7 @@ class Bench:
     def step(self, model, params, config, options: str, base: int, extended: int, size: str) -> dict:
         from engine.attention.processor import install_radial_attention
         from engine.attention.schedule import AttentionSettings
+        from engine.memory.block_swap import enable_block_swap
         from engine.memory.chunking import chunk_feed_forward
         from engine.memory.fp8 import store_base_in_fp8
         from engine.memory.offload import enable_activation_offload
@@ -113,6 +115,7 @@ class Bench:
         offload = enable_activation_offload(model) if "offload" in parts else None
         if offload is None:
             model.enable_gradient_checkpointing()
+        swap = enable_block_swap(model, next((int(p[4:]) for p in parts if p.startswith("swap")), 0))
         # The fit's 1-2 block models are all radial (that also warms the kernel at each shape); whole models keep
         # the recipe's dense layers.
         full = len(model.blocks) == DIMS[size]["num_layers"]
@@ -158,14 +161,19 @@ class Bench:
             torch.cuda.synchronize()
             row.update(seconds=time.perf_counter() - t0, peak_gib=gib(torch.cuda.max_memory_allocated()),
                        loss=float(losses["loss"]), finite=bool(torch.isfinite(losses["loss"])))
+            host = (offload.pool.peak_bytes if offload is not None else 0) + (swap.host_bytes if swap else 0)
+            if host:
+                row.update(host_gib=gib(host))
             if offload is not None:
-                row.update(host_gib=gib(offload.pool.peak_bytes), offloaded_gib=gib(offload.offloaded_bytes))
+                row.update(offloaded_gib=gib(offload.offloaded_bytes))
         except torch.OutOfMemoryError:
             row.update(oom=True, peak_gib=gib(torch.cuda.max_memory_allocated()))
         finally:
             del optimizer
             if offload is not None:
                 offload.pool.clear()
+            if swap is not None:
+                swap.remove()  # every weight back on the GPU for the next run
             model.zero_grad(set_to_none=True)
             gc.collect()
             torch.cuda.empty_cache()

@@ -82,6 +82,17 @@ class TrainConfigMethods:
         if self.extended_num_frames <= self.base_num_frames:
             raise ConfigError(f"training config field 'extended_num_frames'={self.extended_num_frames}: must be "
                               f"greater than base_num_frames ({self.base_num_frames}).")
+        try:  # the family's experts, and validation levels they serve (others would measure an untrained expert)
+            fam.check_lora_experts(self.lora_experts)
+        except InputError as err:
+            raise ConfigError(f"training config field 'lora_experts': {err}") from None
+        lo, hi = fam.noise_range(self.lora_experts)
+        outside = [s for s in self.validation_timesteps if not lo <= s < hi]
+        if outside:
+            raise ConfigError(f"training config field 'validation_timesteps': {outside} lie outside the noise levels "
+                              f"[{lo:g}, {hi:g}) that lora_experts={self.lora_experts!r} trains; choose levels in "
+                              "that range (e.g. --validation_timesteps " + ",".join(
+                                  f"{lo + (hi - lo) * f:.3g}" for f in (0.25, 0.5, 0.75)) + ").")
         width = fam.model_width(preset)
         if width is not None and self.lora_rank > width:
             raise ConfigError(f"training config field 'lora_rank'={self.lora_rank}: above the model width ({width}); "
@@ -89,11 +100,21 @@ class TrainConfigMethods:
         if self.offload_activations and not self.use_gradient_checkpointing:
             raise ConfigError("training config field 'offload_activations'=true needs use_gradient_checkpointing=true "
                               "(it offloads what checkpointing saves); turn checkpointing on or offloading off.")
+        if self.block_swap and not self.use_gradient_checkpointing:
+            raise ConfigError(f"training config field 'block_swap'={self.block_swap} needs use_gradient_checkpointing="
+                              "true (without it the forward keeps every block's weights for the backward); turn "
+                              "checkpointing on or block_swap off.")
+        if self.fsdp and self.block_swap:
+            raise ConfigError("training config fields 'fsdp' and 'block_swap' are both set: choose one (sharding over N "
+                              "processes keeps 1/N of every block on each GPU already).")
         if self.fsdp and self.fp8_base:
             raise ConfigError("training config fields 'fsdp' and 'fp8_base' are both true: choose one (sharding over N "
                               "processes divides the base weights by N, more than fp8's halving; diffusers' fp8 "
                               "casting would keep every gathered block alive under FSDP).")
         layers = fam.num_layers(preset)
+        if layers is not None and self.block_swap > layers:
+            raise ConfigError(f"training config field 'block_swap'={self.block_swap}: the model has {layers} blocks; "
+                              f"choose 0 (off) to {layers}.")
         if layers is not None and self.dense_layers > layers:
             raise ConfigError(f"training config field 'dense_layers'={self.dense_layers}: the model has {layers} "
                               f"blocks; choose 0 to {layers}.")

@@ -148,6 +148,9 @@ LORA = {
     "lora_dropout": Setting(FLOAT, 0.1, "dropout on the LoRA input", lo=0, hi=1, hi_open=True),
     "target_modules": Setting(LIST, None, "module name suffixes that get a LoRA (default: the family's)", item=STR,
                               optional=True),
+    "lora_experts": Setting(STR, None, "two-expert models: the expert(s) that get the LoRA and are trained, each on "
+                            "its own noise levels (high noise, low noise or both); null: every expert (one-transformer "
+                            "models take only null)", choices=("high", "low", "both"), optional=True),
 }
 
 # Preset `training` section: the recipe.
@@ -204,6 +207,9 @@ MEMORY = {
                                    "host memory, copied on a side stream (needs use_gradient_checkpointing)"),
     "ffn_chunks": Setting(INT, 1, "run each feed-forward over this many slices of the tokens, each recomputed on "
                           "its own in backward: its share of the peak shrinks by that factor (1: off)", lo=1, hi=64),
+    "block_swap": Setting(INT, 0, "keep the frozen base weights of this many transformer blocks in pinned host "
+                          "memory, each copied in on a side stream just before it runs (needs "
+                          "use_gradient_checkpointing; not with fsdp; 0: off)", lo=0, hi=1000),
     "context_parallel": Setting(INT, 1, "Ulysses context parallelism: split each sample's tokens over this many "
                                 "processes (launched with torchrun / accelerate launch; must divide the world size "
                                 "and the head count; 1: off)", lo=1, hi=64),
@@ -211,7 +217,7 @@ MEMORY = {
                     "processes (accelerate launch / torchrun), one transformer block gathered at a time; not with "
                     "fp8_base"),
     "gpu_memory_gb": Setting(FLOAT, None, "fit the step in this much GPU memory: the memory plan (python -m engine "
-                             "plan) then chooses fp8_base, offload_activations and ffn_chunks; null: as given",
+                             "plan) then chooses fp8_base, offload_activations, ffn_chunks and block_swap; null: as given",
                              lo=0, lo_open=True, hi=100_000, optional=True),
 }
 

@@ -78,15 +78,16 @@ def train_start(preset=api.DEFAULT_PRESET, data_source="synthetic", num_samples=
                 learning_rate=None, lora_rank=None, lora_alpha=None, base_num_frames=None, extended_num_frames=None,
                 pattern=None, dense_layers=None, dense_timesteps=None, decay_factor=None, block_size=None,
                 gradient_accumulation_steps=None, validation_steps=None, checkpointing_steps=None, sample_steps=None,
-                seed=None, smoothing=0.0, fp8_base=None, offload_activations=None, ffn_chunks=None):
+                seed=None, smoothing=0.0, fp8_base=None, offload_activations=None, ffn_chunks=None, block_swap=None):
     """Every parameter has a default: with none, a short demo run of the tiny model on synthetic clips.
 
     The memory options come after `smoothing` so positional API calls made before they existed still work.
     """
     values = locals()
     settings = {name: values[name] for name in MEMORY_FLAGS if values[name] is not None}
-    if ffn_chunks not in (None, ""):
-        settings["ffn_chunks"] = int(ffn_chunks)
+    for name in ("ffn_chunks", "block_swap"):  # numbers
+        if values[name] not in (None, ""):
+            settings[name] = int(values[name])
     for name in SETTING_NAMES:
         value = values[name]
         if value is None or value == "":
@@ -99,11 +100,11 @@ def train_start(preset=api.DEFAULT_PRESET, data_source="synthetic", num_samples=
 
 def memory_line(preset: str = api.DEFAULT_PRESET, lora_rank: float | None = None, base_num_frames: float | None = None,
                 extended_num_frames: float | None = None, fp8_base: bool = False, offload_activations: bool = False,
-                ffn_chunks: float = 1) -> str:
+                ffn_chunks: float = 1, block_swap: float = 0) -> str:
     """The memory plan's estimate for these settings (engine.memory.plan), shown beside Start."""
     settings = {"lora_rank": lora_rank, "base_num_frames": base_num_frames, "extended_num_frames": extended_num_frames,
                 "fp8_base": bool(fp8_base), "offload_activations": bool(offload_activations),
-                "ffn_chunks": int(ffn_chunks or 1)}
+                "ffn_chunks": int(ffn_chunks or 1), "block_swap": int(block_swap or 0)}
     try:
         e = api.memory_estimate(preset, {k: (int(v) if isinstance(v, float) else v) for k, v in settings.items()})
     except EngineError as err:
@@ -157,7 +158,7 @@ def refresh_run_labels():
 def show_run_settings(run_id):
     """The form follows the run on display: its preset, settings and memory options (a run without a
     readable config.json leaves the form as it is)."""
-    keep = [gr.skip()] * (1 + len(SETTING_NAMES) + 3)
+    keep = [gr.skip()] * (1 + len(SETTING_NAMES) + 4)
     run_id = _default_run(run_id)
     if not run_id:
         return keep
@@ -165,7 +166,7 @@ def show_run_settings(run_id):
         config = api.run_settings(run_id)
     except EngineError:
         return keep
-    names = ["preset", *SETTING_NAMES, "fp8_base", "offload_activations", "ffn_chunks"]
+    names = ["preset", *SETTING_NAMES, "fp8_base", "offload_activations", "ffn_chunks", "block_swap"]
     return [config[n] if n in config else gr.skip() for n in names]
 
 
@@ -214,11 +215,13 @@ def build(default_preset: str, demo: gr.Blocks) -> None:
                         sample_steps = gr.Number(d["sample_steps"], precision=0, label="Sample steps (0: none)")
                 with gr.Accordion("Advanced: memory (long videos, big models)", open=False):
                     gr.Markdown("Measured costs per option: docs/memory.md. The 14B recipe (1280x768, 69 -> 161) "
-                                "fits 76 GiB with all three.")
+                                "fits 76 GiB with the first three. Block swap keeps that many blocks' frozen "
+                                "weights in host memory, copied in as each block runs.")
                     with gr.Row():
                         fp8_base = gr.Checkbox(False, label="fp8 base weights")
                         offload_activations = gr.Checkbox(False, label="Offload activations to host")
                         ffn_chunks = gr.Number(1, precision=0, minimum=1, maximum=64, label="Feed-forward slices")
+                        block_swap = gr.Number(0, precision=0, minimum=0, maximum=1000, label="Blocks swapped to host")
                 with gr.Row():
                     start = gr.Button("Start", variant="primary")
                     stop = gr.Button("Stop", variant="stop")
@@ -244,17 +247,19 @@ def build(default_preset: str, demo: gr.Blocks) -> None:
         # .input: a preset the user picks brings its defaults; one the run on display sets keeps that run's values
         preset.input(on_preset_change, preset, settings, api_name=False)
         start.click(train_start, [preset, data_source, num_samples, uploads, folder, *settings, smoothing, fp8_base,
-                                  offload_activations, ffn_chunks],
+                                  offload_activations, ffn_chunks, block_swap],
                     [run_id, *view], api_name="train_start").then(
             lambda current: gr.Dropdown(choices=_run_choices(), value=current), run_id, run_id, api_name=False)
-        memory_inputs = [preset, lora_rank, base_frames, ext_frames, fp8_base, offload_activations, ffn_chunks]
+        memory_inputs = [preset, lora_rank, base_frames, ext_frames, fp8_base, offload_activations, ffn_chunks,
+                         block_swap]
         for component in memory_inputs:
             component.change(memory_line, memory_inputs, memory_md, api_name=False, show_progress="hidden")
         gr.api(memory_line, api_name="train_memory_estimate")
         stop.click(train_stop, [run_id, smoothing], view, api_name="train_stop")
         resume.click(train_resume, [run_id, smoothing], view, api_name="train_resume")
         run_id.change(train_status, [run_id, smoothing], view, api_name="train_status")
-        run_id.change(show_run_settings, run_id, [preset, *settings, fp8_base, offload_activations, ffn_chunks],
+        run_id.change(show_run_settings, run_id, [preset, *settings, fp8_base, offload_activations, ffn_chunks,
+                                                  block_swap],
                       api_name=False, show_progress="hidden")
         smoothing.change(train_status, [run_id, smoothing], view, api_name=False)
         gr.Timer(2.0).tick(train_status, [run_id, smoothing], view, api_name=False, show_progress="hidden")

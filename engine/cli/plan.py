@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def _same_kind(row, chosen) -> bool:
+    """The listed row the choice comes from (a choice with block swap may swap fewer blocks than its row)."""
+    return (row.fp8_base, row.offload_activations, row.ffn_chunks, bool(row.block_swap)) == \
+        (chosen.fp8_base, chosen.offload_activations, chosen.ffn_chunks, bool(chosen.block_swap))
+
+
 def cmd_plan(args) -> int:
     from ..config import FIELDS, config_from_preset, read_config_file
     from ..memory.plan import plan
@@ -26,15 +32,14 @@ def cmd_plan(args) -> int:
     for r in rows:
         fits = "-" if budget is None else ("yes" if r.peak_gib <= budget and (
             args.host_memory_gb is None or r.host_gib <= args.host_memory_gb) else "no")
-        mark = " (chosen)" if budget is not None and r is chosen else ""
+        mark = " (chosen)" if budget is not None and chosen is not None and _same_kind(r, chosen) else ""
         print(f"| {r.label()}{mark} | {r.peak_gib:.1f} | {r.host_gib:.1f} | {fits} |")
     if budget is None:
         return 0
     if chosen is None:
         print(f"nothing fits {budget:g} GiB: lower extended_num_frames, height/width or lora_rank, or use a bigger GPU.")
         return 1
-    flags = f"--fp8_base {str(chosen.fp8_base).lower()} --offload_activations " \
-            f"{str(chosen.offload_activations).lower()} --ffn_chunks {chosen.ffn_chunks}"
+    flags = chosen.flags()
     print(f"the plan for {budget:g} GiB (exact options before fp8): {chosen.label()} ({chosen.peak_gib:.1f} GiB); train with {flags}, "
           f"or pass --gpu_memory_gb {budget:g} to train")
     return 0
@@ -45,7 +50,7 @@ def add_plan_parser(subparsers, add_train_flags) -> None:
                               "(--gpu_memory_gb N: the one to use)")
     p.add_argument("--preset", default=None, help="default: the config's, else the embedded default")
     p.add_argument("--config", help="JSON training config")
-    p.add_argument("--host_memory_gb", type=float, help="free host memory to allow for offload_activations")
+    p.add_argument("--host_memory_gb", type=float, help="free host memory to allow for offload_activations and block_swap")
     p.add_argument("--processes", type=int, default=1, help="processes (GPUs) the run is launched on: with --fsdp "
                    "true they share the weights, with --context_parallel N the tokens")
     add_train_flags(p)

@@ -184,7 +184,8 @@ def memory_estimate(preset: str = DEFAULT_PRESET, settings: dict | None = None) 
 
     settings = {k: v for k, v in (settings or {}).items() if v is not None and v != ""}
     config = config_from_preset(preset, **{**settings, "data_dir": "-", "output_dir": "-"})
-    e = estimate(config, config.preset_dict(), config.fp8_base, config.offload_activations, config.ffn_chunks)
+    e = estimate(config, config.preset_dict(), config.fp8_base, config.offload_activations, config.ffn_chunks,
+                 block_swap=config.block_swap)
     return {"peak_gib": round(e.peak_gib, 1), "host_gib": round(e.host_gib, 1), "options": e.label(),
             "parts": {k: round(v, 2) for k, v in e.parts.items()}}
 

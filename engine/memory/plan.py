@@ -1,7 +1,8 @@
 """The memory plan: predicted peak GPU (and host) memory of a training step per option combination.
 
 The model, per step (bf16 base, fp32 LoRA with AdamW, gradient checkpointing, batch B):
-  weights     base parameters x 2 bytes (x 1 for those fp8_base stores in float8) + LoRA x 4
+  weights     base parameters x 2 bytes (x 1 for those fp8_base stores in float8) + LoRA x 4, less the
+              frozen Linear weights of block_swap blocks (to the host) plus two such blocks in flight
   LoRA state  LoRA x 12 (fp32 gradient + two AdamW moments)
   saved       blocks x B x tokens x width x 2: the block inputs checkpointing keeps (to the host with
               offload_activations, which leaves `inflight_blocks` of them on the GPU at once)
@@ -17,8 +18,10 @@ over P processes keeps 1/P of the weights and the LoRA state per rank plus two g
 one running and the one prefetched). fp8_base is not offered with fsdp (the config refuses the pair).
 
 Combinations are tried in a fixed order: options that keep the arithmetic exact first (feed-forward
-slices, then activation offload, then both), fp8 storage (which rounds the base weights) only when
-those do not fit; within that order the measured step-time costs are all within 2% (docs/memory.md).
+slices, then activation offload, then both; then the same with block swap, which copies weights over
+PCIe), fp8 storage (which rounds the base weights) only when those do not fit; within that order the
+measured step-time costs are all small (docs/memory.md). A combination with block swap is offered with
+every block swapped, and the plan's choice swaps the fewest blocks that fit the budget.
 """
 
 from __future__ import annotations
@@ -30,9 +33,12 @@ from functools import lru_cache
 from ..errors import InputError
 
 GIB = 2**30
-# (fp8_base, offload_activations, ffn_chunks), in the order the plan prefers them.
-COMBINATIONS = ((False, False, 1), (False, False, 8), (False, True, 1), (False, True, 8),
-                (True, False, 1), (True, False, 8), (True, True, 1), (True, True, 8))
+# (fp8_base, offload_activations, ffn_chunks, block swap of every block), in the order the plan prefers them.
+# With block swap the other exact options come first (most of them first): they leave fewer blocks to swap.
+_EXACT = ((False, 1), (False, 8), (True, 1), (True, 8))
+COMBINATIONS = tuple((fp8, offload, chunks, swap) for fp8 in (False, True) for swap in (False, True)
+                     for offload, chunks in (_EXACT[::-1] if swap else _EXACT))
+IN_FLIGHT_SWAPPED = 2  # swapped blocks on the GPU at once: the one running and the one copied in
 _FP8_LAYERS = ("Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d")
 
 
@@ -44,21 +50,29 @@ class Estimate:
     peak_gib: float
     host_gib: float
     parts: dict = field(default_factory=dict)  # GiB per part of the model above
+    block_swap: int = 0
 
     @property
     def options(self) -> dict:
         return {"fp8_base": self.fp8_base, "offload_activations": self.offload_activations,
-                "ffn_chunks": self.ffn_chunks}
+                "ffn_chunks": self.ffn_chunks, "block_swap": self.block_swap}
 
     def label(self) -> str:
         names = [n for n, on in (("fp8_base", self.fp8_base), ("offload_activations", self.offload_activations)) if on]
         names += [f"ffn_chunks {self.ffn_chunks}"] if self.ffn_chunks > 1 else []
+        names += [f"block_swap {self.block_swap}"] if self.block_swap else []
         return " + ".join(names) or "none"
+
+    def flags(self) -> str:
+        """The `train` flags that set these options."""
+        return (f"--fp8_base {str(self.fp8_base).lower()} --offload_activations "
+                f"{str(self.offload_activations).lower()} --ffn_chunks {self.ffn_chunks} --block_swap {self.block_swap}")
 
 
 @lru_cache(maxsize=8)
 def _parameter_counts(transformer_class: str, config_json: str, targets: tuple[str, ...], rank: int) -> tuple:
-    """(all base parameters, those fp8 storage would cast, LoRA parameters), counted on the meta device."""
+    """(all base parameters, those fp8 storage would cast, LoRA parameters, and per block the frozen weights block
+    swap moves and those of them fp8 storage casts), counted on the meta device."""
     import json
 
     import diffusers
@@ -68,6 +82,9 @@ def _parameter_counts(transformer_class: str, config_json: str, targets: tuple[s
     with torch.device("meta"):
         model = cls.from_config(json.loads(config_json))
     skip = tuple(getattr(model, "_skip_layerwise_casting_patterns", None) or ())
+    from .block_swap import _MOVABLE
+    from .blocks import block_modules
+
     total = sum(p.numel() for p in model.parameters())
     cast = lora = 0
     for name, module in model.named_modules():
@@ -76,7 +93,16 @@ def _parameter_counts(transformer_class: str, config_json: str, targets: tuple[s
             cast += sum(p.numel() for p in module.parameters(recurse=False))
         if kind == "Linear" and any(name == t or name.endswith("." + t) for t in targets):
             lora += rank * (module.in_features + module.out_features)
-    return total, cast, lora
+    first = block_modules(model, "block_swap")[0]
+    prefix = next(n for n, m in model.named_modules() if m is first)
+    moved = moved_cast = 0
+    for name, module in first.named_modules():
+        if isinstance(module, _MOVABLE):
+            n = sum(p.numel() for p in module.parameters(recurse=False))
+            moved += n
+            if not any(re.search(pat, f"{prefix}.{name}") for pat in skip):
+                moved_cast += n
+    return total, cast, lora, moved, moved_cast
 
 
 def _context(config, preset: dict):
@@ -86,7 +112,7 @@ def _context(config, preset: dict):
     profile = fam.memory_profile(preset)
     if profile is None or profile.bytes_per_token_width is None:
         raise InputError(f"no memory plan for model family '{fam.name}': its memory use has not been measured; "
-                         "set fp8_base / offload_activations / ffn_chunks yourself.")
+                         "set fp8_base / offload_activations / ffn_chunks / block_swap yourself.")
     targets = tuple(config.target_modules or fam.lora_targets)
     import json
 
@@ -97,9 +123,9 @@ def _context(config, preset: dict):
 
 
 def estimate(config, preset: dict, fp8_base: bool, offload_activations: bool, ffn_chunks: int,
-             processes: int = 1) -> Estimate:
+             processes: int = 1, block_swap: int = 0) -> Estimate:
     """The predicted peak of one training step of `config` with these options, per GPU of `processes`."""
-    profile, (total, cast, lora), tokens = _context(config, preset)
+    profile, (total, cast, lora, moved, moved_cast), tokens = _context(config, preset)
     tokens = tokens / max(1, int(config.context_parallel))
     shards = max(1, int(processes)) if config.fsdp else 1
     block_input = tokens * profile.width * 2
@@ -115,11 +141,15 @@ def estimate(config, preset: dict, fp8_base: bool, offload_activations: bool, ff
     }
     if config.fsdp:  # measured at one process too: +0.3 GiB (1.3B), +1.8 GiB (14B), docs/BENCHMARKS.md run 19
         parts["gathered_blocks"] = 2 * (total * 2 + lora * 4) / profile.layers / GIB
+    block_bytes = moved * 2 - (moved_cast if fp8_base else 0)  # one block's swappable weights as stored
+    if block_swap:
+        parts["weights"] -= (block_swap - min(block_swap, IN_FLIGHT_SWAPPED)) * block_bytes / GIB
     from .offload import SLAB_ROUND  # the pool's slabs: one per block, rounded up
 
     slab = -(-block_input // SLAB_ROUND) * SLAB_ROUND
     host = profile.layers * slab / GIB if offload_activations else 0.0  # per process
-    return Estimate(fp8_base, offload_activations, ffn_chunks, sum(parts.values()), host, parts)
+    host += block_swap * block_bytes / GIB
+    return Estimate(fp8_base, offload_activations, ffn_chunks, sum(parts.values()), host, parts, block_swap)
 
 
 def _check_processes(config, processes: int) -> int:
@@ -136,11 +166,24 @@ def plan(config, preset: dict, gpu_memory_gb: float, host_memory_gb: float | Non
     (and `host_memory_gb` of free host memory, when given); None when none does. `processes`: the
     launched processes (one GPU each); `processes_per_host` of them (default: all) share the host memory."""
     processes = _check_processes(config, processes)
-    combos = [c for c in COMBINATIONS if not (config.fsdp and c[0])]
-    rows = [estimate(config, preset, *combo, processes=processes) for combo in combos]
+    layers = _context(config, preset)[0].layers
+    combos = [c for c in COMBINATIONS if not (config.fsdp and (c[0] or c[3]))]  # the config refuses those pairs
+    rows = [estimate(config, preset, *combo[:3], processes=processes, block_swap=layers if combo[3] else 0)
+            for combo in combos]
     per_gpu_host = None if host_memory_gb is None else host_memory_gb / (processes_per_host or processes)
-    fits = [r for r in rows if r.peak_gib <= gpu_memory_gb and (per_gpu_host is None or r.host_gib <= per_gpu_host)]
-    return rows, (fits[0] if fits else None)
+
+    def fits(r: Estimate) -> bool:
+        return r.peak_gib <= gpu_memory_gb and (per_gpu_host is None or r.host_gib <= per_gpu_host)
+
+    chosen = next((r for r in rows if fits(r)), None)
+    if chosen is not None and chosen.block_swap:  # the fewest swapped blocks that still fit
+        for count in range(IN_FLIGHT_SWAPPED + 1, layers):
+            fewer = estimate(config, preset, chosen.fp8_base, chosen.offload_activations, chosen.ffn_chunks,
+                             processes=processes, block_swap=count)
+            if fits(fewer):
+                chosen = fewer
+                break
+    return rows, chosen
 
 
 def free_host_gib() -> float:
@@ -157,12 +200,12 @@ def apply_plan(config, preset: dict, gpu_memory_gb: float, host_memory_gb: float
     if chosen is None:
         hostable = [r for r in rows if host_memory_gb is None or r.host_gib <= host_memory_gb] or rows
         best = min(hostable, key=lambda r: r.peak_gib)
-        host = f" and {best.host_gib:.0f} GiB of free host memory" if best.offload_activations else ""
+        host = f" and {best.host_gib:.0f} GiB of free host memory" if best.host_gib else ""
         within = "" if host_memory_gb is None else f" within {host_memory_gb:.0f} GiB of free host memory"
         raise InputError(f"the step is predicted to need at least {best.peak_gib:.1f} GiB of GPU memory{host} "
                          f"(with {best.label()}){within}, more than gpu_memory_gb={gpu_memory_gb:g}. "
                          "Lower extended_num_frames, height/width or lora_rank, or use a bigger GPU"
-                         f"{'' if host_memory_gb is None else ' (or free host memory for offload_activations)'}.")
-    config.fp8_base, config.offload_activations, config.ffn_chunks = (chosen.fp8_base, chosen.offload_activations,
-                                                                      chosen.ffn_chunks)
+                         f"{'' if host_memory_gb is None else ' (or free host memory for offload_activations / block_swap)'}.")
+    for name, value in chosen.options.items():
+        setattr(config, name, value)
     return chosen

@@ -28,22 +28,13 @@ import warnings
 import torch
 
 from ..errors import InputError
+from .blocks import block_modules
 
 
 def _is_dtensor(t) -> bool:
     from torch.distributed.tensor import DTensor
 
     return isinstance(t, DTensor)
-
-
-def block_modules(transformer) -> list[torch.nn.Module]:
-    """The model's transformer blocks: the units FSDP gathers one at a time."""
-    names = set(getattr(transformer, "_no_split_modules", None) or ())
-    blocks = [m for m in transformer.modules() if type(m).__name__ in names]
-    if not blocks:
-        raise InputError(f"fsdp: {type(transformer).__name__} names no transformer block classes "
-                         "(_no_split_modules), so there is nothing to shard block by block; train without fsdp.")
-    return blocks
 
 
 def shard_transformer(transformer, reshard_after_forward: bool = True) -> None:
@@ -69,7 +60,7 @@ def shard_transformer(transformer, reshard_after_forward: bool = True) -> None:
     # tests check that the gradients equal one process's.
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(.*\) returned a view tensor")
     policy = MixedPrecisionPolicy()  # gather and compute in the stored dtypes: no rounding anywhere
-    for block in block_modules(transformer):
+    for block in block_modules(transformer, "fsdp"):
         fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     fully_shard(transformer, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
 

@@ -33,6 +33,7 @@ from ..config import TrainConfig
 from ..errors import ConfigError, InputError
 from ..jobs import RunDir, atomic_write_json, clean_leftovers, disk_full_message, this_process
 from ..lora import add_lora, lora_state_dict, save_lora
+from ..memory.block_swap import enable_block_swap
 from ..memory.sharding import full, local, set_gradient_sync
 from ..models import TextEmbeds, family
 
@@ -498,7 +499,7 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume
     fam.offload_encoders(pipe)
     _empty_cache()
 
-    transformer = fam.transformers(pipe)[0]
+    transformer = fam.denoiser(pipe, config.lora_experts)  # a two-expert model: the experts being trained
     params = add_lora(transformer, config.lora_rank, config.lora_alpha, config.lora_dropout, config.target_modules,
                       seed=config.seed)
     if config.use_mixed_precision and use_cuda:
@@ -534,6 +535,8 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume
     else:
         model, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
     model.train()
+    # After accelerate's prepare, which would move the swapped weights back to the GPU.
+    enable_block_swap(transformer, config.block_swap)
     # Under FSDP every rank takes part in each forward and in gathering what is saved.
     everyone = bool(cp) or sharded
 
@@ -608,8 +611,10 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume
                 # N times the accumulation draws (and ranks of a context-parallel group draw the same).
                 gen = torch.Generator().manual_seed((config.seed * 1_000_003 + step) * 4096 + (micro * data_size + data_rank) * 64)
                 noise = torch.randn(latents.shape, generator=gen).to(latents)
+                noise_range = fam.noise_range(config.lora_experts)  # the trained experts' levels
                 sigmas = fam.sample_sigmas(latents.shape[0], gen, latents.shape, scheme=config.timestep_sampling,
-                                           shift=config.flow_shift)
+                                           shift=config.flow_shift,
+                                           **({} if noise_range == (0.0, 1.0) else {"noise_range": noise_range}))
                 last_micro = micro == accum - 1
 
                 def backward(loss, sync_point):

@@ -39,15 +39,37 @@ def test_the_model_reproduces_every_whole_model_measurement():
             assert abs(e.host_gib - r["host_gib"]) / r["host_gib"] < 0.05, (r, e.host_gib)
 
 
+def _opts(fp8=False, offload=False, chunks=1, swap=0):
+    return {"fp8_base": fp8, "offload_activations": offload, "ffn_chunks": chunks, "block_swap": swap}
+
+
 def test_the_plan_picks_exact_options_first_and_fp8_only_when_needed():
     big = _config("wan2.1-t2v-14b")
-    _, chosen = plan(big, big.preset_dict(), 76)
-    assert chosen.options == {"fp8_base": True, "offload_activations": True, "ffn_chunks": 8}
     _, chosen = plan(big, big.preset_dict(), 100)
-    assert chosen.options == {"fp8_base": False, "offload_activations": True, "ffn_chunks": 1}
+    assert chosen.options == _opts(offload=True)
+    # At 76 GiB the exact options need block swap: the fewest swapped blocks that fit.
+    _, chosen = plan(big, big.preset_dict(), 76)
+    assert chosen.options == _opts(offload=True, chunks=8, swap=16) and chosen.peak_gib <= 76
+    one_fewer = estimate(big, big.preset_dict(), False, True, 8, block_swap=15)
+    assert one_fewer.peak_gib > 76
+    # Without the host memory for swapped blocks on top of the offloaded activations, fp8 storage instead.
+    _, chosen = plan(big, big.preset_dict(), 76, host_memory_gb=70)
+    assert chosen.options == _opts(fp8=True, offload=True, chunks=8)
     small = _config("wan2.1-t2v-1.3b")
     _, chosen = plan(small, small.preset_dict(), 22)
-    assert chosen.options == {"fp8_base": False, "offload_activations": False, "ffn_chunks": 1}
+    assert chosen.options == _opts()
+
+
+def test_block_swap_moves_all_but_two_blocks_of_frozen_weights_to_the_host():
+    big = _config("wan2.1-t2v-14b")
+    none = estimate(big, big.preset_dict(), False, False, 1)
+    swapped = estimate(big, big.preset_dict(), False, False, 1, block_swap=40)
+    block = swapped.host_gib / 40  # one block's frozen Linear weights in bf16: ~0.65 GiB of the 14B's 26.7
+    assert 0.6 < block < 0.7
+    assert none.parts["weights"] - swapped.parts["weights"] == pytest.approx(38 * block)
+    assert estimate(big, big.preset_dict(), False, False, 1, block_swap=2).peak_gib == pytest.approx(none.peak_gib)
+    fp8 = estimate(big, big.preset_dict(), True, False, 1, block_swap=40)
+    assert fp8.host_gib == pytest.approx(swapped.host_gib / 2, rel=0.01)  # the float8 storage is what moves
 
 
 def test_over_many_processes_fsdp_shares_the_weights_and_context_parallelism_the_tokens():
@@ -55,14 +77,14 @@ def test_over_many_processes_fsdp_shares_the_weights_and_context_parallelism_the
     alone = estimate(one, one.preset_dict(), False, False, 1).parts
     sharded = _config("wan2.1-t2v-14b", fsdp=True, context_parallel=4)
     rows, chosen = plan(sharded, sharded.preset_dict(), 76, processes=8)
-    assert not any(r.fp8_base for r in rows)  # the config refuses fsdp with fp8_base: never offered
+    assert not any(r.fp8_base or r.block_swap for r in rows)  # the config refuses those with fsdp: never offered
     parts = rows[0].parts
     assert parts["weights"] == pytest.approx(alone["weights"] / 8)
     assert parts["lora_state"] == pytest.approx(alone["lora_state"] / 8)
     assert parts["saved_inputs"] == pytest.approx(alone["saved_inputs"] / 4)
     assert parts["recompute"] == pytest.approx(alone["recompute"] / 4)
     assert 0 < parts["gathered_blocks"] < alone["weights"] / 10  # two of the 40 blocks, gathered whole
-    assert chosen.options == {"fp8_base": False, "offload_activations": False, "ffn_chunks": 1}
+    assert chosen.options == _opts()
     with pytest.raises(InputError, match="processes=6: must be a positive multiple of context_parallel"):
         plan(sharded, sharded.preset_dict(), 76, processes=6)
     # Processes on one host share its memory for offloading: 8 x 10 GiB do not fit 60 GiB.
@@ -70,16 +92,16 @@ def test_over_many_processes_fsdp_shares_the_weights_and_context_parallelism_the
     _, chosen = plan(tight, tight.preset_dict(), 12.5, host_memory_gb=60, processes=8)
     assert chosen is None
     _, chosen = plan(tight, tight.preset_dict(), 12.5, host_memory_gb=60, processes=8, processes_per_host=4)
-    assert chosen.options == {"fp8_base": False, "offload_activations": True, "ffn_chunks": 8}
+    assert chosen.options == _opts(offload=True, chunks=8)
 
 
 def test_nothing_that_fits_is_a_clear_error_naming_the_need():
     config = _config("wan2.1-t2v-14b")
-    with pytest.raises(InputError, match=r"at least 71.\d GiB of GPU memory and 62 GiB of free host memory.*"
-                                         r"gpu_memory_gb=40"):
+    with pytest.raises(InputError, match=r"at least 59.\d GiB of GPU memory and 76 GiB of free host memory.*"
+                                         r"block_swap 40\).*gpu_memory_gb=40"):
         apply_plan(config, config.preset_dict(), 40)
-    with pytest.raises(InputError, match=r"at least 124.\d GiB of GPU memory \(with fp8_base \+ ffn_chunks 8\) "
-                                         r"within 30 GiB of free host"):
+    with pytest.raises(InputError, match=r"at least 111.\d GiB of GPU memory and 13 GiB of free host memory \(with "
+                                         r"fp8_base \+ ffn_chunks 8 \+ block_swap 40\) within 30 GiB of free host"):
         apply_plan(config, config.preset_dict(), 76, host_memory_gb=30)  # offloading needs 62 GiB of host memory
     assert config.fp8_base is False  # a refused plan changes nothing
 
@@ -89,9 +111,10 @@ def test_plan_cli_prints_every_combination_and_the_choice(capsys):
 
     assert main(["plan", "--preset", "wan2.1-t2v-14b", "--gpu_memory_gb", "76"]) == 0
     out = capsys.readouterr().out
-    assert out.count("\n| ") == 9  # header + 8 combinations
-    assert "| fp8_base + offload_activations + ffn_chunks 8 (chosen) | 71." in out
-    assert "--fp8_base true --offload_activations true --ffn_chunks 8" in out
+    assert out.count("\n| ") == 17  # header + 16 combinations
+    assert "| offload_activations + ffn_chunks 8 + block_swap 40 (chosen) | 60." in out
+    assert "offload_activations + ffn_chunks 8 + block_swap 16 (75.7 GiB)" in out
+    assert "--fp8_base false --offload_activations true --ffn_chunks 8 --block_swap 16" in out
     assert main(["plan", "--preset", "wan2.1-t2v-14b", "--gpu_memory_gb", "40"]) == 1
     assert "nothing fits 40 GiB" in capsys.readouterr().out
 
