@@ -66,7 +66,7 @@ def sample_continuation(pipe, fam, cond_latents: torch.Tensor, total_latent_fram
         return fam.sample_continuation(pipe, cond_latents, total_latent_frames, prompt_embeds, negative_embeds,
                                        steps=steps, guidance_scale=guidance_scale, noise=noise, control=control,
                                        progress=progress)
-    transformer = fam.transformers(pipe)[0]
+    transformer = fam.denoiser(pipe)  # every noise level (a two-expert model routes each to its expert)
     device, dtype = transformer.device, transformer.dtype
     scheduler = copy.deepcopy(pipe.scheduler)
     scheduler.set_timesteps(steps, device=device)

@@ -148,8 +148,9 @@ def generate_video(
 
         lora_dir = resolve_adapter(lora_dir)  # a folder, or a Hub id downloaded into the HF cache
     pipe = get_pipeline(preset)
-    for transformer in fam.transformers(pipe):
-        install_radial_attention(transformer, settings, fam)
+    # One schedule over the whole sampling: a two-expert model's denoiser holds both experts, so the step count
+    # (dense_timesteps) runs on across the switch from one to the other.
+    install_radial_attention(fam.denoiser(pipe), settings, fam)
     if fsdp:  # before the LoRA: the adapter stays whole on every process and unloads as usual
         shard_for_sampling(pipe, fam)
     if lora_dir is not None:

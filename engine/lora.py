@@ -82,9 +82,17 @@ def save_lora(transformer, directory: str | Path, family, comfy: bool = True,
     _sort_file(directory / DIFFUSERS_WEIGHT_NAME)
     saved = SavedLora(directory)
     if comfy and family.capabilities.comfy_export:
-        saved.comfy_skipped = save_comfy_export(state, meta["lora_alpha"], directory / COMFY_WEIGHT_NAME, family)
+        skipped = set()
+        for suffix, part in family.lora_parts(state).items():  # one file per expert of a two-expert model
+            skipped.update(save_comfy_export(part, meta["lora_alpha"], directory / comfy_weight_name(suffix), family))
+        saved.comfy_skipped = sorted(skipped)
         saved.comfy_written = True
     return saved
+
+
+def comfy_weight_name(suffix: str = "") -> str:
+    """The ComfyUI export of a LoRA part (`ModelFamily.lora_parts`): lora_comfyui<suffix>.safetensors."""
+    return COMFY_WEIGHT_NAME.replace(".safetensors", f"{suffix}.safetensors")
 
 
 def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:

@@ -59,6 +59,10 @@ def _family_checks(out: dict, origin: str) -> None:
             f"{origin}: field 'continuation' is {out['continuation']!r}, which family '{out['family']}' cannot do; "
             f"choose one of {modes} (or null: no continuation)."
         )
+    try:
+        fam.check_lora_experts(out["lora"]["lora_experts"])
+    except InputError as err:
+        raise ConfigError(f"{origin}: field 'lora.lora_experts': {err}") from None
     if out["lora"]["target_modules"] is None:
         out["lora"]["target_modules"] = fam.default_lora_targets()
     train, tta = out["training"], out["tta"]

@@ -13,6 +13,7 @@ differs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -194,6 +195,9 @@ class ModelFamily:
     lora_targets: tuple[str, ...] = ()
     lora_targets_full: tuple[str, ...] = ()
     card_tags: tuple[str, ...] = ()
+    # Noise-level experts (setting `lora_experts`): () for one transformer; a two-expert model names them
+    # in `transformers(pipe)` order, high noise first.
+    experts: tuple[str, ...] = ()
 
     @property
     def size_multiple(self) -> int:
@@ -217,6 +221,28 @@ class ModelFamily:
     def transformers(self, pipe) -> list:
         """The denoising transformers of a loaded pipeline (a list: two-expert models have two)."""
         return [pipe.transformer]
+
+    def denoiser(self, pipe, experts: str | None = None):
+        """The one module `forward` runs at every noise level, and the one training attaches its LoRA to.
+
+        `experts` (setting `lora_experts`; None: all) picks the experts of a two-expert model it holds;
+        the default is the single transformer."""
+        return self.transformers(pipe)[0]
+
+    def check_lora_experts(self, experts: str | None) -> None:
+        """InputError unless setting `lora_experts` fits this family (null always does)."""
+        if experts is not None and not self.experts:
+            raise InputError(f"model family '{self.name}' has one transformer, so lora_experts must be null "
+                             f"(it picks the experts of a two-expert model), not {experts!r}.")
+
+    def noise_range(self, experts: str | None = None) -> tuple[float, float]:
+        """The noise levels [lo, hi) the denoiser of `experts` serves (training draws its levels there)."""
+        return (0.0, 1.0)
+
+    def lora_parts(self, state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+        """A LoRA state split into what stock tools load one at a time (ComfyUI: one file per expert model), by
+        file-name suffix; "" is the whole adapter of a single transformer."""
+        return {"": state}
 
     def model_identity(self, preset: dict) -> str:
         """What names the weights (the latent cache keys on it)."""
@@ -306,14 +332,30 @@ class ModelFamily:
         return float(getattr(scheduler, "config", {}).get("flow_shift", 3.0) or 3.0)
 
     def sample_sigmas(self, batch: int, generator: torch.Generator, latent_shape, *, scheme: str = "logit_normal",
-                      shift: float = 3.0) -> torch.Tensor:
-        """Training noise levels: logit-normal (or uniform), shifted like the sampler's."""
-        if scheme == "logit_normal":
-            u = torch.sigmoid(torch.randn(batch, generator=generator))
+                      shift: float = 3.0, noise_range: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+        """Training noise levels: logit-normal (or uniform), shifted like the sampler's.
+
+        `noise_range` [lo, hi): the same distribution conditioned on that range (one expert's share of
+        the levels), drawn by inverting its CDF so the draws stay one per sample and deterministic."""
+        if tuple(noise_range) == (0.0, 1.0):
+            if scheme == "logit_normal":
+                u = torch.sigmoid(torch.randn(batch, generator=generator))
+            else:
+                u = torch.rand(batch, generator=generator)
+            u = u.clamp(1e-4, 1 - 1e-4)
+            return shift * u / (1 + (shift - 1) * u)
+        lo, hi = (_unshift(float(x), shift) for x in noise_range)  # the range before the shift
+        r = torch.rand(batch, generator=generator, dtype=torch.float64)
+        if scheme == "logit_normal":  # u = sigmoid(z), z ~ N(0, 1) restricted to [logit(lo), logit(hi))
+            normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0)
+            c_lo, c_hi = (normal.cdf(torch.logit(torch.tensor(x, dtype=torch.float64), eps=1e-12)) for x in (lo, hi))
+            u = torch.sigmoid(normal.icdf((c_lo + r * (c_hi - c_lo)).clamp(1e-12, 1 - 1e-12)))
         else:
-            u = torch.rand(batch, generator=generator)
-        u = u.clamp(1e-4, 1 - 1e-4)
-        return shift * u / (1 + (shift - 1) * u)
+            u = lo + r * (hi - lo)
+        u = u.clamp(max(lo, 1e-4), min(hi, 1 - 1e-4))
+        sigmas = (shift * u / (1 + (shift - 1) * u)).float()
+        # float rounding must not push a level across the boundary into the other expert's share
+        return sigmas.clamp(float(noise_range[0]), math.nextafter(float(noise_range[1]), 0.0))
 
     # ------------------------------------------------------------------ sampling
     def generate(self, pipe, *, prompt: str | None = None, negative_prompt: str | None = None,
@@ -390,6 +432,11 @@ class ModelFamily:
     def unwrap(model):
         """The model under a DDP / accelerate wrapper."""
         return getattr(model, "module", model)
+
+
+def _unshift(sigma: float, shift: float) -> float:
+    """The u with shift * u / (1 + (shift - 1) * u) == sigma."""
+    return sigma / (shift - (shift - 1) * sigma)
 
 
 def check_known_mode(family: ModelFamily, mode: Any) -> ContinuationMode:

@@ -12,7 +12,20 @@ _WAN = dict(patch_size=[1, 2, 2], attention_head_dim=128, in_channels=16, out_ch
 OFFICIAL = {
     "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": {**_WAN, "num_attention_heads": 12, "ffn_dim": 8960, "num_layers": 30},
     "Wan-AI/Wan2.1-T2V-14B-Diffusers": {**_WAN, "num_attention_heads": 40, "ffn_dim": 13824, "num_layers": 40},
+    # Each A14B expert (transformer/ and transformer_2/config.json) is the Wan2.1 14B architecture: diffusers'
+    # scripts/convert_wan_to_diffusers.py gives "Wan2.2-T2V-A14B" the 14B numbers (dim 5120 = 40 x 128).
+    "Wan-AI/Wan2.2-T2V-A14B-Diffusers": {**_WAN, "num_attention_heads": 40, "ffn_dim": 13824, "num_layers": 40},
+    # TI2V-5B: dim 3072 = 24 heads x 128, ffn 14336, 30 layers (Wan2.2's configs/wan_ti2v_5B.py), 48 latent
+    # channels in and out (the Wan2.2 VAE's z_dim).
+    "Wan-AI/Wan2.2-TI2V-5B-Diffusers": {**_WAN, "num_attention_heads": 24, "ffn_dim": 14336, "num_layers": 30,
+                                        "in_channels": 48, "out_channels": 48},
 }
+
+# The Wan2.2 VAE (Wan-AI/Wan2.2-TI2V-5B-Diffusers vae/config.json; Wan2.2_VAE.pth converted by the script above):
+# 12 = 3 x 2 x 2 channels after its 2x2 patchify, residual blocks, 16x spatial / 4x temporal compression.
+WAN22_VAE = dict(base_dim=160, decoder_base_dim=256, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                 temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12,
+                 patch_size=2, scale_factor_temporal=4, scale_factor_spatial=16)
 
 
 def official_config(source: str) -> dict | None:

@@ -18,6 +18,8 @@ FAMILY_MODULES = {
     "skyreels": "engine.models.skyreels",
     "wan_vace": "engine.models.wan_vace",
     "opensora2": "engine.models.opensora2",
+    "wan22": "engine.models.wan22",
+    "wan22_ti2v": "engine.models.wan22_ti2v",
 }
 DEFAULT_FAMILY = "wan"
 ENV_VAR = "RADIAL_STUDIO_FAMILIES"

@@ -252,7 +252,7 @@ class VideoSession:
         self.pipe, self.fam, self.mode, self.clip = pipe, fam, mode, clip
         self.spec = fam.capabilities.continuation[mode]
         self.cond_frames, self.seed, self.sample_settings = cond_frames, seed, sample
-        self.transformer = fam.transformers(pipe)[0]
+        self.transformer = fam.denoiser(pipe)  # a two-expert model: both experts, each at its noise levels
         self.device, self.dtype = self.transformer.device, self.transformer.dtype
         self.pixels = to_pixels(clip.frames)
         # The prefix is encoded alone: no information from the frames to predict reaches the model.
@@ -432,7 +432,7 @@ def _load_model(preset: dict):
 
     fam = family(preset)
     pipe = get_pipeline(preset)
-    transformer = fam.transformers(pipe)[0]
+    transformer = fam.denoiser(pipe)
     remove_radial_attention(transformer, fam)  # TTA runs the stock dense attention
     if getattr(transformer, "peft_config", None):  # an adapter left by an interrupted call
         transformer.unload_lora()
