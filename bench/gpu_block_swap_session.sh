@@ -1,7 +1,8 @@
 #!/bin/bash
 # GPU check of block swap (block_swap): the real trainer on the tiny model (CUDA, bf16) with and without it, losses
 # side by side, then the 1.3B and 14B steps with and without it (bench/train_memory.py). Needs .whl/ carried (see
-# bench/gpu_check_session.sh).   PART=1 bash bench/gpu_block_swap_session.sh   (with $OUT set; PART 2: the 14B at 161)
+# bench/gpu_check_session.sh).   PART=1 bash bench/gpu_block_swap_session.sh   (with $OUT set; PART 2: a warmed 1.3B
+# baseline, then the 14B at 161)
 set -e
 source bench/gpu_setup.sh
 COMMON="--preset tiny-wan --data_dir /tmp/d --max_steps 3 --validation_steps 3 --checkpointing_steps 3 --sample_steps 2
@@ -22,5 +23,5 @@ PY
     2>&1 | grep -v "^{"
 else
   python3 bench/train_memory.py --out "$OUT" --fit "" \
-    --full "14b:none@121,14b:offload+chunk8+swap16@161,14b:offload+chunk8+swap40@161" 2>&1 | grep -v "^{"
+    --full "1.3b:swap30@161,1.3b:none@161,14b:none@121,14b:offload+chunk8+swap16@161,14b:offload+chunk8+swap40@161" 2>&1 | grep -v "^{"
 fi
