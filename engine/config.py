@@ -112,9 +112,10 @@ class TrainConfigMethods:
                               "processes divides the base weights by N, more than fp8's halving; diffusers' fp8 "
                               "casting would keep every gathered block alive under FSDP).")
         layers = fam.num_layers(preset)
-        if layers is not None and self.block_swap > layers:
-            raise ConfigError(f"training config field 'block_swap'={self.block_swap}: the model has {layers} blocks; "
-                              f"choose 0 (off) to {layers}.")
+        swappable = None if layers is None else layers * fam.expert_counts(self.lora_experts)[1]  # the denoiser's
+        if swappable is not None and self.block_swap > swappable:
+            raise ConfigError(f"training config field 'block_swap'={self.block_swap}: the trained model has {swappable} "
+                              f"blocks; choose 0 (off) to {swappable}.")
         if layers is not None and self.dense_layers > layers:
             raise ConfigError(f"training config field 'dense_layers'={self.dense_layers}: the model has {layers} "
                               f"blocks; choose 0 to {layers}.")

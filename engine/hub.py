@@ -3,16 +3,18 @@
 `push_adapter(run_or_dir, repo_id)` uploads, in one commit to a model repo (private by default;
 pushing again adds a commit, unchanged files are not re-sent):
 
-- `pytorch_lora_weights.safetensors`: the diffusers-format LoRA, with its adapter metadata;
-- `lora_comfyui.safetensors`: the ComfyUI export (made from the diffusers file if missing);
+- `pytorch_lora_weights.safetensors`: the diffusers-format LoRA, with its adapter metadata (and the
+  family's per-part stock files beside it: a two-expert model's `pytorch_lora_weights_<expert>_noise...`);
+- `lora_comfyui.safetensors`: the ComfyUI export (made from the diffusers file if missing), one per part
+  (`ModelFamily.lora_parts`: `lora_comfyui_<expert>_noise.safetensors` for a two-expert model);
 - `training_config.json`: the run's `config.json`;
 - `loss.png`: training and validation loss, drawn from `events.jsonl`;
 - `sample.mp4`: the latest extended-length sample video of the run;
 - `README.md`: the model card (`build_model_card`).
 
 `resolve_adapter(ref)` turns what the user typed into a local adapter folder: a folder passes
-through; a Hub id `user/repo` or `user/repo@revision` is downloaded (the LoRA file, the card and
-the training config only) into the Hugging Face cache.
+through; a Hub id `user/repo` or `user/repo@revision` is downloaded (the diffusers LoRA files, the card
+and the training config only) into the Hugging Face cache.
 
 The token comes from the caller (a field, `--token`, a Space's OAuth login), else `HF_TOKEN`,
 else the cached `hf auth login`. It is never logged, never written to a file, and scrubbed from
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import EngineError, InputError
-from .lora import COMFY_WEIGHT_NAME, DIFFUSERS_WEIGHT_NAME
+from .lora import COMFY_WEIGHT_NAME, DIFFUSERS_WEIGHT_NAME, comfy_weight_name
 from .presets import DEFAULT_PRESET
 
 logger = logging.getLogger(__name__)
@@ -44,7 +46,9 @@ LOSS_PLOT_NAME = "loss.png"
 SAMPLE_VIDEO_NAME = "sample.mp4"
 CARD_NAME = "README.md"
 # What a pull downloads: enough to load the adapter and know how it was trained.
-PULL_PATTERNS = [DIFFUSERS_WEIGHT_NAME, CARD_NAME, TRAINING_CONFIG_NAME]
+# The diffusers LoRA and a family's per-part stock files beside it (what `ModelFamily.load_lora` reads).
+DIFFUSERS_FILES = DIFFUSERS_WEIGHT_NAME.replace(".safetensors", "*.safetensors")
+PULL_PATTERNS = [DIFFUSERS_FILES, CARD_NAME, TRAINING_CONFIG_NAME]
 CARD_TAGS = ["lora", "text-to-video", "radial-attention", "diffusers", "video-length-extension", "radial-studio"]
 DEFAULT_ENDPOINT = "https://huggingface.co"
 TOKEN_HELP = ("Create a token with write access at https://huggingface.co/settings/tokens, then pass it "
@@ -247,13 +251,16 @@ def family_of_config(config: dict):
         return family_named(DEFAULT_FAMILY)
 
 
-def comfy_export_bytes(adapter_dir: Path, fam) -> bytes | None:
-    """The ComfyUI file: the run's export, or one made from the diffusers-format file (None: the family has none)."""
-    existing = adapter_dir / COMFY_WEIGHT_NAME
-    if existing.is_file():
-        return existing.read_bytes()
+def diffusers_files(adapter_dir: Path) -> dict[str, Path]:
+    """The adapter's diffusers-format files: the LoRA and any per-part stock files beside it."""
+    return {p.name: p for p in sorted(adapter_dir.glob(DIFFUSERS_FILES)) if p.is_file()}
+
+
+def comfy_exports(adapter_dir: Path, fam) -> dict[str, bytes | Path]:
+    """The ComfyUI files by name, one per LoRA part (`ModelFamily.lora_parts`): the run's exports, or made from
+    the diffusers-format file where missing ({} when the family has none)."""
     if not fam.capabilities.comfy_export:
-        return None
+        return {}
     from safetensors import safe_open
 
     from .lora import safetensors_bytes, to_comfy_state_dict
@@ -261,12 +268,20 @@ def comfy_export_bytes(adapter_dir: Path, fam) -> bytes | None:
     with safe_open(str(adapter_dir / DIFFUSERS_WEIGHT_NAME), "pt") as f:
         meta = json.loads((f.metadata() or {}).get("lora_adapter_metadata", "{}"))
         state = {k: f.get_tensor(k) for k in f.keys()}
-    alpha = meta.get("transformer.lora_alpha", meta.get("lora_alpha"))
-    if alpha is None:
-        raise InputError(f"{adapter_dir / DIFFUSERS_WEIGHT_NAME} has no adapter metadata (lora_alpha), so no "
-                         "ComfyUI export can be made from it; save it with engine.lora.save_lora.")
-    tensors, skipped = to_comfy_state_dict(state, alpha, fam)
-    return safetensors_bytes(tensors, {"format": "pt", **({"comfy_skipped": json.dumps(skipped)} if skipped else {})})
+    out: dict[str, bytes | Path] = {}
+    for suffix, part in fam.lora_parts(state).items():
+        name = comfy_weight_name(suffix)
+        if (adapter_dir / name).is_file():
+            out[name] = adapter_dir / name
+            continue
+        alpha = meta.get("transformer.lora_alpha", meta.get("lora_alpha"))
+        if alpha is None:
+            raise InputError(f"{adapter_dir / DIFFUSERS_WEIGHT_NAME} has no adapter metadata (lora_alpha), so no "
+                             "ComfyUI export can be made from it; save it with engine.lora.save_lora.")
+        tensors, skipped = to_comfy_state_dict(part, alpha, fam)
+        out[name] = safetensors_bytes(tensors, {"format": "pt",
+                                                **({"comfy_skipped": json.dumps(skipped)} if skipped else {})})
+    return out
 
 
 # ---------------------------------------------------------------------------- loss plot
@@ -390,7 +405,7 @@ def build_model_card(run_dir: str | os.PathLike, repo_id: str | None = None, *, 
     summary = _summary(src.events)
     meta = adapter_metadata(src.adapter_dir)
     if files is None:
-        files = {DIFFUSERS_WEIGHT_NAME, CARD_NAME} | ({COMFY_WEIGHT_NAME} if fam.capabilities.comfy_export else set())
+        files = {*diffusers_files(src.adapter_dir), CARD_NAME, *comfy_exports(src.adapter_dir, fam)}
         files |= {TRAINING_CONFIG_NAME} if src.config_path else set()
         files |= {LOSS_PLOT_NAME} if loss_plot_png(src.events) else set()
         files |= {SAMPLE_VIDEO_NAME} if src.sample else set()
@@ -470,7 +485,8 @@ def build_model_card(run_dir: str | os.PathLike, repo_id: str | None = None, *, 
                             width=g("width", 832), fps=fps, tiny=is_tiny)
     lines += ["Stock diffusers samples with dense attention: the adapter works, but long videos cost O(n^2) "
               "attention. Radial Studio samples with the radial attention the adapter was trained with.", "",
-              (f"ComfyUI: `{COMFY_WEIGHT_NAME}` uses {fam.card_comfy_note()}." if COMFY_WEIGHT_NAME in files else ""), "",
+              (f"ComfyUI: `{COMFY_WEIGHT_NAME}` uses {fam.card_comfy_note()}." if COMFY_WEIGHT_NAME in files else
+               f"ComfyUI: {fam.card_comfy_note()}." if any(n.startswith("lora_comfyui") for n in files) else ""), "",
               "## Use it with Radial Studio", "", "```bash",
               f"python -m engine generate --preset {info['name'] or 'tiny-wan'} --prompt \"a red ball bounces on a beach\" "
               f"--num_frames {ext_frames or 161} --lora_checkpoint_dir {repo}", "```", "",
@@ -513,10 +529,8 @@ def push_adapter(run_or_dir: str | os.PathLike, repo_id: str, token: str | None 
     report(0.0, "collecting files")
     src = find_adapter(run_or_dir)
     loss_png = loss_plot_png(src.events)
-    ops: dict[str, bytes | Path] = {DIFFUSERS_WEIGHT_NAME: src.adapter_dir / DIFFUSERS_WEIGHT_NAME}
-    comfy = comfy_export_bytes(src.adapter_dir, family_of_config(src.config))
-    if comfy is not None:
-        ops[COMFY_WEIGHT_NAME] = comfy
+    ops: dict[str, bytes | Path] = {**diffusers_files(src.adapter_dir),
+                                    **comfy_exports(src.adapter_dir, family_of_config(src.config))}
     if src.config_path is not None:
         ops[TRAINING_CONFIG_NAME] = (json.dumps(public_config(src.config), indent=2) + "\n").encode()
     if loss_png:

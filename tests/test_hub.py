@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from engine.errors import InputError
-from engine.hub import (CARD_NAME, LOSS_PLOT_NAME, PULL_PATTERNS, SAMPLE_VIDEO_NAME, TRAINING_CONFIG_NAME, HubError,
+from engine.hub import (CARD_NAME, LOSS_PLOT_NAME, SAMPLE_VIDEO_NAME, TRAINING_CONFIG_NAME, HubError,
                         build_model_card, find_adapter, parse_hub_ref, push_adapter, resolve_adapter, resolve_token)
 from engine.lora import COMFY_WEIGHT_NAME, DIFFUSERS_WEIGHT_NAME
 from tests.hub_server import FakeHub
@@ -348,7 +348,7 @@ def test_pull_by_id_and_by_revision_loads_into_a_pipeline(hub, run_copy, tiny_pi
     push_adapter(run_copy, "alice/pull-me", token=TOKEN)
 
     latest = resolve_adapter("alice/pull-me", token=TOKEN)
-    assert sorted(p.name for p in latest.iterdir()) == sorted(PULL_PATTERNS)  # the LoRA, the card, the config
+    assert sorted(p.name for p in latest.iterdir()) == sorted([DIFFUSERS_WEIGHT_NAME, CARD_NAME, TRAINING_CONFIG_NAME])
     assert "| steps trained | 12 |" in (latest / CARD_NAME).read_text()
     pinned = resolve_adapter(f"alice/pull-me@{first['commit_oid']}", token=TOKEN)
     assert pinned != latest and "| steps trained | 10 |" in (pinned / CARD_NAME).read_text()
@@ -404,3 +404,56 @@ def test_a_hub_server_error_is_reported_as_such_not_as_unreachable(hub, adapter_
     assert "could not be reached" not in str(info.value)
     with pytest.raises(HubError, match="answered 500"):
         push_adapter(adapter_run, "alice/lora", token=TOKEN)
+
+
+def test_a_two_expert_adapter_goes_up_and_comes_back_with_a_file_per_expert(hub, tmp_path, caplog):
+    """Wan2.2 A14B: the per-expert stock and ComfyUI files are pushed (made from the engine's file where missing),
+    pulled back, and load into the right expert."""
+    from safetensors.torch import load, load_file
+
+    from engine.config import config_from_preset
+    from engine.jobs import atomic_write_json
+    from engine.lora import add_lora, load_lora_into_pipeline, save_lora
+    from engine.models import family
+    from engine.presets import load_preset
+
+    preset = load_preset("tiny-wan2.2-a14b")
+    fam = family(preset)
+    pipe = fam.build_tiny_pipeline(preset["tiny"])
+    pair = fam.denoiser(pipe)
+    add_lora(pair, 4, 4, 0.0, ["to_q", "to_v"], seed=0)
+    with torch.no_grad():
+        for name, p in pair.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02, generator=torch.Generator().manual_seed(len(name)))
+    run = tmp_path / "run"
+    save_lora(pair, run / "final", fam)
+    atomic_write_json(run / "config.json", config_from_preset("tiny-wan2.2-a14b", output_dir=str(run),
+                                                              data_dir="data/tiny").to_dict())
+    stock = {f"pytorch_lora_weights_{e}_noise.safetensors" for e in ("high", "low")}
+    comfy = {f"lora_comfyui_{e}_noise.safetensors" for e in ("high", "low")}
+
+    push_adapter(run, "alice/a14b", token=TOKEN)
+    added = hub.repos["alice/a14b"].history()[-1].added
+    assert set(added) == {DIFFUSERS_WEIGHT_NAME, *stock, *comfy, TRAINING_CONFIG_NAME, CARD_NAME}
+    assert all(added[n] == (run / "final" / n).read_bytes() for n in stock | comfy)
+    assert "lora_comfyui_low_noise.safetensors" in added[CARD_NAME].decode()
+
+    bare = tmp_path / "bare"  # no ComfyUI files: they are made from the engine's file, equal to the saved ones
+    (bare / "final").mkdir(parents=True)
+    shutil.copy(run / "config.json", bare)
+    for name in (DIFFUSERS_WEIGHT_NAME, *stock):
+        shutil.copy(run / "final" / name, bare / "final")
+    push_adapter(bare, "alice/a14b-bare", token=TOKEN)
+    made = hub.repos["alice/a14b-bare"].history()[-1].added
+    for name in comfy:
+        a, b = load(made[name]), load_file(run / "final" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    pulled = resolve_adapter("alice/a14b", token=TOKEN)
+    assert {p.name for p in pulled.iterdir()} == {DIFFUSERS_WEIGHT_NAME, *stock, CARD_NAME, TRAINING_CONFIG_NAME}
+    fresh = fam.build_tiny_pipeline(preset["tiny"])
+    name = load_lora_into_pipeline(fresh, pulled, fam)
+    for expert, module in (("high_noise", fresh.transformer), ("low_noise", fresh.transformer_2)):
+        saved = load_file(run / "final" / DIFFUSERS_WEIGHT_NAME)[f"{expert}.blocks.0.attn1.to_q.lora_A.weight"]
+        assert torch.equal(_lora_a(module, name), saved), expert

@@ -84,6 +84,10 @@ class BlockSwap:
         pin = self.device.type == "cuda" if pin is None else pin
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self.blocks = blocks
+        # A block's list (its name less the index): prefetching never crosses from one expert's blocks to another's,
+        # whose next block may not run in this forward.
+        names = {id(m): n for n, m in transformer.named_modules()}
+        self.group = [names[id(b)].rpartition(".")[0] for b in blocks]
         self.swapped: dict[int, _SwappedBlock] = {}
         for i, block in enumerate(blocks[:count]):
             params = [p for m in block.modules() if isinstance(m, _MOVABLE)
@@ -146,7 +150,7 @@ class BlockSwap:
         j = i + step
         while 0 <= j < len(self.blocks) and j not in self.swapped:
             j += step
-        if 0 <= j < len(self.blocks):
+        if 0 <= j < len(self.blocks) and self.group[j] == self.group[i]:
             self._load(self.swapped[j])
 
     # -- hooks

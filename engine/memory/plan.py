@@ -119,13 +119,16 @@ def _context(config, preset: dict):
     counts = _parameter_counts(profile.transformer_class, json.dumps(profile.transformer_config, sort_keys=True),
                                targets, int(config.lora_rank))
     tokens = fam.token_layout(config.extended_num_frames, config.height, config.width).num_tokens * config.batch_size
-    return profile, counts, tokens
+    # A two-expert model keeps both on the GPU and trains a LoRA on those named; a step runs one of them.
+    loaded, trained = fam.expert_counts(config.lora_experts)
+    total, cast, lora, moved, moved_cast = counts
+    return profile, (total * loaded, cast * loaded, lora * trained, moved, moved_cast), tokens, (loaded, trained)
 
 
 def estimate(config, preset: dict, fp8_base: bool, offload_activations: bool, ffn_chunks: int,
              processes: int = 1, block_swap: int = 0) -> Estimate:
     """The predicted peak of one training step of `config` with these options, per GPU of `processes`."""
-    profile, (total, cast, lora, moved, moved_cast), tokens = _context(config, preset)
+    profile, (total, cast, lora, moved, moved_cast), tokens, (loaded, _) = _context(config, preset)
     tokens = tokens / max(1, int(config.context_parallel))
     shards = max(1, int(processes)) if config.fsdp else 1
     block_input = tokens * profile.width * 2
@@ -140,7 +143,7 @@ def estimate(config, preset: dict, fp8_base: bool, offload_activations: bool, ff
                                + profile.bytes_per_token_ffn * profile.ffn_width / ffn_chunks) / GIB,
     }
     if config.fsdp:  # measured at one process too: +0.3 GiB (1.3B), +1.8 GiB (14B), docs/BENCHMARKS.md run 19
-        parts["gathered_blocks"] = 2 * (total * 2 + lora * 4) / profile.layers / GIB
+        parts["gathered_blocks"] = 2 * (total * 2 + lora * 4) / (profile.layers * loaded) / GIB
     block_bytes = moved * 2 - (moved_cast if fp8_base else 0)  # one block's swappable weights as stored
     if block_swap:
         parts["weights"] -= (block_swap - min(block_swap, IN_FLIGHT_SWAPPED)) * block_bytes / GIB
@@ -166,7 +169,8 @@ def plan(config, preset: dict, gpu_memory_gb: float, host_memory_gb: float | Non
     (and `host_memory_gb` of free host memory, when given); None when none does. `processes`: the
     launched processes (one GPU each); `processes_per_host` of them (default: all) share the host memory."""
     processes = _check_processes(config, processes)
-    layers = _context(config, preset)[0].layers
+    profile, _, _, (_, trained) = _context(config, preset)
+    layers = profile.layers * trained  # the blocks of the trained denoiser (both experts of a two-expert model)
     combos = [c for c in COMBINATIONS if not (config.fsdp and (c[0] or c[3]))]  # the config refuses those pairs
     rows = [estimate(config, preset, *combo[:3], processes=processes, block_swap=layers if combo[3] else 0)
             for combo in combos]

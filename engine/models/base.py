@@ -235,6 +235,10 @@ class ModelFamily:
             raise InputError(f"model family '{self.name}' has one transformer, so lora_experts must be null "
                              f"(it picks the experts of a two-expert model), not {experts!r}.")
 
+    def expert_counts(self, experts: str | None = None) -> tuple[int, int]:
+        """(transformers a training run keeps on the GPU, those its LoRA trains): the memory plan counts them."""
+        return 1, 1
+
     def noise_range(self, experts: str | None = None) -> tuple[float, float]:
         """The noise levels [lo, hi) the denoiser of `experts` serves (training draws its levels there)."""
         return (0.0, 1.0)

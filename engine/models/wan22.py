@@ -98,6 +98,10 @@ class Wan22Family(WanFamily):
             raise InputError(f"lora_experts={experts!r}: model family '{self.name}' has the experts "
                              f"{list(self.experts)}; choose 'high', 'low', 'both' (or null: both).")
 
+    def expert_counts(self, experts=None) -> tuple[int, int]:
+        # Both experts stay loaded (the validation samples run the whole noise range); the LoRA is on the named ones.
+        return len(self.experts), len(self._names(experts))
+
     def noise_range(self, experts=None) -> tuple[float, float]:
         names = self._names(experts)
         if names == self.experts:

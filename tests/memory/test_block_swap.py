@@ -135,7 +135,7 @@ def test_block_swap_needs_checkpointing_and_not_fsdp():
                            use_gradient_checkpointing=True)
     with pytest.raises(ConfigError, match="'block_swap'"):
         config_from_preset("tiny-wan", data_dir="-", output_dir="-", block_swap=-1)
-    with pytest.raises(ConfigError, match=r"'block_swap'=9: the model has 4 blocks"):
+    with pytest.raises(ConfigError, match=r"'block_swap'=9: the trained model has 4 blocks"):
         config_from_preset("tiny-wan", data_dir="-", output_dir="-", block_swap=9, use_gradient_checkpointing=True)
 
 
@@ -158,3 +158,24 @@ def test_a_run_with_block_swap_trains_as_one_without(tmp_path):
     assert main([*common, "--output_dir", str(tmp_path / "swap"), "--block_swap", "3"]) == 0
     assert json.loads((tmp_path / "swap" / "config.json").read_text())["block_swap"] == 3
     assert losses("swap") == losses("plain") and len(losses("plain")) >= 3
+
+
+def test_prefetching_stays_within_one_experts_blocks():
+    """A two-expert denoiser runs one expert per forward: the last high-noise block must not fetch the low one's first."""
+    from engine.models import family
+    from engine.presets import load_preset
+
+    preset = load_preset("tiny-wan2.2-a14b")
+    fam = family(preset)
+    pair = fam.denoiser(fam.load_pipeline(preset)).requires_grad_(False)  # a pipeline of its own: frozen here
+    swap = enable_block_swap(pair, 8)  # every block of both experts (4 each)
+    try:
+        assert sorted(swap.swapped) == list(range(8))
+        gen = torch.Generator().manual_seed(0)
+        x, text = torch.randn(1, 16, 3, 8, 8, generator=gen), torch.randn(1, 8, 32, generator=gen)
+        for level, name in ((950.0, "high"), (100.0, "low")):
+            with torch.no_grad():
+                pair(hidden_states=x, timestep=torch.tensor([level]), encoder_hidden_states=text, return_dict=False)
+            assert swap.loaded() == [], name  # nothing left loaded for a block that did not run
+    finally:
+        swap.remove()

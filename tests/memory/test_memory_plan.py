@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from engine.config import config_from_preset
-from engine.errors import InputError
+from engine.errors import ConfigError, InputError
 from engine.memory.plan import apply_plan, estimate, plan
 
 RUNS = Path(__file__).resolve().parents[2] / "docs" / "bench_runs"
@@ -151,3 +151,24 @@ def test_a_request_that_cannot_fit_is_refused_before_anything_is_queued(tmp_path
     assert not (tmp_path / "runs").exists() or not [p for p in (tmp_path / "runs").iterdir() if p.name[0] not in "._"]
     shown = memory_estimate("wan2.1-t2v-14b", {"fp8_base": True, "offload_activations": True, "ffn_chunks": 8})
     assert shown["options"] == "fp8_base + offload_activations + ffn_chunks 8" and 70 < shown["peak_gib"] < 73
+
+
+def test_a_two_expert_model_counts_both_experts_and_swaps_the_blocks_of_those_trained():
+    one = _config("wan2.1-t2v-14b")
+    alone = estimate(one, one.preset_dict(), False, False, 1).parts
+    both = _config("wan2.2-t2v-a14b", height=768, width=1280)
+    parts = estimate(both, both.preset_dict(), False, False, 1).parts
+    # Each A14B expert is the Wan2.1 14B architecture: both stay loaded, each with its LoRA.
+    assert parts["weights"] == pytest.approx(2 * alone["weights"])
+    assert parts["lora_state"] == pytest.approx(2 * alone["lora_state"])
+    assert parts["recompute"] == pytest.approx(alone["recompute"])  # a step runs one expert
+    high = _config("wan2.2-t2v-a14b", height=768, width=1280, lora_experts="high", validation_timesteps=[0.9])
+    high_parts = estimate(high, high.preset_dict(), False, False, 1).parts
+    assert high_parts["lora_state"] == pytest.approx(alone["lora_state"])
+    # Swapping covers the trained denoiser's blocks: 80 for both experts, 40 for one.
+    rows, chosen = plan(both, both.preset_dict(), 76)
+    assert max(r.block_swap for r in rows) == 80 and chosen.block_swap > 40 and chosen.peak_gib <= 76
+    assert max(r.block_swap for r in plan(high, high.preset_dict(), 76)[0]) == 40
+    _config("wan2.2-t2v-a14b", block_swap=80)
+    with pytest.raises(ConfigError, match=r"'block_swap'=41: the trained model has 40 blocks"):
+        _config("wan2.2-t2v-a14b", lora_experts="low", validation_timesteps=[0.5], block_swap=41)

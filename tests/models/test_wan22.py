@@ -350,3 +350,22 @@ def test_a14b_sigkill_then_resume_equals_an_uninterrupted_run(data, tmp_path):
         a, b = load_file(str(killed / "final" / file)), load_file(str(tmp_path / "whole" / "final" / file))
         assert a.keys() == b.keys() and a
         assert all(torch.equal(a[k], b[k]) for k in a), file
+
+
+def test_a14b_memory_options_train_both_experts_as_without(data, tmp_path):
+    """fp8-free exact options on the two-expert denoiser: swapped blocks, offloaded inputs, sliced feed-forwards."""
+    common = ["train", "--preset", A14B, "--data_dir", str(data[A14B]), "--max_steps", "2", "--validation_steps", "2",
+              "--checkpointing_steps", "100", "--sample_steps", "0", "--seed", "0", "--lora_dropout", "0",
+              "--use_gradient_checkpointing", "true", "--quiet"]
+
+    def losses(run):
+        events = [json.loads(line) for line in (tmp_path / run / "events.jsonl").read_text().splitlines()]
+        return [(e["type"], e.get("loss")) for e in events if e["type"] in ("train", "validation")]
+
+    _cli(*common, "--output_dir", str(tmp_path / "plain"))
+    _cli(*common, "--output_dir", str(tmp_path / "options"), "--block_swap", "3", "--ffn_chunks", "2",
+         "--offload_activations", "true")
+    assert losses("options") == losses("plain") and len(losses("plain")) >= 3
+    for file in (HIGH, LOW):
+        a, b = (load_file(str(tmp_path / run / "final" / file)) for run in ("plain", "options"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), file
