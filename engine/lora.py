@@ -133,6 +133,7 @@ def _sort_file(path: Path) -> None:
 def to_comfy_state_dict(state: dict[str, torch.Tensor], alpha: float, family) -> tuple[dict[str, torch.Tensor], list[str]]:
     """(ComfyUI-named weights with an `.alpha` per module, the modules that have no ComfyUI name)."""
     out, skipped = {}, set()
+    state = family.comfy_state(state)
     for key in sorted(state):
         name = family.comfy_key(key)
         if name is None:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .mask import radial_block_mask
 
-__all__ = ["radial_attention", "available_backends", "BACKENDS", "cached_block_mask"]
+__all__ = ["radial_attention", "radial_attention_lse", "available_backends", "BACKENDS", "cached_block_mask"]
 
 BACKENDS = ("triton", "flex", "reference", "dense")
 
@@ -181,3 +181,57 @@ def radial_attention(
     fn = _compiled_flex() if q.device.type == "cuda" and not os.environ.get("RADIAL_FLEX_EAGER") else flex_attention
     out = fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=bm)
     return out.transpose(1, 2)
+
+
+def _masked_attention_lse(q, k, v, token_mask=None):
+    """(out [B, S, H, D], lse [B, H, S] float32): softmax attention in float32 PyTorch, autograd through both."""
+    scale = 1.0 / q.shape[-1] ** 0.5
+    scores = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) * scale
+    if token_mask is not None:
+        scores = scores.masked_fill(~token_mask, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    out = torch.einsum("bhqk,bkhd->bqhd", torch.exp(scores - lse[..., None]), v.float())
+    return out.to(q.dtype), lse
+
+
+def radial_attention_lse(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    num_frames: int,
+    tokens_per_frame: int,
+    decay_factor: float = 1.0,
+    block_size: int = 128,
+    sink: bool = True,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`radial_attention` plus the row log-sum-exp of the scaled scores, ``[B, H, S]`` float32
+    (natural log), differentiable, for an exact merge with attention over other keys.
+
+    Backends: "triton" (the kernel's own LSE) and "reference" / "dense" (float32 PyTorch, the
+    same maths; memory grows as S^2). "flex" is not offered here.
+    """
+    if backend is None:
+        backend = "triton" if q.device.type == "cuda" else "reference"
+    if backend not in ("triton", "reference", "dense"):
+        raise ValueError(f"attention backend {backend!r} has no log-sum-exp output (needed to merge radial video "
+                         "attention with text attention); use 'triton', 'reference' or 'dense'")
+    S = q.shape[1]
+    if S != num_frames * tokens_per_frame:
+        raise ValueError(
+            f"sequence length mismatch: q has S={S} tokens but num_frames*tokens_per_frame = "
+            f"{num_frames}*{tokens_per_frame} = {num_frames * tokens_per_frame}"
+        )
+    if backend == "dense":
+        return _masked_attention_lse(q, k, v)
+    geom = _geometry(num_frames, tokens_per_frame, block_size, decay_factor, sink)
+    dev = str(q.device)
+    if backend == "triton":
+        from .triton_radial import radial_attention_triton_lse, triton_usable
+
+        ok, why = triton_usable(q.device)
+        if not ok:
+            raise RuntimeError(why)
+        return radial_attention_triton_lse(q, k, v, _block_mask(geom, dev), block_size, cache_key=geom)
+    return _masked_attention_lse(q, k, v, _token_mask(geom, dev))

@@ -53,9 +53,10 @@ except Exception:  # pragma: no cover - triton missing
     tl = None
     HAS_TRITON = False
 
-__all__ = ["radial_attention_triton", "CONFIGS", "HAS_TRITON", "triton_usable"]
+__all__ = ["radial_attention_triton", "radial_attention_triton_lse", "CONFIGS", "HAS_TRITON", "triton_usable"]
 
 _LOG2E = 1.4426950408889634
+_LN2 = 0.6931471805599453
 
 # Per pass: tile sizes (capped at the mask block size), warps, pipeline stages.
 # WS=True: use the warp-specialised kernel of that pass where _ws_ok allows (its own config below,
@@ -671,7 +672,9 @@ def _fwd(q, k, v, plan: _Plan, sm_scale: float):
     return o, lse
 
 
-def _bwd(do, q, k, v, o, lse, plan: _Plan, sm_scale: float):
+def _bwd(do, q, k, v, o, lse, plan: _Plan, sm_scale: float, dlse=None):
+    """dlse (optional, [B, H, S], on the natural-log LSE): with dS = P * (dP - delta) and
+    d lse_i / d S_ij = P_ij, a gradient on the LSE only shifts delta to delta - dlse."""
     B, S, H, D = q.shape
     if do.stride(-1) != 1:
         do = do.contiguous()
@@ -683,6 +686,8 @@ def _bwd(do, q, k, v, o, lse, plan: _Plan, sm_scale: float):
         o, do, delta, *_strides(o), *_strides(do), H, S, SL,
         HEAD_DIM=D, BLOCK_M=pre_bm, num_warps=pre["num_warps"],
     )
+    if dlse is not None:
+        delta[:, :S] -= dlse.reshape(B * H, S).to(torch.float32)
     dq = _new((B, S, H, D), q.dtype, q.device)
     dk = _new((B, S, H, D), k.dtype, q.device)
     dv = _new((B, S, H, D), v.dtype, q.device)
@@ -755,22 +760,8 @@ class _RadialAttnFn(torch.autograd.Function):
 _SUPPORTED_D = (16, 32, 64, 128)
 
 
-def radial_attention_triton(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    block_mask: torch.Tensor,
-    block_size: int,
-    *,
-    sm_scale: float | None = None,
-    cache_key=None,
-) -> torch.Tensor:
-    """Block-sparse attention, ``[B, S, H, D]`` in and out, with autograd.
-
-    ``block_mask``: bool ``(n, n)``, ``n = ceil(S / block_size)``. ``cache_key``
-    (hashable geometry description) caches the tile lists; without it they are
-    rebuilt on every call (fine for tests, not for a sampler loop).
-    """
+def _prepare(q, k, v, block_mask, block_size, sm_scale, cache_key):
+    """Checked inputs (unit last stride), the geometry plan and the scale, for both entry points."""
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(f"q, k, v must all be [B, S, H, D] of one shape, got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
@@ -789,4 +780,67 @@ def radial_attention_triton(
     # Keep the caller's strides; only a non-unit last stride forces a copy.
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     plan = _Plan(block_mask, block_size, S, q.device, cache_key)
-    return _RadialAttnFn.apply(q, k, v, plan, float(sm_scale))
+    return q, k, v, plan, float(sm_scale)
+
+
+def radial_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    block_mask: torch.Tensor,
+    block_size: int,
+    *,
+    sm_scale: float | None = None,
+    cache_key=None,
+) -> torch.Tensor:
+    """Block-sparse attention, ``[B, S, H, D]`` in and out, with autograd.
+
+    ``block_mask``: bool ``(n, n)``, ``n = ceil(S / block_size)``. ``cache_key``
+    (hashable geometry description) caches the tile lists; without it they are
+    rebuilt on every call (fine for tests, not for a sampler loop).
+    """
+    q, k, v, plan, sm_scale = _prepare(q, k, v, block_mask, block_size, sm_scale, cache_key)
+    return _RadialAttnFn.apply(q, k, v, plan, sm_scale)
+
+
+class _RadialAttnLseFn(torch.autograd.Function):
+    """Like _RadialAttnFn, also returning the row LSE (natural log) with a gradient (see _bwd)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, plan, sm_scale):
+        o, lse2 = _fwd(q, k, v, plan, sm_scale)
+        ctx.save_for_backward(q, k, v, o, lse2)
+        ctx.plan = plan
+        ctx.sm_scale = sm_scale
+        ctx.set_materialize_grads(False)
+        B, S, H, _ = q.shape
+        # the kernels keep log2 of the scaled scores' exp-sum: ln = log2 * ln 2
+        lse = lse2[:, :S].reshape(B, H, S) * _LN2
+        return o, lse
+
+    @staticmethod
+    def backward(ctx, do, dlse):
+        q, k, v, o, lse2 = ctx.saved_tensors
+        if do is None and dlse is None:
+            return None, None, None, None, None
+        if do is None:
+            do = torch.zeros_like(o)
+        dq, dk, dv = _bwd(do, q, k, v, o, lse2, ctx.plan, ctx.sm_scale, dlse)
+        return dq, dk, dv, None, None
+
+
+def radial_attention_triton_lse(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    block_mask: torch.Tensor,
+    block_size: int,
+    *,
+    sm_scale: float | None = None,
+    cache_key=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``radial_attention_triton`` that also returns the row log-sum-exp of the scaled scores,
+    ``[B, H, S]`` float32 (natural log), differentiable: what an exact merge with another attention
+    over other keys needs (``engine.attention.joint``)."""
+    q, k, v, plan, sm_scale = _prepare(q, k, v, block_mask, block_size, sm_scale, cache_key)
+    return _RadialAttnLseFn.apply(q, k, v, plan, sm_scale)

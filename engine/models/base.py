@@ -412,6 +412,11 @@ class ModelFamily:
         None when ComfyUI has no module of that name (the key is skipped and reported)."""
         return None
 
+    def comfy_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The LoRA weights the ComfyUI export renames (`comfy_key`); a family whose original checkpoint fuses
+        layers (q/k/v in one Linear) merges their LoRAs here. Default: unchanged."""
+        return state
+
     def comfy_alpha(self, comfy_module: str) -> bool:
         """Whether the export gives this module an `.alpha` (else its scale is folded into the up weights)."""
         return True

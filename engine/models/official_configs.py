@@ -19,6 +19,14 @@ OFFICIAL = {
     # channels in and out (the Wan2.2 VAE's z_dim).
     "Wan-AI/Wan2.2-TI2V-5B-Diffusers": {**_WAN, "num_attention_heads": 24, "ffn_dim": 14336, "num_layers": 30,
                                         "in_channels": 48, "out_channels": 48},
+    # hunyuanvideo-community/HunyuanVideo transformer/config.json (diffusers' HunyuanVideoTransformer3DModel defaults,
+    # which its docstring gives as the tencent/HunyuanVideo model): 24 heads x 128 = 3072 wide, 20 double-stream and
+    # 40 single-stream blocks, LLaMA 4096-d text states, CLIP-L 768-d pooled vector, embedded guidance.
+    "hunyuanvideo-community/HunyuanVideo": {
+        "in_channels": 16, "out_channels": 16, "num_attention_heads": 24, "attention_head_dim": 128, "num_layers": 20,
+        "num_single_layers": 40, "num_refiner_layers": 2, "mlp_ratio": 4.0, "patch_size": 2, "patch_size_t": 1,
+        "qk_norm": "rms_norm", "guidance_embeds": True, "text_embed_dim": 4096, "pooled_projection_dim": 768,
+        "rope_theta": 256.0, "rope_axes_dim": [16, 56, 56]},
 }
 
 # The Wan2.2 VAE (Wan-AI/Wan2.2-TI2V-5B-Diffusers vae/config.json; Wan2.2_VAE.pth converted by the script above):

@@ -20,6 +20,7 @@ FAMILY_MODULES = {
     "opensora2": "engine.models.opensora2",
     "wan22": "engine.models.wan22",
     "wan22_ti2v": "engine.models.wan22_ti2v",
+    "hunyuan": "engine.models.hunyuan",
 }
 DEFAULT_FAMILY = "wan"
 ENV_VAR = "RADIAL_STUDIO_FAMILIES"

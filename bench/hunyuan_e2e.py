@@ -1,0 +1,195 @@
+"""End-to-end GPU check and benchmark: radial joint attention inside a HunyuanVideo transformer.
+
+Random weights at the official config (engine/models/official_configs.py, hunyuanvideo-community/HunyuanVideo:
+20 double + 40 single blocks, 3072 wide; no download), bf16, 720x1280 (3600 tokens per latent frame),
+256 text tokens of which 64 are valid (the rest padding, masked as the pipeline masks them). In one run:
+  1. correctness at a short length: our processors with every layer dense reproduce stock diffusers; radial
+     (Triton kernel + LSE merge with the dense text parts) is finite and differs from dense;
+  2. timings (CUDA events, median): one transformer forward and one LoRA training step (rank 64 on the
+     attention projections, gradient checkpointing, forward + backward), dense SDPA vs radial (Triton,
+     dense_layers=2, decay 1.0, block 128, no sink), at 129 frames (33 latent) and 4x: 513 frames (129 latent);
+     peak memory per row. A row that runs out of memory is recorded as such (4x training at 720p needs
+     the memory options: ~460k tokens x 60 checkpointed block inputs).
+Prints a table last; writes JSON to --out (default $OUT).
+
+    python3 bench/hunyuan_e2e.py --out $OUT                      # forward at 129 and 513, training at 129
+    python3 bench/hunyuan_e2e.py --frames 129 --train_frames 129  # the short rows only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from cuda_timing import event_median_ms  # bench/, the script's folder
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SOURCE = "hunyuanvideo-community/HunyuanVideo"
+TEXT_TOKENS, VALID_TEXT = 256, 64
+
+
+def cuda_time(fn, reps: int) -> float:
+    fn()
+    torch.cuda.synchronize()
+    return event_median_ms(fn, reps)
+
+
+def rel(a, b) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def measured(row: dict, name: str, fn, reps: int) -> None:
+    """row[name + '_ms'] and row[name + '_peak_gib'], or row[name] = 'oom'."""
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    try:
+        row[f"{name}_ms"] = cuda_time(fn, reps)
+        row[f"{name}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    except torch.cuda.OutOfMemoryError:
+        row[name] = "oom"
+        torch.cuda.empty_cache()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    parser.add_argument("--frames", default="129,513", help="pixel frames of the forward rows")
+    parser.add_argument("--train_frames", default="129", help="pixel frames of the LoRA-step rows ('' for none)")
+    parser.add_argument("--height", type=int, default=720)
+    parser.add_argument("--width", type=int, default=1280)
+    parser.add_argument("--reps", type=int, default=2)
+    args = parser.parse_args()
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    from engine.attention.processor import (
+        install_radial_attention,
+        remove_radial_attention,
+        tag_family,
+    )
+    from engine.attention.schedule import AttentionSettings
+    from engine.lora import add_lora
+    from engine.models.hunyuan import FAMILY
+    from engine.models.official_configs import official_config
+
+    cfg = official_config(SOURCE)
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    t0 = time.time()
+    torch.set_default_dtype(torch.bfloat16)  # build in bf16: no 52 GB float32 copy first
+    with dev:
+        model = HunyuanVideoTransformer3DModel(**cfg).eval()
+    torch.set_default_dtype(torch.float32)
+    tag_family(model, FAMILY)  # built here, not by the family's loader
+    layers = cfg["num_layers"] + cfg["num_single_layers"]
+    print(f"built HunyuanVideo transformer in {time.time() - t0:.1f} s; {torch.cuda.get_device_name()}", flush=True)
+    radial = AttentionSettings(pattern="radial", dense_layers=2, dense_timesteps=2, decay_factor=1.0, block_size=128,
+                               backend="triton")
+    text = torch.randn(1, TEXT_TOKENS, cfg["text_embed_dim"], device=dev, dtype=torch.bfloat16)
+    mask = torch.zeros(1, TEXT_TOKENS, device=dev, dtype=torch.bfloat16)
+    mask[:, :VALID_TEXT] = 1
+    pooled = torch.randn(1, cfg["pooled_projection_dim"], device=dev, dtype=torch.bfloat16)
+    t = torch.tensor([700.0], device=dev)
+    guidance = torch.tensor([6000.0], device=dev, dtype=torch.bfloat16)
+    lh, lw = args.height // 8, args.width // 8
+
+    def forward(latents):
+        return model(hidden_states=latents, timestep=t, encoder_hidden_states=text, encoder_attention_mask=mask,
+                     pooled_projections=pooled, guidance=guidance, return_dict=False)[0]
+
+    def latents_for(frames):
+        return torch.randn(1, cfg["in_channels"], FAMILY.latent_frames(frames), lh, lw, device=dev, dtype=torch.bfloat16)
+
+    # ---- correctness at 33 frames (9 latent frames)
+    checks = {}
+    latents = latents_for(33)
+    with torch.no_grad():
+        remove_radial_attention(model)
+        stock = forward(latents)
+        install_radial_attention(model, AttentionSettings(pattern="radial", dense_layers=layers))
+        ours_dense = forward(latents)
+        install_radial_attention(model, radial).training = True  # past the dense timesteps
+        ours_radial = forward(latents)
+    checks["all_dense_processor_vs_stock_rel"] = rel(ours_dense, stock)
+    checks["radial_vs_dense_rel"] = rel(ours_radial, stock)
+    checks["radial_finite"] = bool(torch.isfinite(ours_radial).all())
+    print("checks:", json.dumps(checks), flush=True)
+    assert checks["all_dense_processor_vs_stock_rel"] < 2e-2 and checks["radial_finite"], checks
+
+    # ---- forward rows
+    results = {}
+    for frames in [int(f) for f in args.frames.split(",") if f]:
+        latents = latents_for(frames)
+        row = results.setdefault(frames, {"frames": frames, "latent_frames": latents.shape[2],
+                                          "tokens": latents.shape[2] * (lh // 2) * (lw // 2)})
+        with torch.no_grad():
+            remove_radial_attention(model)
+            measured(row, "fwd_dense", lambda: forward(latents), args.reps)
+            install_radial_attention(model, radial).training = True
+            measured(row, "fwd_radial", lambda: forward(latents), args.reps)
+        print(json.dumps(row), flush=True)
+
+    # ---- LoRA training step
+    train_frames = [int(f) for f in args.train_frames.split(",") if f]
+    if train_frames:
+        add_lora(model, 64, 64, 0.0, list(FAMILY.lora_targets), seed=0)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+        model.enable_gradient_checkpointing()
+        model.train()
+    for frames in train_frames:
+        latents = latents_for(frames)
+        row = results.setdefault(frames, {"frames": frames, "latent_frames": latents.shape[2],
+                                          "tokens": latents.shape[2] * (lh // 2) * (lw // 2)})
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = forward(latents)
+            out.float().square().mean().backward()
+
+        for name, settings in (("dense", None), ("radial", radial)):
+            if settings is None:
+                remove_radial_attention(model)
+            else:
+                install_radial_attention(model, settings).training = True
+            measured(row, f"train_{name}", step, max(1, args.reps - 1))
+        grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n and "single_transformer_blocks.5.attn.to_q" in n]
+        checks[f"lora_grads_finite_nonzero_{frames}"] = bool(
+            grads and all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads))
+        print(json.dumps(row), flush=True)
+
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    rows = [results[k] for k in sorted(results)]
+    (Path(args.out) / "hunyuan_e2e.json").write_text(json.dumps({"checks": checks, "height": args.height,
+                                                                 "width": args.width, "results": rows}, indent=2))
+
+    def cell(r, name, unit="ms"):
+        if r.get(name) == "oom":
+            return "OOM"
+        value = r.get(f"{name}_{unit}")
+        return "-" if value is None else (f"{value:.0f}" if unit == "ms" else f"{value:.1f}")
+
+    def speedup(r, kind):
+        a, b = r.get(f"{kind}_dense_ms"), r.get(f"{kind}_radial_ms")
+        return f"{a / b:.2f}x" if a and b else "-"
+
+    print("\n| frames | latent frames | tokens | fwd dense ms | fwd radial ms | fwd speed-up | fwd peak GiB dense / radial "
+          "| train dense ms | train radial ms | train speed-up | train peak GiB dense / radial |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['frames']} | {r['latent_frames']} | {r['tokens']} | {cell(r, 'fwd_dense')} | {cell(r, 'fwd_radial')} | "
+              f"{speedup(r, 'fwd')} | {cell(r, 'fwd_dense', 'peak_gib')} / {cell(r, 'fwd_radial', 'peak_gib')} | "
+              f"{cell(r, 'train_dense')} | {cell(r, 'train_radial')} | {speedup(r, 'train')} | "
+              f"{cell(r, 'train_dense', 'peak_gib')} / {cell(r, 'train_radial', 'peak_gib')} |")
+    print("checks:", json.dumps(checks))
+
+
+if __name__ == "__main__":
+    main()
