@@ -1,7 +1,7 @@
 """The length-extension training config: preset defaults + a JSON config + overrides, checked once.
 
-`TrainConfig` has one field per setting of engine.settings (LORA, ATTENTION, TRAINING, RUN, MEMORY) plus
-where the run reads and writes; defaults and checks come from there. Field names follow the
+`TrainConfig` has one field per setting of engine.settings (LORA, ATTENTION, TRAINING, RUN, MEMORY, DATASET)
+plus where the run reads and writes; defaults and checks come from there. Field names follow the
 seed configuration (`lora_rank`, `base_num_frames`, `pattern`, ...), and the original JSON
 config format (`--config`) is accepted as is: its `model_id` selects the weights (Hub id or
 folder) on top of the preset. A run's folder holds its config as `config.json`, which the
@@ -22,17 +22,21 @@ from pathlib import Path
 from .errors import ConfigError, InputError
 from .models import family
 from .presets import DEFAULT_PRESET, check_capable, load_preset, validate_preset
-from .settings import ATTENTION, LORA, MEMORY, RUN, STR, TRAINING, Setting, read_json_file
+from .settings import ATTENTION, DATASET, LORA, MEMORY, RUN, STR, TRAINING, Setting, read_json_file
 
 # The attention backend is `attention_backend` in a training config, `backend` in a preset.
 _ATTENTION_FIELDS = {("attention_backend" if k == "backend" else k): s for k, s in ATTENTION.items()}
 WHERE = {
     "preset": Setting(STR, DEFAULT_PRESET, "the preset (model and recipe)"),
     "model_id": Setting(STR, None, "weights (Hub id or folder) instead of the preset's source", optional=True),
-    "data_dir": Setting(STR, "", "dataset folder (metadata.json + videos/)"),
+    "data_dir": Setting(STR, "", "dataset folder (metadata.json + videos/, or videos with captions)"),
     "output_dir": Setting(STR, "", "the run folder"),
 }
-FIELDS: dict[str, Setting] = {**WHERE, **LORA, **_ATTENTION_FIELDS, **TRAINING, **RUN, **MEMORY}
+# The dataset options (engine.settings.DATASET) as run overrides: null takes the data folder's dataset.toml.
+DATASET_OVERRIDES = {name: dataclasses.replace(s, default=None, optional=True,
+                                               help=f"{s.help} (null: the data folder's dataset.toml, else {s.default})")
+                     for name, s in DATASET.items()}
+FIELDS: dict[str, Setting] = {**WHERE, **LORA, **_ATTENTION_FIELDS, **TRAINING, **RUN, **MEMORY, **DATASET_OVERRIDES}
 # Fields that may differ between a run and its resume.
 RESUMABLE_CHANGES = ("output_dir", "max_steps", "num_epochs", "validation_steps", "sample_steps",
                      "gradient_accumulation_steps",  # keeps the batch per step when the number of processes changes

@@ -221,6 +221,20 @@ MEMORY = {
                              lo=0, lo_open=True, hi=100_000, optional=True),
 }
 
+FRAME_EXTRACTION = ("head", "chunk", "slide", "uniform")
+# A dataset folder's own options (its dataset.toml, engine.data.dataset_config); a training run may override each
+# (engine.config: the same names, null there meaning "the folder's"). Names follow musubi-tuner's dataset config.
+DATASET = {
+    "enable_bucket": Setting(BOOL, True, "resize each clip to the aspect-ratio bucket nearest its own, all of about "
+                             "the run's height x width pixels (false: every clip resized and centre-cropped to the "
+                             "run's height x width)"),
+    "frame_extraction": Setting(STR, "head", "which windows of extended_num_frames frames a clip gives: head (the "
+                                "first), chunk (consecutive, non-overlapping), slide (one every frame_stride frames), "
+                                "uniform (frame_sample windows spread evenly over the clip)", choices=FRAME_EXTRACTION),
+    "frame_stride": Setting(INT, 1, "slide: frames between the starts of two windows", lo=1, hi=100_000),
+    "frame_sample": Setting(INT, 1, "uniform: windows taken from each clip", lo=1, hi=10_000),
+}
+
 TTA_OBJECTIVES = ("diffusion", "continuation")
 TTA_SAMPLERS = ("scheduler", "euler")
 # Preset `tta` section: test-time adaptation defaults (the CLI, the app and the API take them).

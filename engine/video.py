@@ -159,19 +159,23 @@ def resize_center_crop(frames: np.ndarray, height: int, width: int) -> np.ndarra
 
 
 def read_mp4(path: str | os.PathLike, max_frames: int | None = None,
-             size: Callable[[int, int], tuple[int, int]] | None = None) -> tuple[np.ndarray, float]:
+             size: Callable[[int, int], tuple[int, int]] | None = None, skip: int = 0) -> tuple[np.ndarray, float]:
     """Decode every frame (or the first `max_frames`) -> (uint8 [F, H, W, 3], fps). InputError if unreadable.
 
     `size(height, width) -> (h, w)`: resize + centre-crop each frame as it arrives, so memory holds one
-    source frame, not the whole source clip (a 4K upload stays small).
+    source frame, not the whole source clip (a 4K upload stays small). `skip`: frames dropped first (a window
+    later in the clip); they are decoded, never kept.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"video file '{path}' does not exist.")
     fps, stream, close = frame_stream(path)
-    out, target = [], None
+    out, target, seen = [], None, 0
     try:
         for frame in stream:
+            seen += 1
+            if seen <= skip:
+                continue
             if size is not None:
                 target = target or size(*frame.shape[:2])
                 frame = resize_center_crop(frame[None], *target)[0]
@@ -186,7 +190,7 @@ def read_mp4(path: str | os.PathLike, max_frames: int | None = None,
     finally:
         close()
     if not out:
-        raise InputError(f"video file '{path}' has no frames.")
+        raise InputError(f"video file '{path}' has no frames" + (f" after its first {skip}." if skip else "."))
     return np.stack(out), fps
 
 

@@ -15,7 +15,7 @@ def test_a_one_clip_dataset_is_refused_in_the_request(tmp_path, monkeypatch):
     monkeypatch.setenv("RADIAL_STUDIO_DATA_ROOT", str(data_root))
     monkeypatch.setenv("RADIAL_STUDIO_RUNS", str(runs))
     create_synthetic_dataset(data_root / "one", 1, seed=0)
-    with pytest.raises(InputError, match=r"has 1 clip\(s\); need more than num_validation_clips=1"):
+    with pytest.raises(InputError, match=r"has 1 usable clip\(s\); need more than num_validation_clips=1"):
         start_training("tiny-wan", "folder", folder="one")
     assert not [p for p in runs.iterdir() if not p.name.startswith(("_", "."))]  # nothing queued
     assert not list((runs / "_datasets").iterdir()) if (runs / "_datasets").exists() else True

@@ -32,6 +32,10 @@ def job_status_markdown(status: dict, title: str) -> str:
         shown = status["skipped_uploads"]
         line += (f"\n\n**{len(shown)} upload(s) left out of the dataset:** " + "; ".join(shown[:8])
                  + (" ..." if len(shown) > 8 else ""))
+    if status.get("skipped_clips"):
+        shown = status["skipped_clips"]
+        line += (f"\n\n**{len(shown)} clip(s) of the data folder left out:** " + "; ".join(shown[:8])
+                 + (" ..." if len(shown) > 8 else ""))
     if status.get("log_tail"):
         line += f"\n\n```\n{status['log_tail']}\n```"
     return line

@@ -115,7 +115,10 @@ def cmd_train(args) -> int:
     finally:
         bar.close()
     if status:
-        print(json.dumps({k: status.get(k) for k in ("state", "step", "total_steps", "best_val_loss", "error")}))
+        summary = {k: status.get(k) for k in ("state", "step", "total_steps", "best_val_loss", "error")}
+        if status.get("skipped_clips"):  # clips of the data folder left out, each with its reason
+            summary["skipped_clips"] = status["skipped_clips"]
+        print(json.dumps(summary))
     return 0 if status.get("state", "finished") in ("finished", "stopped") else 1
 
 

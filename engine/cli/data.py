@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
+from ..errors import InputError
 from ..presets import DEFAULT_PRESET
 
 
@@ -21,12 +23,18 @@ def cmd_data_create(args) -> int:
 
 
 def cmd_data_convert(args) -> int:
-    from ..data.dataset import convert_dataset
+    from ..data.dataset import REPORT_FILE, convert_dataset
 
     report = convert_dataset(args.input_dir, args.output_dir, preset=args.preset, task=args.task, fps=args.fps,
                              overwrite=args.overwrite)
     print(json.dumps(report.to_dict(), indent=2))
-    return 0 if report.kept else 1  # nothing usable is a failure the caller should see
+    if not report.kept:  # nothing usable is a failure the caller should see, with the reasons
+        try:
+            report.require_kept(f"in {args.input_dir}")
+        except InputError as err:
+            print(f"error: {err} No dataset was written (the reasons are in {REPORT_FILE}).", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_data_validate(args) -> int:

@@ -19,6 +19,9 @@ and captions in exactly one of these forms:
   - `captions.json`: a list of {"path": ..., "caption": ...}.
 Paths in the CSV/JSON are relative to the input folder (absolute paths work too). With a
 captions file, videos it does not list are skipped as "missing caption".
+
+Training and TTA also read such a folder as it is, unconverted (engine.data.sources, samples;
+docs/datasets.md): clips of any size and length, bucketed and cut into frame windows per run.
 """
 
 from __future__ import annotations
@@ -194,8 +197,8 @@ class _Skip(Exception):
     """A source file is not usable; the message is the reason in the report."""
 
 
-def _caption_pairs(input_dir: Path, within: Path | None = None) -> tuple[list[tuple[str, Path, str | None]],
-                                                                         list[tuple[str, str]], str | None]:
+def caption_pairs(input_dir: Path, within: Path | None = None) -> tuple[list[tuple[str, Path, str | None]],
+                                                                        list[tuple[str, str]], str | None]:
     """(label, video path, caption or None) for every candidate, rows already known to be bad, the caption file.
     With `within`, a video or caption that resolves outside that folder is a bad row (never read)."""
     present = [name for name in CAPTION_FILES if (input_dir / name).is_file()]
@@ -238,6 +241,18 @@ def _caption_pairs(input_dir: Path, within: Path | None = None) -> tuple[list[tu
     if not pairs and not bad:
         raise InputError(f"{input_dir / present[0]} lists no videos; add rows with a path and a caption.")
     return pairs, bad, present[0]
+
+
+def caption_problem(caption: str | None, video: Path, caption_file: str | None) -> str | None:
+    """Why a video's caption (from caption_pairs) is unusable, or None."""
+    if caption is None:
+        beside = f"add {video.with_suffix('.txt').name} beside it"
+        return f"missing caption ({f'add a row for it to {caption_file}' if caption_file else beside})"
+    if not caption.strip():
+        return "empty caption"
+    if "\ufffd" in caption or "\x00" in caption:  # read with errors="replace": invalid bytes show as U+FFFD
+        return "the caption is not valid UTF-8 text (or holds a NUL character); save it as UTF-8"
+    return None
 
 
 def _read_caption_file(path: Path) -> list[tuple[str, str | None]]:
@@ -324,7 +339,8 @@ def _read_resampled(path: Path, needed: int, target_fps: float | None) -> tuple[
     return np.stack([picked[i] for i in picks]), source_fps, picks
 
 
-def _safe_id(stem: str, taken: set[str]) -> str:
+def safe_id(stem: str, taken: set[str]) -> str:
+    """A video id from a file stem (unsafe characters to '_'), made unique among `taken` (which it joins)."""
     base = re.sub(r"[^A-Za-z0-9._\-]", "_", stem).lstrip(".") or "clip"
     video_id, n = base, 2
     while video_id in taken:
@@ -366,17 +382,13 @@ def convert_dataset(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
     out_fps = round(target_fps)  # write_mp4 takes whole frame rates
     report = ConvertReport(str(out), task, out_fps, size[0] if size else None, size[1] if size else None, frames)
     check_inside(within, input_dir, f"input folder '{input_dir.name}'")
-    pairs, report.skipped, caption_file = _caption_pairs(input_dir, within)
+    pairs, report.skipped, caption_file = caption_pairs(input_dir, within)
     entries, taken = [], set()
     for n, (label, path, caption) in enumerate(pairs, start=1):
         try:
-            if caption is None:
-                hint = f"add a row for it to {caption_file}" if caption_file else f"add {path.with_suffix('.txt').name} beside it"
-                raise _Skip(f"missing caption ({hint})")
-            if not caption.strip():
-                raise _Skip("empty caption")
-            if "\ufffd" in caption or "\x00" in caption:  # read with errors="replace": invalid bytes show as U+FFFD
-                raise _Skip("the caption is not valid UTF-8 text (or holds a NUL character); save it as UTF-8")
+            problem = caption_problem(caption, path, caption_file)
+            if problem:
+                raise _Skip(problem)
             clip, source_fps, _ = _read_resampled(path, frames, target_fps)
             h, w = clip.shape[1:3]
             height, width = size or tta_size(h, w, preset["tta"]["short_side"], multiple)
@@ -387,7 +399,7 @@ def convert_dataset(input_dir: str | os.PathLike, output_dir: str | os.PathLike,
                             f"{tta_min_short_side(preset['tta']['short_side'])} (preset field tta.short_side "
                             f"{preset['tta']['short_side']}, upscaled by at most {TTA_MAX_UPSCALE:g}x)")
             clip = resize_center_crop(clip, height, width)
-            video_id = _safe_id(path.stem, taken)
+            video_id = safe_id(path.stem, taken)
             write_mp4(clip, out / VIDEOS_DIR / f"{video_id}.mp4", fps=out_fps)
             entries.append({
                 "video_id": video_id, "prompt": caption.strip(), "negative_prompt": preset["generation"]["negative_prompt"],

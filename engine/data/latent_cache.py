@@ -1,8 +1,9 @@
 """Encode each training clip once: VAE latents + prompt embeddings in one safetensors file.
 
-A cache file is named by a hash of everything that determines its contents (see `cache_key`),
-so editing a clip, its prompt, the size/length or the model gives a new file, and unchanged
-entries are reused across runs and datasets. Each file holds:
+A cache file holds one training sample (engine.data.samples: a window of a clip at its bucket's
+size) and is named by a hash of everything that determines its contents (see `cache_key`), so
+editing a clip, its prompt, the bucket, the window or the model gives a new file, and unchanged
+samples are reused across runs and datasets. Each file holds:
 
   latents                 [1, C, latent frames, h, w]  float32, as the family's `encode_video` gives them
   prompt_embeds           [1, seq, dim]  as the transformer consumes them (`TextEmbeds.sequence`; a family
@@ -25,12 +26,14 @@ from typing import Callable
 
 import torch
 
+from ..errors import InputError
 from ..models import family
 from ..paths import cache_dir as engine_cache_dir
-from .dataset import ClipEntry, load_dataset, read_clip
+from .dataset import read_clip
+from .samples import Sample, plan_dataset
 
-# Bump when what goes into a cache file changes, so old files are not reused.
-CACHE_FORMAT_VERSION = 1
+# Bump when what goes into a cache file changes, so old files are not reused (2: the window's first frame).
+CACHE_FORMAT_VERSION = 2
 ProgressFn = Callable[[int, int], None]
 
 
@@ -51,11 +54,11 @@ def model_identity(preset: dict) -> str:
     return family(preset).model_identity(preset)
 
 
-def cache_key(entry: ClipEntry, preset: dict, clip_sha256: str, encoder_dtypes: str) -> str:
+def cache_key(sample: Sample, preset: dict, clip_sha256: str, encoder_dtypes: str) -> str:
     parts = {
         "v": CACHE_FORMAT_VERSION, "clip": clip_sha256, "model": model_identity(preset), "dtypes": encoder_dtypes,
-        "frames": entry.extended_frames, "height": entry.height, "width": entry.width,
-        "prompt": entry.prompt, "negative_prompt": entry.negative_prompt,
+        "start": sample.start, "frames": sample.frames, "height": sample.height, "width": sample.width,
+        "prompt": sample.prompt, "negative_prompt": sample.negative_prompt,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -66,12 +69,16 @@ def clip_to_tensor(frames) -> torch.Tensor:
     return x.permute(3, 0, 1, 2).unsqueeze(0).contiguous()
 
 
-def _encode_entry(pipe, preset: dict, entry: ClipEntry) -> dict[str, torch.Tensor]:
+def _encode_sample(pipe, preset: dict, sample: Sample) -> dict[str, torch.Tensor]:
     fam = family(preset)
-    frames, _ = read_clip(entry.path, max_frames=entry.extended_frames)
-    latents = fam.encode_video(pipe, clip_to_tensor(frames[: entry.extended_frames]))
+    frames, _ = read_clip(sample.path, max_frames=sample.frames, skip=sample.start,
+                          size=lambda h, w: (sample.height, sample.width))
+    if len(frames) < sample.frames:  # the file changed since it was probed
+        raise InputError(f"video '{sample.path.name}' has {sample.start + len(frames)} frames now; its window "
+                         f"{sample.start}..{sample.start + sample.frames - 1} needs more (start the run again).")
+    latents = fam.encode_video(pipe, clip_to_tensor(frames))
     # guidance_scale > 1 asks for the negative embeddings too (the trainer may drop the prompt).
-    pos, neg = fam.encode_prompt(pipe, entry.prompt, entry.negative_prompt, guidance_scale=2.0)
+    pos, neg = fam.encode_prompt(pipe, sample.prompt, sample.negative_prompt, guidance_scale=2.0)
     return {"latents": latents.float().cpu().contiguous(), **pos.to_tensors("prompt_embeds"),
             **(neg or pos.zeros_like()).to_tensors("negative_prompt_embeds")}
 
@@ -91,32 +98,39 @@ def _save_atomic(tensors: dict[str, torch.Tensor], metadata: dict[str, str], pat
 
 
 def build_latent_cache(pipe, preset: dict, data_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
-                       progress: ProgressFn | None = None) -> list[Path]:
-    """Encode every clip of the dataset that is not cached yet; the cache files, in dataset order.
+                       progress: ProgressFn | None = None, samples: list[Sample] | None = None) -> list[Path]:
+    """Encode every sample that is not cached yet; the cache files, in sample order.
 
-    Raises InputError (listing every problem) if the dataset does not validate.
+    `samples`: what to encode (a run's plan, engine.data.samples); default: the folder's samples for the
+    preset's training recipe. Raises InputError (listing every problem) if the dataset does not validate.
     """
     fam = family(preset)
-    entries = load_dataset(data_dir, fam)
+    if samples is None:
+        train = preset["training"]
+        samples = plan_dataset(data_dir, fam, frames=train["extended_num_frames"], base_frames=train["base_num_frames"],
+                               height=train["height"], width=train["width"],
+                               negative_prompt=preset["generation"]["negative_prompt"]).samples
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     dtypes = fam.encoder_dtypes(pipe)
+    digests: dict[Path, str] = {}  # one hash per file, however many windows it gives
     paths = []
-    for n, entry in enumerate(entries, start=1):
-        key = cache_key(entry, preset, file_sha256(entry.path), dtypes)
-        path = folder / f"{key}.safetensors"
+    for n, sample in enumerate(samples, start=1):
+        if sample.path not in digests:
+            digests[sample.path] = file_sha256(sample.path)
+        path = folder / f"{cache_key(sample, preset, digests[sample.path], dtypes)}.safetensors"
         if not path.is_file():
-            tensors = _encode_entry(pipe, preset, entry)
+            tensors = _encode_sample(pipe, preset, sample)
             metadata = {
-                "video_id": entry.video_id, "prompt": entry.prompt, "negative_prompt": entry.negative_prompt,
-                "base_frames": str(entry.base_frames), "extended_frames": str(entry.extended_frames),
-                "base_latent_frames": str(fam.latent_frames(entry.base_frames)),
-                "height": str(entry.height), "width": str(entry.width), "model": model_identity(preset),
+                "video_id": sample.video_id, "prompt": sample.prompt, "negative_prompt": sample.negative_prompt,
+                "start": str(sample.start), "base_frames": str(sample.base_frames),
+                "extended_frames": str(sample.frames), "base_latent_frames": str(fam.latent_frames(sample.base_frames)),
+                "height": str(sample.height), "width": str(sample.width), "model": model_identity(preset),
                 "format": str(CACHE_FORMAT_VERSION),
             }
             _save_atomic(tensors, metadata, path)
         paths.append(path)
         if progress is not None:
-            progress(n, len(entries))
+            progress(n, len(samples))
     return paths
 
 

@@ -266,6 +266,8 @@ def training_status(run_id: str) -> dict:
         "phase": status.get("phase"),
         "warning": status.get("warning"),
         "skipped_uploads": status.get("skipped_uploads") or [],
+        "skipped_clips": status.get("skipped_clips") or [],  # clips of the data folder the run left out, and why
+        "buckets": status.get("buckets") or {},
         "queue_position": queue_position(path),
         "train_events": run.read_events("train"),
         "validation_events": run.read_events("validation"),

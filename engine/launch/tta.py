@@ -117,10 +117,11 @@ def start_tta_sweep(folder: str = "", *, preset: str = DEFAULT_PRESET, ranks: st
                     seed: int = 0) -> dict:
     """Queue a sweep over a TTA dataset folder under the data root (empty: a set of sample clips)."""
     if folder:
-        from ..data.dataset import load_dataset
+        from ..workers.tta import sweep_clips
 
         data_dir = resolve_under(data_root(), folder, "TTA dataset folder")
-        load_dataset(data_dir, within=data_root())  # every clip inside the data root, before anything is queued
+        recipe = load_preset(preset)  # a dataset or captioned videos; every clip inside the data root, checked now
+        sweep_clips(data_dir, recipe, total_frames=recipe["tta"]["total_frames"], within=data_root())
     else:
         data_dir = runs_root() / "_samples" / f"tta-set-{preset}"
         if not (data_dir / "metadata.json").is_file():

@@ -8,8 +8,8 @@ Each optimizer step, per clip: the same noise and timestep at two lengths.
   base-length prediction (held fixed), so extending does not change how a video starts.
 The two lengths run as two forward/backward passes (one graph alive at a time; the first
 without a DDP gradient sync). Everything is deterministic given the seed and the step: data
-order comes from a per-epoch permutation and noise from a generator seeded per micro-step, so
-a resumed run reproduces an uninterrupted one.
+order comes from per-epoch batches of one bucket each (engine.data.sampler) and noise from a
+generator seeded per micro-step, so a resumed run reproduces an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -120,58 +120,71 @@ class CachedClips:
         return latents, embeds
 
 
-def check_dataset(config: TrainConfig, fam) -> list:
-    """Validate the data (with the family's frame rule) before anything is written: every problem, naming file and field."""
-    from ..data.dataset import load_dataset
+def check_dataset(config: TrainConfig, fam):
+    """The run's samples (engine.data.samples.DatasetPlan), before anything is written: every problem of a
+    metadata.json dataset at once, the clips skipped (and why), too few usable clips refused."""
+    from ..data.dataset_config import DATASET_FILE
+    from ..data.samples import plan_dataset
+    from ..settings import DATASET
 
-    entries = load_dataset(config.data_dir, fam)
-    for e in entries:
-        if (e.extended_frames, e.height, e.width) != (config.extended_num_frames, config.height, config.width):
-            raise InputError(
-                f"clip '{e.video_id}' in {config.data_dir} is {e.extended_frames} frames at "
-                f"{e.height}x{e.width}, but the run trains {config.extended_num_frames} frames at "
-                f"{config.height}x{config.width}. Convert the data for this preset, or change the run's settings."
-            )
-    if len(entries) <= config.num_validation_clips:
+    plan = plan_dataset(config.data_dir, fam, frames=config.extended_num_frames, base_frames=config.base_num_frames,
+                        height=config.height, width=config.width,
+                        negative_prompt=config.preset_dict()["generation"]["negative_prompt"],
+                        overrides={k: getattr(config, k) for k in DATASET})
+    clips = len(plan.clip_ids())
+    if clips <= config.num_validation_clips:
+        why = "; ".join(f"{name}: {reason}" for name, reason in plan.skipped[:5])
         raise InputError(
-            f"{config.data_dir} has {len(entries)} clip(s); need more than num_validation_clips="
-            f"{config.num_validation_clips} (held out for validation)."
-        )
-    return entries
+            f"{config.data_dir} has {clips} usable clip(s); need more than num_validation_clips="
+            f"{config.num_validation_clips} (held out for validation)." + (f" Skipped: {why}." if why else "") +
+            (" Add longer clips, lower extended_num_frames, or change frame_extraction (--frame_extraction, or "
+             f"{DATASET_FILE} in the data folder)." if plan.skipped else " Add clips."))
+    if config.context_parallel > 1:  # every bucket's tokens split evenly over a CP group, checked before the run
+        for h, w in dict.fromkeys((s.height, s.width) for s in plan.samples):
+            tokens = fam.token_layout(config.extended_num_frames, h, w).num_tokens
+            if tokens % config.context_parallel:
+                raise ConfigError(f"context_parallel={config.context_parallel} does not divide the {tokens} video "
+                                  f"tokens of the {h}x{w} (height x width) bucket of {config.data_dir}: turn buckets off "
+                                  f"(--enable_bucket false, or enable_bucket = false in {DATASET_FILE}) or choose "
+                                  "another context_parallel.")
+    return plan
 
 
-def load_clips(pipe, preset: dict, config: TrainConfig, entries: list) -> tuple[CachedClips, CachedClips]:
-    """Encode (once, cached) and split into training clips and held-out validation clips."""
+def load_clips(pipe, preset: dict, config: TrainConfig, plan) -> tuple[CachedClips, CachedClips]:
+    """Encode (once, cached) and split into training samples and held-out validation samples."""
     from ..data.latent_cache import build_latent_cache, load_cached
+    from ..data.samples import split_validation
 
-    paths = build_latent_cache(pipe, preset, config.data_dir)
-    items = []
-    for path in paths:
-        cached = load_cached(path)
-        latents = cached["latents"]
-        items.append({"latents": latents if latents.ndim == 5 else latents[None],
-                      "prompt_embeds": TextEmbeds.from_tensors(cached, "prompt_embeds")})
-    order = sorted(range(len(entries)), key=lambda i: entries[i].video_id)
-    n_val = config.num_validation_clips
+    train_samples, val_samples = split_validation(plan.samples, config.num_validation_clips)
     base_lf = family(preset).latent_frames(config.base_num_frames)
-    train = CachedClips([items[i] for i in order[:-n_val]], base_lf)
-    val = CachedClips([items[i] for i in order[-n_val:]], base_lf)
-    return train, val
+
+    def cached(samples) -> CachedClips:
+        items = []
+        for sample, path in zip(samples, build_latent_cache(pipe, preset, config.data_dir, samples=samples)):
+            tensors = load_cached(path)
+            latents = tensors["latents"]
+            items.append({"latents": latents if latents.ndim == 5 else latents[None],
+                          "prompt_embeds": TextEmbeds.from_tensors(tensors, "prompt_embeds"),
+                          "bucket": (sample.height, sample.width)})
+        return CachedClips(items, base_lf)
+
+    return cached(train_samples), cached(val_samples)
 
 
-def _sample_indices(config: TrainConfig, n: int, step: int, micro: int, rank: int, world: int) -> list[int]:
-    """Clip indices of one micro-batch: a per-epoch permutation walked in order (deterministic)."""
-    out = []
-    for b in range(config.batch_size):
-        c = ((step * config.gradient_accumulation_steps + micro) * world + rank) * config.batch_size + b
-        epoch, pos = divmod(c, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 7919 + epoch))
-        out.append(int(perm[pos]))
-    return out
+def batch_sampler(config: TrainConfig, clips: CachedClips):
+    """Micro-batches of one bucket each, deterministic per (seed, epoch) (engine.data.sampler)."""
+    from ..data.sampler import BucketSampler
+
+    return BucketSampler([item["bucket"] for item in clips.items], config.batch_size, config.seed)
 
 
-def steps_per_epoch(config: TrainConfig, n_train: int, world: int) -> int:
-    return max(1, math.ceil(n_train / (config.batch_size * config.gradient_accumulation_steps * world)))
+def _sample_indices(config: TrainConfig, sampler, step: int, micro: int, rank: int, world: int) -> list[int]:
+    """Sample indices of one micro-batch: its place in the run (step, accumulation, rank) picks the batch."""
+    return sampler.batch((step * config.gradient_accumulation_steps + micro) * world + rank)
+
+
+def steps_per_epoch(config: TrainConfig, batches_per_epoch: int, world: int) -> int:
+    return max(1, math.ceil(batches_per_epoch / (config.gradient_accumulation_steps * world)))
 
 
 # ---------------------------------------------------------------------------- losses
@@ -378,12 +391,12 @@ def train(config: TrainConfig, resume: bool = False, progress: ProgressFn | None
         apply_plan(config, preset, config.gpu_memory_gb, free_host_gib(), world,
                    int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
     if prepare_from is None:
-        entries = check_dataset(config, family(preset))
+        plan = check_dataset(config, family(preset))
     else:
         try:
             RunDir(config.output_dir).update_status(phase="converting the uploaded clips")
             convert_uploads(config, prepare_from, preset)
-            entries = check_dataset(config, family(preset))
+            plan = check_dataset(config, family(preset))
         except InputError as err:
             RunDir(config.output_dir).update_status(state="failed", error=str(err), phase=None)
             raise
@@ -391,7 +404,7 @@ def train(config: TrainConfig, resume: bool = False, progress: ProgressFn | None
     run = prepare_run_dir(config, resume)
     clean_leftovers(run)  # a worker that died mid-write (a full disk, a kill) left temporary files
     try:
-        return _train(config, preset, run, entries, resume, progress)
+        return _train(config, preset, run, plan, resume, progress)
     except Exception as err:
         disk_full = isinstance(err, OSError) and err.errno == errno.ENOSPC
         why = disk_full_message(run.path) if disk_full else None
@@ -467,7 +480,7 @@ def _fsdp(transformer, config: TrainConfig, reshard_after_forward: bool) -> bool
     return True
 
 
-def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume: bool,
+def _train(config: TrainConfig, preset: dict, run: RunDir, plan, resume: bool,
            progress: ProgressFn | None) -> dict:
     from accelerate import Accelerator
     from diffusers.optimization import get_scheduler
@@ -493,8 +506,11 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume
 
     fam = family(preset)
     pipe = fam.load_pipeline(preset, accelerator.device)
-    phase(f"encoding {len(entries)} clips (latent cache)")
-    train_clips, val_clips = load_clips(pipe, preset, config, entries)
+    clips = len(plan.clip_ids())
+    windows = "" if len(plan.samples) == clips else f"{len(plan.samples)} windows of "
+    phase(f"encoding {windows}{clips} clips (latent cache)")
+    train_clips, val_clips = load_clips(pipe, preset, config, plan)
+    sampler = batch_sampler(config, train_clips)
     phase("preparing the LoRA and attention")
     fam.offload_encoders(pipe)
     _empty_cache()
@@ -523,7 +539,7 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume
 
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                                   weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)
-    per_epoch = steps_per_epoch(config, len(train_clips), data_size)
+    per_epoch = steps_per_epoch(config, sampler.batches_per_epoch, data_size)
     total_steps = config.max_steps or config.num_epochs * per_epoch
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
                                  num_training_steps=total_steps)
@@ -557,6 +573,12 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume
             run.append_event({"type": "resume", "step": step, "checkpoint": ckpt.name})
     elif main:
         run.events_path.unlink(missing_ok=True)
+    if main:  # what the data gave: the UI and the CLI list what was left out, and why
+        skipped = [f"{name}: {why}" for name, why in plan.skipped]
+        run.update_status(skipped_clips=skipped, buckets=plan.buckets())
+        if ckpt is None:
+            run.append_event({"type": "dataset", "step": 0, "samples": len(plan.samples), "clips": len(plan.clip_ids()),
+                              "buckets": plan.buckets(), "skipped": skipped, **plan.options})
 
     def checkpoint(at_step: int) -> None:
         gathered = gather_training_state(transformer, optimizer) if sharded else None
@@ -605,7 +627,7 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, entries: list, resume
             torch.manual_seed(config.seed * 100_003 + step)  # LoRA dropout; deterministic per step
             sums = {"loss": 0.0, "loss_base": 0.0, "loss_extended": 0.0, "loss_consistency": 0.0}
             for micro in range(accum):
-                idx = _sample_indices(config, len(train_clips), step, micro, data_rank, data_size)
+                idx = _sample_indices(config, sampler, step, micro, data_rank, data_size)
                 latents, embeds = train_clips.batch(idx, accelerator.device)
                 # Seeded by the sample's place in the step, so N data-parallel ranks draw what one process with
                 # N times the accumulation draws (and ranks of a context-parallel group draw the same).

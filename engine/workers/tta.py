@@ -176,6 +176,33 @@ def target_size(src_h: int, src_w: int, preset: dict, height: int | None, width:
     return tta_size(src_h, src_w, short_side, fam.size_multiple)
 
 
+def sweep_clips(data_dir: str | os.PathLike, preset: dict, *, total_frames: int, height: int | None = None,
+                width: int | None = None, within: Path | None = None) -> tuple[list, list[tuple[str, str]]]:
+    """(the clips a sweep runs on, skipped (file, reason)): too short or too small clips are left out.
+
+    InputError when no clip is usable, with the first reasons."""
+    from ..data.sources import find_clips
+
+    clips, skipped = find_clips(data_dir, family(preset), negative_prompt=preset["generation"]["negative_prompt"],
+                                max_frames=total_frames, within=within)
+    usable = []
+    for clip in clips:
+        if clip.frames < total_frames:
+            skipped.append((clip.path.name, f"too short: {clip.frames} frames; test-time adaptation needs at least "
+                                            f"{total_frames} (total_frames)"))
+            continue
+        try:
+            target_size(clip.height, clip.width, preset, height, width)
+        except InputError as err:
+            skipped.append((clip.path.name, str(err)))
+            continue
+        usable.append(clip)
+    if not usable:
+        reasons = "; ".join(f"{name}: {why}" for name, why in skipped[:5])
+        raise InputError(f"no usable clip in {data_dir} for test-time adaptation ({reasons or 'no clip found'}).")
+    return usable, skipped
+
+
 def _too_short(path: Path, found: int, cond_frames: int, total_frames: int, how: str = "") -> InputError:
     return InputError(f"video '{path.name}' has {found} frames{how}; test-time adaptation needs at least {total_frames} "
                       f"({cond_frames} conditioning frames + {total_frames - cond_frames} to predict).")
@@ -699,7 +726,8 @@ def run_tta_sweep(data_dir: str | os.PathLike, *, ranks=TTA_SWEEP["ranks"], lrs=
                   total_frames: int | None = None, height: int | None = None, width: int | None = None,
                   sample_steps: int | None = None, guidance_scale: float | None = None, sampler: str = "scheduler",
                   lpips: bool = True, progress: ProgressFn | None = None, shard: str | None = None) -> dict:
-    """A grid of TTA settings (rank x lr x steps) over every clip of a dataset folder (`data convert --task tta`).
+    """A grid of TTA settings (rank x lr x steps) over every usable clip of a data folder: a dataset
+    (`data convert --task tta`) or videos with captions as they are (each resized when it is loaded).
 
     Written to `<output_root>/<experiment>/`: config.json, status.json, events.jsonl,
     videos/{ground_truth,baseline,<setting>}/<id>.mp4 (+ <setting>/<id>_side_by_side.mp4),
@@ -713,8 +741,6 @@ def run_tta_sweep(data_dir: str | os.PathLike, *, ranks=TTA_SWEEP["ranks"], lrs=
     shard i takes every N-th clip (by video id) and keeps its status and events in shards/shard-<i>/;
     the shard that finds every item done writes the one summary (`merge_tta_sweep` does it by hand).
     """
-    from ..data.dataset import load_dataset
-
     ranks = _positive_list("ranks", ranks, int)
     lrs = _positive_list("lrs", lrs, float)
     step_list = sorted(_positive_list("steps", steps, int))
@@ -732,13 +758,7 @@ def run_tta_sweep(data_dir: str | os.PathLike, *, ranks=TTA_SWEEP["ranks"], lrs=
     root = Path(output_root) / experiment
     try:
         sample = _sample_settings(preset_dict, sample_steps, guidance_scale, sampler)
-        entries = load_dataset(data_dir, fam)
-        for e in entries:
-            if e.extended_frames < total_frames:
-                raise InputError(f"clip '{e.video_id}' in {data_dir} has {e.extended_frames} frames (metadata "
-                                 f"'extended_frames'); test-time adaptation needs at least {total_frames}. "
-                                 "Convert the data with `data convert --task tta`.")
-            target_size(e.height, e.width, preset_dict, height, width)
+        entries, skipped = sweep_clips(data_dir, preset_dict, total_frames=total_frames, height=height, width=width)
         names = [setting_name(objective, r, lr, s) for r in ranks for lr in lrs for s in step_list]
         config = {"kind": "tta_sweep", "experiment": experiment, "data_dir": str(Path(data_dir).resolve()),
                   "videos": [e.video_id for e in entries], "preset": preset_dict["name"], "family": preset_dict["family"],
@@ -767,7 +787,8 @@ def run_tta_sweep(data_dir: str | os.PathLike, *, ranks=TTA_SWEEP["ranks"], lrs=
     done = sum(1 for e in entries for n in names if layout.metrics(n, e.video_id).is_file())
     started = time.time()
     status = _status_writer(run, progress)
-    status(state="running", **this_process(), done=done, total=total_items, error=None, resumed=resumed)
+    status(state="running", **this_process(), done=done, total=total_items, error=None, resumed=resumed,
+           skipped_clips=[f"{name}: {why}" for name, why in skipped])
     run.append_event({"type": "sweep_start", "done": done, "total": total_items, "resumed": resumed})
 
     def clip_job(e):

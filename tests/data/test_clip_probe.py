@@ -22,7 +22,7 @@ def _clip(path, frames, size=32, level=40):
 def _no_decoding(monkeypatch):
     def fail(*a, **k):
         raise AssertionError("decoded a clip the cache should have answered")
-    monkeypatch.setattr(clip_probe, "read_mp4", fail)
+    monkeypatch.setattr(clip_probe, "frame_stream", fail)
 
 
 def test_probe_decodes_once_then_answers_from_the_cache(tmp_path, monkeypatch):
@@ -49,8 +49,8 @@ def test_an_edited_or_replaced_clip_is_decoded_again(tmp_path, monkeypatch):
     stat = clip.stat()
     os.utime(clip, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # touched in place
     calls = []
-    real = clip_probe.read_mp4
-    monkeypatch.setattr(clip_probe, "read_mp4", lambda *a, **k: (calls.append(a), real(*a, **k))[1])
+    real = clip_probe.frame_stream
+    monkeypatch.setattr(clip_probe, "frame_stream", lambda *a, **k: (calls.append(a), real(*a, **k))[1])
     assert cache.probe(clip, 50) == (17, 48, 48)
     assert len(calls) == 1
 

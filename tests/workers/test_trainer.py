@@ -203,10 +203,11 @@ def test_bad_data_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(InputError, match=meta[0]["video_id"]):
         train(_config(data, out))
     assert not out.exists()
-    # Clips shorter than the run's extended length (33 frames vs 37).
+    # Clips shorter than the run's extended length (33 frames vs 37) are skipped, each with its reason.
     good = tmp_path / "good"
     create_synthetic_dataset(good, 2, preset="tiny-wan", seed=1)
-    with pytest.raises(InputError, match=r"is 33 frames at 64x64, but the run trains 37 frames"):
+    with pytest.raises(InputError, match=r"has 0 usable clip\(s\).*synthetic_00000.mp4: too short: 33 frames; "
+                                         r"needs at least 37"):
         train(_config(good, out, extended_num_frames=37))
     with pytest.raises(InputError, match="does not exist"):
         train(_config(tmp_path / "missing", out))
