@@ -14,7 +14,7 @@ from engine import (
     api,  # noqa: E402
     spaces_support,  # noqa: F401  (first: ZeroGPU needs `spaces` before CUDA is touched)
 )
-from ui import compare_tab, generate_tab, hub_tab, train_tab, tta_tab  # noqa: E402
+from ui import compare_tab, dataset_tab, generate_tab, hub_tab, presets_view, train_tab, tta_tab  # noqa: E402
 
 
 def build_app(preset: str = api.DEFAULT_PRESET) -> gr.Blocks:
@@ -22,10 +22,12 @@ def build_app(preset: str = api.DEFAULT_PRESET) -> gr.Blocks:
     with gr.Blocks(title="Radial Studio") as demo:
         gr.Markdown("# Radial Studio\nLong video generation with LoRA adapters and radial attention.")
         train_tab.build(preset, demo)
+        dataset_tab.build(preset)
         tta_tab.build(preset)
         compare_tab.build(preset)
         generate_tab.build(preset)
         hub_tab.build()
+        presets_view.build()
     return demo
 
 

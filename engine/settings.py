@@ -38,6 +38,8 @@ class Setting:
     item: str | None = None  # LIST: the kind of each item (STR or FLOAT)
     item_lo: float | None = None  # LIST of FLOAT: items in (item_lo, item_hi)
     item_hi: float | None = None
+    max_len: int | None = None  # STR: at most this many characters
+    single_line: bool = False  # STR: no newline or other control character (a word put into every caption)
 
     def range_text(self) -> str:
         if self.choices is not None:
@@ -84,6 +86,11 @@ class Setting:
                 raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}.")
             if self.choices is not None and value not in self.choices:
                 raise ConfigError(f"{where}: {value!r} is not allowed; choose one of {list(self.choices)}.")
+            if self.single_line and any(ord(c) < 32 or ord(c) == 127 for c in value):
+                raise ConfigError(f"{where}: {value!r} holds a newline or another control character; "
+                                  "write it on one line.")
+            if self.max_len is not None and len(value) > self.max_len:
+                raise ConfigError(f"{where}: {len(value)} characters; at most {self.max_len} are allowed.")
             return value
         if self.kind == DICT:
             if not isinstance(value, dict):
@@ -233,6 +240,9 @@ DATASET = {
                                 "uniform (frame_sample windows spread evenly over the clip)", choices=FRAME_EXTRACTION),
     "frame_stride": Setting(INT, 1, "slide: frames between the starts of two windows", lo=1, hi=100_000),
     "frame_sample": Setting(INT, 1, "uniform: windows taken from each clip", lo=1, hi=10_000),
+    "trigger_word": Setting(STR, "", "put before every caption at training time, as 'word, caption' (a caption "
+                            "that already starts with it is left as it is); empty: none", max_len=200,
+                            single_line=True),
 }
 
 TTA_OBJECTIVES = ("diffusion", "continuation")

@@ -7,6 +7,7 @@ musubi-tuner's dataset config), e.g.
     frame_extraction = "slide"    # head | chunk | slide | uniform
     frame_stride = 16             # slide: frames between window starts
     frame_sample = 4              # uniform: windows per clip
+    trigger_word = "sks dog"      # put before every caption at training time ("sks dog, <caption>")
 
 TOML, not JSON: the file is written by hand, and TOML takes comments. A training run's fields of
 the same names (null by default) override the file (engine.config.DATASET_OVERRIDES).
@@ -14,6 +15,7 @@ the same names (null by default) override the file (engine.config.DATASET_OVERRI
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 
@@ -49,3 +51,30 @@ def dataset_options(data_dir: str | Path, overrides: dict | None = None) -> dict
         if name in DATASET and value is not None:
             options[name] = DATASET[name].check(value, f"training config field '{name}'")
     return options
+
+
+def write_trigger_word(data_dir: str | Path, word: str) -> dict:
+    """Set (empty: remove) `trigger_word` in the folder's dataset.toml, keeping its other lines and comments.
+
+    The word is checked first (one line, at most DATASET's length) and the file must already be valid;
+    the new text is parsed back before it replaces the old one, so a failure changes nothing.
+    Returns the folder's options as a run would read them."""
+    from .captions import write_text_atomic
+
+    word = DATASET["trigger_word"].check(word, "trigger word").strip()
+    path = Path(data_dir) / DATASET_FILE
+    before = read_dataset_config(data_dir)  # refuses a broken file before anything is written
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    lines = [line for line in old.splitlines() if not line.lstrip().startswith(("trigger_word=", "trigger_word "))]
+    if word:
+        # a TOML basic string: control characters are refused above, json.dumps escapes '"' and '\'
+        lines.append(f"trigger_word = {json.dumps(word, ensure_ascii=False)}")
+    text = "\n".join(lines) + "\n" if lines else ""
+    parsed = tomllib.loads(text)
+    if parsed.get("trigger_word", "") != word or {k: v for k, v in parsed.items() if k != "trigger_word"} != \
+            {k: v for k, v in tomllib.loads(old).items() if k != "trigger_word"}:
+        raise ConfigError(f"{DATASET_FILE}: could not set trigger_word without changing other lines; edit the file "
+                          "by hand.")
+    if text or path.is_file():
+        write_text_atomic(path, text)
+    return {**before, "trigger_word": word}

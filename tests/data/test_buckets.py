@@ -96,13 +96,14 @@ def test_one_bucket_and_batch_size_one_walk_the_pre_bucket_permutation():
 
 def test_dataset_toml_sets_the_options_and_a_run_overrides_them(tmp_path):
     assert read_dataset_config(tmp_path) == {"enable_bucket": True, "frame_extraction": "head", "frame_stride": 1,
-                                             "frame_sample": 1}
+                                             "frame_sample": 1, "trigger_word": ""}
     (tmp_path / DATASET_FILE).write_text('# how clips are cut\nframe_extraction = "slide"\nframe_stride = 8\n'
                                          "enable_bucket = false\n")
     assert read_dataset_config(tmp_path) == {"enable_bucket": False, "frame_extraction": "slide", "frame_stride": 8,
-                                             "frame_sample": 1}
+                                             "frame_sample": 1, "trigger_word": ""}
     options = dataset_options(tmp_path, {"frame_extraction": "uniform", "frame_sample": 4, "frame_stride": None})
-    assert options == {"enable_bucket": False, "frame_extraction": "uniform", "frame_stride": 8, "frame_sample": 4}
+    assert options == {"enable_bucket": False, "frame_extraction": "uniform", "frame_stride": 8, "frame_sample": 4,
+                       "trigger_word": ""}
 
 
 @pytest.mark.parametrize("text, pattern", [
