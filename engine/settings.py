@@ -40,6 +40,7 @@ class Setting:
     item_hi: float | None = None
     max_len: int | None = None  # STR: at most this many characters
     single_line: bool = False  # STR: no newline or other control character (a word put into every caption)
+    sep: str = ","  # LIST: what separates the items on the command line (prompts hold commas: "|")
 
     def range_text(self) -> str:
         if self.choices is not None:
@@ -101,7 +102,7 @@ class Setting:
             raise ConfigError(f"{where}: expected a non-empty list, got {value!r}.")
         for v in value:
             if self.item == STR and not (isinstance(v, str) and v):
-                raise ConfigError(f"{where}: every item must be a non-empty string (a module name), got {v!r}.")
+                raise ConfigError(f"{where}: every item must be a non-empty string, got {v!r}.")
             if self.item == FLOAT:
                 ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) \
                     and self.item_lo < v < self.item_hi
@@ -199,6 +200,11 @@ RUN = {
     "num_validation_clips": Setting(INT, 1, "clips held out for validation", lo=1, hi=10_000),
     "validation_timesteps": Setting(LIST, [0.25, 0.5, 0.75], "fixed noise levels of the validation loss", item=FLOAT,
                                     item_lo=0, item_hi=1),
+    "sample_prompts": Setting(LIST, None, "prompts of the sample videos made at each validation (null: the first "
+                              "held-out clip's caption; on the command line separated by |)", item=STR, optional=True,
+                              sep="|"),
+    "sample_seed": Setting(INT, None, "seed of the sample videos (null: the run's seed)", lo=0, hi=2**32 - 1,
+                           optional=True),
     "checkpoints_total_limit": Setting(INT, 3, "checkpoints kept", lo=1, hi=10_000),
     "use_mixed_precision": Setting(BOOL, True, "bf16 autocast on CUDA"),
     "use_model_offload": Setting(BOOL, False, "keep the VAE on the CPU for sample videos"),

@@ -85,8 +85,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                            help=setting.help)
         elif setting.kind == LIST:
             item = float if setting.item == FLOAT else str
-            g.add_argument(f"--{name}", type=lambda v, item=item: [item(x) for x in v.split(",")], metavar="A,B",
-                           help=setting.help)
+            g.add_argument(f"--{name}", type=lambda v, item=item, sep=setting.sep: [item(x) for x in v.split(sep)],
+                           metavar=f"A{setting.sep}B", help=setting.help)
         else:
             g.add_argument(f"--{name}", type={INT: int, FLOAT: float}.get(setting.kind, str), help=setting.help)
 

@@ -244,39 +244,70 @@ def validation_loss(fam, model, schedule, clips: CachedClips, config: TrainConfi
 # ---------------------------------------------------------------------------- samples
 
 
+SAMPLE_PROMPTS_FILE = "prompts.json"  # in each samples/step-N/: the prompt of each pair of videos
+
+
+def sample_prompt_embeds(fam, pipe, config: TrainConfig, val: CachedClips) -> list[tuple[str | None, object]]:
+    """(prompt, its embeddings on the CPU) per sample video pair: the run's sample_prompts, encoded once before
+    the encoders leave the accelerator, else the first held-out clip's (its prompt text is not kept: None)."""
+    if not config.sample_prompts:
+        return [(None, val.items[0]["prompt_embeds"])]
+    out = []
+    for prompt in config.sample_prompts:
+        with torch.no_grad():
+            embeds, _ = fam.encode_prompt(pipe, prompt, "", 1.0)
+        out.append((prompt, embeds.to("cpu")))
+    return out
+
+
+def _sample_name(name: str, i: int) -> str:
+    return f"{name}.mp4" if i == 0 else f"{name}-{i}.mp4"  # the first pair keeps the names the app always showed
+
+
 @torch.no_grad()
-def write_samples(fam, pipe, schedule, val: CachedClips, config: TrainConfig, step: int, run: RunDir, fps: int,
+def write_samples(fam, pipe, schedule, prompts: list, config: TrainConfig, step: int, run: RunDir, fps: int,
                   write: bool = True) -> dict:
-    """Base (dense) and extended (radial) videos for the first held-out prompt, at the preset's frame rate.
+    """Base (dense) and extended (radial) videos per sample prompt (`sample_prompt_embeds`), at the preset's frame
+    rate, seeded by sample_seed (else the run's seed); returns the first pair's paths and `all` of them.
 
     `write=False`: generate only (a context-parallel rank that is not the main one takes part, writes nothing)."""
+    from ..jobs import atomic_write_json
     from ..video import write_mp4
 
     folder = run.samples_dir / f"step-{step:06d}"
-    out = {}
+    out, listing = {}, []
     schedule_training = schedule.training if schedule is not None else False
     if schedule is not None:
         schedule.training = False
     transformer = fam.transformers(pipe)[0]
-    embeds = val.items[0]["prompt_embeds"].to(transformer.device, transformer.dtype)
+    seed = config.seed if config.sample_seed is None else config.sample_seed
     vae_device = pipe.vae.device
     if not config.use_model_offload:  # offload: the VAE stays on the CPU and decodes there (slower, less memory)
         pipe.vae.to(transformer.device)  # the encoders were moved off the accelerator for training
     try:
-        for name, frames in (("base", config.base_num_frames), ("extended", config.extended_num_frames)):
-            if schedule is not None:
-                schedule.force_dense = name == "base"
-            gen = torch.Generator().manual_seed(config.seed)
-            video = fam.generate(pipe, embeds=embeds, negative_embeds=embeds.zeros_like(), height=config.height,
-                                 width=config.width, num_frames=frames, steps=config.sample_steps, guidance_scale=5.0,
-                                 generator=gen)
-            if write:
-                out[name] = str(write_mp4(video, folder / f"{name}.mp4", fps=fps))
+        for i, (prompt, cpu_embeds) in enumerate(prompts):
+            embeds = cpu_embeds.to(transformer.device, transformer.dtype)
+            pair = {"prompt": prompt}
+            for name, frames in (("base", config.base_num_frames), ("extended", config.extended_num_frames)):
+                if schedule is not None:
+                    schedule.force_dense = name == "base"
+                gen = torch.Generator().manual_seed(seed)
+                video = fam.generate(pipe, embeds=embeds, negative_embeds=embeds.zeros_like(), height=config.height,
+                                     width=config.width, num_frames=frames, steps=config.sample_steps,
+                                     guidance_scale=5.0, generator=gen)
+                if write:
+                    pair[name] = str(write_mp4(video, folder / _sample_name(name, i), fps=fps))
+            listing.append(pair)
     finally:
         pipe.vae.to(vae_device)
         if schedule is not None:
             schedule.force_dense = False
             schedule.training = schedule_training
+    if write:
+        atomic_write_json(folder / SAMPLE_PROMPTS_FILE,
+                          [{"prompt": p["prompt"], "base": _sample_name("base", i), "extended": _sample_name("extended", i),
+                            "seed": seed, "steps": config.sample_steps} for i, p in enumerate(listing)])
+        out = {"base": listing[0]["base"], "extended": listing[0]["extended"], "all": listing}
     return out
 
 
@@ -510,6 +541,7 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, plan, resume: bool,
     windows = "" if len(plan.samples) == clips else f"{len(plan.samples)} windows of "
     phase(f"encoding {windows}{clips} clips (latent cache)")
     train_clips, val_clips = load_clips(pipe, preset, config, plan)
+    prompts = sample_prompt_embeds(fam, pipe, config, val_clips) if config.sample_steps > 0 else []
     sampler = batch_sampler(config, train_clips)
     phase("preparing the LoRA and attention")
     fam.offload_encoders(pipe)
@@ -604,7 +636,7 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, plan, resume: bool,
                 save_adapter("best_model")
                 event["best"] = True
             if config.sample_steps > 0:
-                event["samples"] = write_samples(fam, pipe, schedule, val_clips, config, at_step, run,
+                event["samples"] = write_samples(fam, pipe, schedule, prompts, config, at_step, run,
                                                  preset["generation"]["fps"], write=main)
             if main:
                 run.append_event(event)
