@@ -16,21 +16,38 @@ from .config import config_from_preset
 from .generate import generate_video
 from .hub import pull_adapter, push_adapter  # noqa: F401
 from .jobs import gpu_request, pump_queue, runs_root  # noqa: F401
+from .launch.run_admin import delete_run, job_queue  # noqa: F401
+from .launch.run_admin import run_log as _run_log
+from .launch.run_config import clone_run_settings, import_training_config  # noqa: F401
+from .launch.run_curves import COMPARE_SERIES, compare_run_losses  # noqa: F401
+from .launch.run_files import run_downloads  # noqa: F401
 from .launch.training import (  # noqa: F401
     active_or_newest_run,
     list_runs,
     memory_estimate,
     resume_training,
+    run_settings,
     start_training,
     stop_training,
-    run_settings,
     training_status,
 )
-from .launch.tta import APP_SWEEP, start_tta, start_tta_sweep, stop_tta, tta_status  # noqa: F401
+from .launch.tta import (  # noqa: F401
+    APP_SWEEP,
+    list_tta_runs,
+    start_tta,
+    start_tta_sweep,
+    stop_tta,
+    tta_status,
+)
 from .paths import outputs_dir
-from .presets import DEFAULT_PRESET, check_capable, list_presets, load_preset, presets_for  # noqa: F401
+from .presets import (  # noqa: F401
+    DEFAULT_PRESET,
+    check_capable,
+    list_presets,
+    load_preset,
+    presets_for,
+)
 from .settings import ATTENTION, TTA, TTA_RUN  # noqa: F401
-from .uploads import max_upload_mb  # noqa: F401
 from .spaces_support import (  # noqa: F401
     generation_seconds,
     gpu_task,
@@ -39,6 +56,7 @@ from .spaces_support import (  # noqa: F401
     on_zero_gpu,
     work_seconds,
 )
+from .uploads import max_upload_mb  # noqa: F401
 
 # ---------------------------------------------------------------------------- presets
 
@@ -173,3 +191,15 @@ def hub_push(adapter: str, repo_id: str, token: str | None = None, public: bool 
     # A run's adapter lives in runs/<id>/final: push the run so the card gets its config and losses.
     source = folder.parent if Path(folder).name in ("final", "best_model") else folder
     return push_adapter(source, repo_id, token=token, private=not public, progress=progress)
+
+
+def without_server_paths(text: str) -> str:
+    """`text` with the server's own folders written relative to them ("runs/...", "data/..."), as every message."""
+    for label, folder in sorted(server_folders().items(), key=lambda kv: -len(kv[1])):
+        text = text.replace(folder + "/", f"{label}/" if label else "").replace(folder, label or ".")
+    return text
+
+
+def run_log(run_id: str, lines: int = 200) -> str:
+    """The end of a run's job log (engine.launch.run_admin.run_log), without the server's folders."""
+    return without_server_paths(_run_log(run_id, lines))

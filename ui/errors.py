@@ -14,10 +14,7 @@ from engine import api
 from engine.errors import EngineError
 
 
-def without_server_paths(message: str) -> str:
-    for label, folder in sorted(api.server_folders().items(), key=lambda kv: -len(kv[1])):
-        message = message.replace(folder + "/", f"{label}/" if label else "").replace(folder, label or ".")
-    return message
+without_server_paths = api.without_server_paths  # one definition, the engine's (messages and logs alike)
 
 
 def user_errors_as_messages(fn):

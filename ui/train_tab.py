@@ -2,7 +2,8 @@
 
 All state is on disk (engine.launch.training); a timer polls it, so a page reload or a second
 browser shows the same run. API: /train_start, /train_status, /train_stop, /train_resume,
-/train_runs.
+/train_runs, /train_config_import and /run_clone (fill the form from a config file or a past run);
+the run tools below the run (downloads, log, delete, compare, queue) are ui/run_tools.py.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import gradio as gr
 from engine import api
 from engine.errors import EngineError
 
+from . import run_tools
 from .errors import user_errors_as_messages, without_server_paths
 from .job_view import curves_frame, job_status_markdown
 
@@ -78,13 +80,17 @@ def train_start(preset=api.DEFAULT_PRESET, data_source="synthetic", num_samples=
                 learning_rate=None, lora_rank=None, lora_alpha=None, base_num_frames=None, extended_num_frames=None,
                 pattern=None, dense_layers=None, dense_timesteps=None, decay_factor=None, block_size=None,
                 gradient_accumulation_steps=None, validation_steps=None, checkpointing_steps=None, sample_steps=None,
-                seed=None, smoothing=0.0, fp8_base=None, offload_activations=None, ffn_chunks=None, block_swap=None):
+                seed=None, smoothing=0.0, fp8_base=None, offload_activations=None, ffn_chunks=None, block_swap=None,
+                extra_settings=None):
     """Every parameter has a default: with none, a short demo run of the tiny model on synthetic clips.
 
     The memory options come after `smoothing` so positional API calls made before they existed still work.
+    `extra_settings`: settings of an imported config or cloned run that the form does not show (the form's
+    own fields win).
     """
     values = locals()
-    settings = {name: values[name] for name in MEMORY_FLAGS if values[name] is not None}
+    settings = {**(extra_settings or {})}
+    settings.update({name: values[name] for name in MEMORY_FLAGS if values[name] is not None})
     for name in ("ffn_chunks", "block_swap"):  # numbers
         if values[name] not in (None, ""):
             settings[name] = int(values[name])
@@ -124,6 +130,15 @@ def train_status(run_id="", smoothing=0.0):
     return _view(api.training_status(run_id) if run_id else {}, smoothing)
 
 
+def poll_status(run_id="", smoothing=0.0):
+    """The timer's refresh: a run that went away meanwhile (deleted from another page) is said once in the
+    status line, not in a new error message every two seconds."""
+    try:
+        return train_status.__wrapped__(run_id, smoothing)
+    except EngineError as err:
+        return (without_server_paths(f"Run {run_id} is not available: {err}"), *[gr.skip()] * 5)
+
+
 def _act(action, verb: str, run_id: str, smoothing: float):
     run_id = _default_run(run_id)
     if not run_id:
@@ -131,8 +146,18 @@ def _act(action, verb: str, run_id: str, smoothing: float):
     return _view(action(run_id), smoothing)
 
 
+ENDED_STATES = ("stopped", "finished", "failed", "diverged", "damaged")
+
+
 @user_errors_as_messages
 def train_stop(run_id="", smoothing=0.0):
+    """Stop the run; one that has already ended is said so (a note, not an error)."""
+    shown = _default_run(run_id)
+    status = api.training_status(shown) if shown else {}
+    if status.get("state") in ENDED_STATES:
+        gr.Info(f"Run {shown} has already {'ended: it is ' if status['state'] != 'finished' else ''}"
+                f"{status['state']}; there is nothing to stop.")
+        return _view(status, smoothing)
     return _act(api.stop_training, "stop", run_id, smoothing)
 
 
@@ -168,6 +193,48 @@ def show_run_settings(run_id):
         return keep
     names = ["preset", *SETTING_NAMES, "fp8_base", "offload_activations", "ffn_chunks", "block_swap"]
     return [config[n] if n in config else gr.skip() for n in names]
+
+
+FORM_MEMORY = ["fp8_base", "offload_activations", "ffn_chunks", "block_swap"]
+
+
+def _fill_form(values: dict, note: str) -> list:
+    """The form from engine form values (api.import_training_config / clone_run_settings): preset, data source,
+    folder, the settings, memory options; what the form does not show is kept for Start (extra settings)."""
+    shown = set(SETTING_NAMES) | set(FORM_MEMORY)
+    settings = values["settings"]
+    extras = {k: settings[k] for k in values["given"] if k not in shown}
+    if extras:
+        note += (f" {len(extras)} setting(s) not on the form are kept for Start: {', '.join(sorted(extras))} "
+                 "(picking another preset or run drops them).")
+    return [values["preset"], values["data_source"] or gr.skip(),
+            values["folder"] if values["folder"] is not None else gr.skip(),
+            *[settings[n] for n in SETTING_NAMES], *[settings[n] for n in FORM_MEMORY], extras, note]
+
+
+@user_errors_as_messages
+def import_config(config_file=None):
+    """Fill the form from a JSON training config (ours or the original `--config` format)."""
+    if not config_file:
+        raise gr.Error("No config file: upload a config.json.", print_exception=False)
+    values = api.import_training_config(config_file)
+    note = f"Filled from **{values['source']}** ({len(values['given'])} setting(s); the rest are the preset's)."
+    if "data_dir" in values["dropped"]:
+        note += " Its data_dir is a path of another machine and is not used: choose the dataset above."
+    return _fill_form(values, note)
+
+
+@user_errors_as_messages
+def clone_run(run_id=""):
+    """Fill the form from the run on display; Start then makes a new run (a new folder)."""
+    run_id = _default_run(run_id)
+    if not run_id:
+        raise gr.Error("There is no run to clone: pick a past run.", print_exception=False)
+    values = api.clone_run_settings(run_id)
+    note = f"Settings of run **{run_id}**; Start makes a new run."
+    if values["data_source"] is None:
+        note += " Its clips were uploaded (or converted) and are not kept for a clone: choose the dataset above."
+    return _fill_form(values, note)
 
 
 def on_preset_change(name):
@@ -222,10 +289,19 @@ def build(default_preset: str, demo: gr.Blocks) -> None:
                         offload_activations = gr.Checkbox(False, label="Offload activations to host")
                         ffn_chunks = gr.Number(1, precision=0, minimum=1, maximum=64, label="Feed-forward slices")
                         block_swap = gr.Number(0, precision=0, minimum=0, maximum=1000, label="Blocks swapped to host")
+                with gr.Accordion("Import a config, or clone the run on display", open=False):
+                    config_file = gr.File(label="Config file (config.json)", file_types=[".json"],
+                                          elem_id="config-import")
+                    clone = gr.Button("Clone the run on display into the form", size="sm")
+                    import_md = gr.Markdown(elem_id="import-note")
+                extras = gr.State({})
                 with gr.Row():
                     start = gr.Button("Start", variant="primary")
                     stop = gr.Button("Stop", variant="stop")
                     resume = gr.Button("Resume")
+                # Where Start/Stop/Resume show their progress and errors: a failed Start marks this line, not
+                # every panel of the tab.
+                action_md = gr.Markdown(elem_id="train-action")
                 memory_md = gr.Markdown(memory_line(default_preset, d["lora_rank"], d["base_num_frames"],
                                                  d["extended_num_frames"]), elem_id="memory-estimate")
             with gr.Column(scale=2):
@@ -240,29 +316,37 @@ def build(default_preset: str, demo: gr.Blocks) -> None:
                     ext_video = gr.Video(label="Latest sample: extended (radial)", autoplay=True)
                 checkpoints_md = gr.Markdown()
                 raw = gr.JSON(label="Status (raw)", visible=False)
+                run_tools.build(run_id, smoothing, _run_choices)
 
         settings = [max_steps, learning_rate, lora_rank, lora_alpha, base_frames, ext_frames, pattern, dense_layers,
                     dense_timesteps, decay_factor, block_size, accum, val_steps, ckpt_steps, sample_steps, seed]
         view = [status_md, plot, base_video, ext_video, checkpoints_md, raw]
         # .input: a preset the user picks brings its defaults; one the run on display sets keeps that run's values
         preset.input(on_preset_change, preset, settings, api_name=False)
+        memory = [fp8_base, offload_activations, ffn_chunks, block_swap]
+        form = [preset, data_source, folder, *settings, *memory, extras, import_md]
+        for event in (preset.input, run_id.input):  # another preset or run: an import's extra settings go
+            event(lambda: ({}, ""), None, [extras, import_md], api_name=False)
+        config_file.upload(import_config, config_file, form, api_name="train_config_import",
+                           show_progress_on=import_md)
+        clone.click(clone_run, run_id, form, api_name="run_clone", show_progress_on=import_md)
         start.click(train_start, [preset, data_source, num_samples, uploads, folder, *settings, smoothing, fp8_base,
-                                  offload_activations, ffn_chunks, block_swap],
-                    [run_id, *view], api_name="train_start").then(
+                                  offload_activations, ffn_chunks, block_swap, extras],
+                    [run_id, *view], api_name="train_start", show_progress_on=action_md).then(
             lambda current: gr.Dropdown(choices=_run_choices(), value=current), run_id, run_id, api_name=False)
         memory_inputs = [preset, lora_rank, base_frames, ext_frames, fp8_base, offload_activations, ffn_chunks,
                          block_swap]
         for component in memory_inputs:
             component.change(memory_line, memory_inputs, memory_md, api_name=False, show_progress="hidden")
         gr.api(memory_line, api_name="train_memory_estimate")
-        stop.click(train_stop, [run_id, smoothing], view, api_name="train_stop")
-        resume.click(train_resume, [run_id, smoothing], view, api_name="train_resume")
+        stop.click(train_stop, [run_id, smoothing], view, api_name="train_stop", show_progress_on=action_md)
+        resume.click(train_resume, [run_id, smoothing], view, api_name="train_resume", show_progress_on=action_md)
         run_id.change(train_status, [run_id, smoothing], view, api_name="train_status")
         run_id.change(show_run_settings, run_id, [preset, *settings, fp8_base, offload_activations, ffn_chunks,
                                                   block_swap],
                       api_name=False, show_progress="hidden")
         smoothing.change(train_status, [run_id, smoothing], view, api_name=False)
-        gr.Timer(2.0).tick(train_status, [run_id, smoothing], view, api_name=False, show_progress="hidden")
+        gr.Timer(2.0).tick(poll_status, [run_id, smoothing], view, api_name=False, show_progress="hidden")
         gr.Timer(5.0).tick(refresh_run_labels, None, run_id, api_name=False, show_progress="hidden")
         gr.Button("Refresh runs", size="sm").click(on_load, None, run_id, api_name="train_runs_refresh")
         gr.api(train_runs, api_name="train_runs")

@@ -1,7 +1,7 @@
 """Test-time adaptation tab: adapt a LoRA to one clip's first 33 frames, continue it, compare.
 
-API: /tta_run, /tta_status, /tta_stop, /tta_sweep. Runs are background jobs; the loss plot and
-results are read back from the run folder by a timer.
+API: /tta_run, /tta_status, /tta_stop, /tta_sweep, /tta_runs (the run list: state, progress, it/s, ETA).
+Runs are background jobs; the loss plot and results are read back from the run folder by a timer.
 """
 
 from __future__ import annotations
@@ -63,6 +63,34 @@ def _status_line(s: dict) -> str:
 def _view(s: dict):
     videos = s.get("videos") or {}
     return (s.get("run_id") or "", _status_line(s), _loss_frame(s), videos.get("side_by_side"), _metrics_table(s), s)
+
+
+RUN_COLUMNS = ["run", "kind", "state", "progress", "it/s", "ETA", "preset"]
+
+
+def tta_runs() -> list[dict]:
+    return api.list_tta_runs()
+
+
+def _progress(r: dict) -> str:
+    if r["kind"] == "tta-sweep" and r.get("total"):
+        return f"{r.get('done') or 0}/{r['total']} items"
+    return f"{r['step']}/{r['total_steps']}" if r.get("total_steps") else ""
+
+
+def runs_table() -> pd.DataFrame:
+    """Every TTA run and sweep, newest first; pick a row to show it."""
+    rows = [{"run": r["run_id"], "kind": r["kind"], "state": r["state"], "progress": _progress(r),
+             "it/s": f"{r['it_per_s']:.2f}" if r.get("it_per_s") else "",
+             "ETA": f"{r['eta_seconds']:.0f} s" if r.get("eta_seconds") is not None else "",
+             "preset": r.get("preset") or ""} for r in api.list_tta_runs()]
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def pick_run(evt: gr.SelectData):
+    """A click on a row of the run list shows that run."""
+    row = evt.row_value or []
+    return row[0] if row else gr.skip()
 
 
 def _latest_tta_run() -> str | None:
@@ -152,9 +180,14 @@ def build(default_preset: str) -> None:
                 table = gr.Dataframe(_metrics_table({}), label="Metrics on frames 34-65", interactive=False,
                                      wrap=True, elem_id="tta-metrics")
                 raw = gr.JSON(visible=False)
+                runs = gr.Dataframe(runs_table(), label="TTA runs (click one to show it)", interactive=False,
+                                    elem_id="tta-runs")
         view = [run_id, status_md, plot, composed, table, raw]
         run.click(tta_run, [video, preset, rank, lr, steps, objective, seed, prompt], view, api_name="tta_run")
         stop.click(tta_stop, run_id, view, api_name="tta_stop")
         sweep.click(tta_sweep, [folder, preset, ranks, lrs, sweep_steps, objective, seed], view, api_name="tta_sweep")
         run_id.submit(tta_status_view, run_id, view, api_name="tta_status")
         gr.Timer(2.0).tick(tta_status_view, run_id, view, api_name=False, show_progress="hidden")
+        gr.Timer(5.0).tick(runs_table, None, runs, api_name=False, show_progress="hidden")
+        runs.select(pick_run, None, run_id, api_name=False).then(tta_status_view, run_id, view, api_name=False)
+        gr.api(tta_runs, api_name="tta_runs")

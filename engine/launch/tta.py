@@ -170,9 +170,48 @@ def tta_status(run_id: str) -> dict:
         side = path / "videos" / "tta" / f"{video_id}_side_by_side.mp4"
         if side.is_file():
             out["videos"]["side_by_side"] = str(side)
+    out.update(tta_speed(status, out["loss_events"]))
     summary = path / "summary.md"
     if summary.is_file():
         out["summary_md"] = summary.read_text()
     if out["state"] == "failed":
         out["log_tail"] = status.get("log_tail") or run.log_tail()
     return out
+
+
+SPEED_WINDOW = 20  # the last steps the speed is measured over
+
+
+def tta_speed(status: dict, events: list[dict]) -> dict:
+    """{"it_per_s", "eta_seconds"} of a TTA run from its logged steps (the worker records their times).
+
+    The speed is that of the current setting's last steps; the ETA is the current setting's remaining steps
+    for one run, and the time per finished item times the items left for a sweep (None when not known)."""
+    last = events[-1] if events else None
+    recent = [e for e in events[-SPEED_WINDOW:] if last and e.get("setting") == last.get("setting")
+              and e.get("video_id") == last.get("video_id") and isinstance(e.get("time"), (int, float))]
+    rate = None
+    if len(recent) >= 2 and recent[-1]["time"] > recent[0]["time"] and recent[-1]["step"] > recent[0]["step"]:
+        rate = (recent[-1]["step"] - recent[0]["step"]) / (recent[-1]["time"] - recent[0]["time"])
+    eta = None
+    if status.get("state") == "running":
+        done, total, started = status.get("done"), status.get("total"), status.get("started")
+        if status.get("kind") == "tta-sweep":
+            if isinstance(done, int) and isinstance(total, int) and done > 0 and isinstance(started, (int, float)):
+                eta = (time.time() - started) / done * max(0, total - done)
+        elif rate and isinstance(status.get("total_steps"), int):
+            eta = max(0, status["total_steps"] - status.get("step", 0)) / rate
+    return {"it_per_s": rate, "eta_seconds": eta}
+
+
+def list_tta_runs() -> list[dict]:
+    """TTA runs and sweeps, newest first, each with its state, progress, speed and ETA."""
+    from .training import list_runs
+
+    rows = []
+    for r in list_runs(("tta", "tta-sweep")):
+        path = runs_root() / r["run_id"]
+        status = job_status(path)
+        rows.append({**r, **tta_speed(status, RunDir(path).read_events("tta")),
+                     "done": status.get("done"), "total": status.get("total")})
+    return rows
