@@ -21,6 +21,7 @@ from .launch.run_admin import run_log as _run_log
 from .launch.run_config import clone_run_settings, import_training_config  # noqa: F401
 from .launch.run_curves import COMPARE_SERIES, compare_run_losses  # noqa: F401
 from .launch.run_files import run_downloads  # noqa: F401
+from .launch.sample_gallery import sample_gallery  # noqa: F401
 from .launch.training import (  # noqa: F401
     active_or_newest_run,
     list_runs,

@@ -130,6 +130,19 @@ def train_status(run_id="", smoothing=0.0):
     return _view(api.training_status(run_id) if run_id else {}, smoothing)
 
 
+@user_errors_as_messages
+def train_samples(run_id=""):
+    """Every sample of the run, oldest step first: (video, "step N · base/extended · prompt") for the gallery."""
+    run_id = _default_run(run_id)
+    items = []
+    for entry in api.sample_gallery(run_id) if run_id else []:
+        prompt = entry["prompt"] or "the first held-out clip's caption"
+        for kind in ("base", "extended"):
+            if entry.get(kind):
+                items.append((entry[kind], f"step {entry['step']} · {kind} · {prompt}"))
+    return items
+
+
 def poll_status(run_id="", smoothing=0.0):
     """The timer's refresh: a run that went away meanwhile (deleted from another page) is said once in the
     status line, not in a new error message every two seconds."""
@@ -314,6 +327,10 @@ def build(default_preset: str, demo: gr.Blocks) -> None:
                 with gr.Row():
                     base_video = gr.Video(label="Latest sample: base (dense)", autoplay=True)
                     ext_video = gr.Video(label="Latest sample: extended (radial)", autoplay=True)
+                with gr.Accordion("Every sample (all validation steps)", open=False):
+                    gallery_refresh = gr.Button("Show every sample", size="sm")
+                    gallery = gr.Gallery(label="Samples by validation step", columns=4, height="auto",
+                                         elem_id="sample-gallery")
                 checkpoints_md = gr.Markdown()
                 raw = gr.JSON(label="Status (raw)", visible=False)
                 run_tools.build(run_id, smoothing, _run_choices)
@@ -342,6 +359,8 @@ def build(default_preset: str, demo: gr.Blocks) -> None:
         stop.click(train_stop, [run_id, smoothing], view, api_name="train_stop", show_progress_on=action_md)
         resume.click(train_resume, [run_id, smoothing], view, api_name="train_resume", show_progress_on=action_md)
         run_id.change(train_status, [run_id, smoothing], view, api_name="train_status")
+        gallery_refresh.click(train_samples, run_id, gallery, api_name="train_samples")
+        run_id.change(train_samples, run_id, gallery, api_name=False, show_progress="hidden")
         run_id.change(show_run_settings, run_id, [preset, *settings, fp8_base, offload_activations, ffn_chunks,
                                                   block_swap],
                       api_name=False, show_progress="hidden")

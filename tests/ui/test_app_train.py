@@ -43,6 +43,12 @@ def test_train_start_with_defaults_runs_the_demo_and_compare_uses_it(client):
     assert {row[2] for row in plot["data"]} >= {"total", "base", "extended", "consistency", "validation"}
     runs = client.predict(api_name="/train_runs")
     assert runs[0]["run_id"] == run_id and runs[0]["state"] == "finished"
+    # The gallery: every validation step's pair, oldest first, not only the latest.
+    gallery = client.predict(run_id, api_name="/train_samples")
+    captions = [item["caption"] for item in gallery]
+    steps = sorted({int(c.split(" ")[1]) for c in captions})
+    assert len(steps) >= 2 and steps[-1] == status["sample_step"] and len(captions) == 2 * len(steps)
+    assert captions[0].startswith(f"step {steps[0]} · base") and captions[1].startswith(f"step {steps[0]} · extended")
 
     # Compare with the finished run's adapter.
     composed, base, ext, info = client.predict("a red circle", "tiny-wan", f"run:{run_id}/final", 5, 9, 2, 0, 1.0, 1,

@@ -237,3 +237,18 @@ def test_a_failed_start_marks_only_its_own_line_and_stop_on_a_finished_run_says_
     assert "has already finished" in page.locator(".toast-body", has_text="nothing to stop").first.inner_text()
     assert page.evaluate(ERROR_BADGES) == []
     page.screenshot(path=str(ARTIFACTS / "train-stop-finished.png"), full_page=True)
+
+
+def test_the_gallery_shows_every_validation_steps_samples(page, app_url, runs):
+    url, _ = app_url
+    _show_run(page, url, runs[0])
+    _wait_status(page, runs[0])
+    page.get_by_text("Every sample (all validation steps)").click()
+    page.get_by_role("button", name="Show every sample").click()
+    # make_finished_run sampled at steps 5 and 10: a base and an extended video each, oldest first
+    page.wait_for_function("() => document.querySelectorAll('#sample-gallery .thumbnail-item').length === 4",
+                           timeout=60_000)
+    captions = page.evaluate("() => [...document.querySelectorAll('#sample-gallery .thumbnail-item')]"
+                             ".map(e => e.getAttribute('aria-label') || e.innerText)")
+    page.screenshot(path=str(ARTIFACTS / "train-sample-gallery.png"), full_page=True)
+    assert len(captions) == 4
