@@ -81,12 +81,13 @@ def train_start(preset=api.DEFAULT_PRESET, data_source="synthetic", num_samples=
                 pattern=None, dense_layers=None, dense_timesteps=None, decay_factor=None, block_size=None,
                 gradient_accumulation_steps=None, validation_steps=None, checkpointing_steps=None, sample_steps=None,
                 seed=None, smoothing=0.0, fp8_base=None, offload_activations=None, ffn_chunks=None, block_swap=None,
-                extra_settings=None):
+                extra_settings=None, sample_prompts=None, sample_seed=None, trigger_word=None):
     """Every parameter has a default: with none, a short demo run of the tiny model on synthetic clips.
 
     The memory options come after `smoothing` so positional API calls made before they existed still work.
     `extra_settings`: settings of an imported config or cloned run that the form does not show (the form's
-    own fields win).
+    own fields win). `sample_prompts`: one per line (empty: the held-out clip's caption); `trigger_word` (empty:
+    the data folder's dataset.toml).
     """
     values = locals()
     settings = {**(extra_settings or {})}
@@ -99,6 +100,13 @@ def train_start(preset=api.DEFAULT_PRESET, data_source="synthetic", num_samples=
         if value is None or value == "":
             continue
         settings[name] = int(value) if name in INT_SETTINGS else (float(value) if name != "pattern" else value)
+    prompts = [line.strip() for line in (sample_prompts or "").splitlines() if line.strip()]
+    if prompts:
+        settings["sample_prompts"] = prompts
+    if sample_seed not in (None, ""):
+        settings["sample_seed"] = int(sample_seed)
+    if (trigger_word or "").strip():
+        settings["trigger_word"] = trigger_word.strip()
     status = api.start_training(preset, data_source, uploads=uploads, folder=folder, num_samples=int(num_samples or 4),
                             settings=settings)
     return (status["run_id"], *_view(status, smoothing))
@@ -293,6 +301,11 @@ def build(default_preset: str, demo: gr.Blocks) -> None:
                         val_steps = gr.Number(d["validation_steps"], precision=0, label="Validate every")
                         ckpt_steps = gr.Number(d["checkpointing_steps"], precision=0, label="Checkpoint every")
                         sample_steps = gr.Number(d["sample_steps"], precision=0, label="Sample steps (0: none)")
+                    sample_prompts = gr.Textbox(lines=2, label="Sample prompts (one per line)",
+                                                info="empty: the held-out clip's caption", elem_id="sample-prompts")
+                    with gr.Row():
+                        sample_seed = gr.Number(None, precision=0, label="Sample seed", info="empty: the run's seed")
+                        trigger_word = gr.Textbox(label="Trigger word", info="empty: the data folder's dataset.toml")
                 with gr.Accordion("Advanced: memory (long videos, big models)", open=False):
                     gr.Markdown("Measured costs per option: docs/memory.md. The 14B recipe (1280x768, 69 -> 161) "
                                 "fits 76 GiB with the first three. Block swap keeps that many blocks' frozen "
@@ -348,7 +361,8 @@ def build(default_preset: str, demo: gr.Blocks) -> None:
                            show_progress_on=import_md)
         clone.click(clone_run, run_id, form, api_name="run_clone", show_progress_on=import_md)
         start.click(train_start, [preset, data_source, num_samples, uploads, folder, *settings, smoothing, fp8_base,
-                                  offload_activations, ffn_chunks, block_swap, extras],
+                                  offload_activations, ffn_chunks, block_swap, extras, sample_prompts, sample_seed,
+                                  trigger_word],
                     [run_id, *view], api_name="train_start", show_progress_on=action_md).then(
             lambda current: gr.Dropdown(choices=_run_choices(), value=current), run_id, run_id, api_name=False)
         memory_inputs = [preset, lora_rank, base_frames, ext_frames, fp8_base, offload_activations, ffn_chunks,

@@ -139,3 +139,15 @@ def test_the_status_poll_of_a_run_deleted_meanwhile_says_so_once_and_raises_noth
     assert line.startswith("Run 20261203-999999-abcdef is not available: unknown run")
     with pytest.raises(Exception, match="unknown run"):  # the API call itself still says so as an error
         train_tab.train_status("20261203-999999-abcdef", 0.0)
+
+
+def test_sample_prompts_seed_and_trigger_word_from_the_form_reach_the_run(client, app_url):
+    _, root = app_url
+    run_id = client.predict(max_steps=1, validation_steps=1, sample_steps=1, sample_prompts="a red ball, fast\n\n a cube ",
+                            sample_seed=5, trigger_word="sks", api_name="/train_start")[0]
+    config = json.loads((root / "runs" / run_id / "config.json").read_text())
+    assert config["sample_prompts"] == ["a red ball, fast", "a cube"] and config["sample_seed"] == 5
+    assert config["trigger_word"] == "sks"
+    client.predict(run_id, 0.0, api_name="/train_stop")
+    with pytest.raises(Exception, match="sample_seed"):  # a bad value names the field; no run is made
+        client.predict(max_steps=1, sample_seed=-3, api_name="/train_start")
