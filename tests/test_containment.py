@@ -80,3 +80,21 @@ def test_an_adapter_folder_holding_a_symlinked_lora_file_is_refused(roots, tiny_
     (data / "ok").mkdir()
     (data / "ok" / DIFFUSERS_WEIGHT_NAME).write_bytes(b"x")
     assert resolve_adapter_ref("ok") == (data / "ok").resolve()
+
+
+def test_a_contained_folder_of_videos_trains_as_it_is_not_converted(roots):
+    """The app's folder source: clips of mixed sizes and lengths inside the data root are used in place (buckets,
+    windows); nothing is copied."""
+    from engine.data.synthetic import render_clip
+    from engine.launch.training import prepare_dataset
+    from engine.video import write_mp4
+
+    data, _, runs = roots
+    folder = data / "mixed"
+    folder.mkdir()
+    for i, (h, w, frames) in enumerate([(64, 64, 33), (240, 320, 40), (96, 48, 60)]):
+        write_mp4(render_clip(seed=i, num_frames=frames, height=h, width=w).frames, folder / f"c{i}.mp4", fps=8)
+        (folder / f"c{i}.txt").write_text(f"clip {i}")
+    target = runs / "_datasets" / "z"
+    assert prepare_dataset("folder", target, preset="tiny-wan", folder="mixed") == folder
+    assert not target.exists()

@@ -122,8 +122,23 @@ def prepare_dataset(source: str, target: Path, *, preset: str, folder: str | Non
     if (path / "metadata.json").is_file():
         load_dataset(path, within=root)  # validate (every file inside the data root); lists every problem
         return path
+    if _reads_only_inside(path, root, preset):
+        return path  # videos with captions train as they are: buckets and windows (engine.data.samples)
+    # Some file leads outside the data root: the worker must not read it, so the rest is copied in converted.
     convert_dataset(path, target, preset=preset, within=root).require_kept(f"in the {source} data")
     return target
+
+
+def _reads_only_inside(path: Path, root: Path, preset: str) -> bool:
+    """Whether every clip and caption of a folder of videos lies inside the data root (the worker reads the
+    folder without that rule, so one that leads out is converted instead)."""
+    from ..data.sources import find_clips
+    from ..presets import load_preset
+
+    fam = family(load_preset(preset))
+    contained, skipped_inside = find_clips(path, fam, max_frames=1, within=root)
+    every, skipped = find_clips(path, fam, max_frames=1)
+    return [c.video_id for c in contained] == [c.video_id for c in every] and len(skipped_inside) == len(skipped)
 
 
 def _argv(run: RunDir, staging: Path | None = None) -> list[str]:
