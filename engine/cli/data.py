@@ -38,14 +38,43 @@ def cmd_data_convert(args) -> int:
 
 
 def cmd_data_validate(args) -> int:
+    from pathlib import Path
+
     from ..data.dataset import scan_dataset
 
+    if Path(args.output_dir).is_dir() and not (Path(args.output_dir) / "metadata.json").is_file():
+        return _validate_videos(args)
     problems, entries = scan_dataset(args.output_dir)
     if problems:
         for problem in problems:
             print(problem)
         return 1
     print(f"ok: {len(entries)} clips")
+    return 0
+
+
+def _validate_videos(args) -> int:
+    """A folder of videos with captions, as a run of the preset's recipe would take it: each skipped clip with
+    its reason, then what is used (clips, windows, buckets); 1 when nothing is usable."""
+    from ..config import config_from_preset
+    from ..models import family
+    from ..settings import DATASET
+    from ..data.samples import plan_dataset
+
+    config = config_from_preset(args.preset, data_dir=args.output_dir, output_dir="-")
+    plan = plan_dataset(args.output_dir, family(config.preset_dict()), frames=config.extended_num_frames,
+                        base_frames=config.base_num_frames, height=config.height, width=config.width,
+                        overrides={k: getattr(config, k) for k in DATASET})
+    for name, reason in plan.skipped:
+        print(f"skipped {name}: {reason}")
+    clips = len(plan.clip_ids())
+    if not clips:
+        print(f"error: no usable clip for preset '{args.preset}' ({config.extended_num_frames} frames per window)",
+              file=sys.stderr)
+        return 1
+    buckets = ", ".join(f"{b} ({n})" for b, n in sorted(plan.buckets().items()))
+    print(f"ok: {clips} clips, {len(plan.samples)} windows of {config.extended_num_frames} frames, buckets {buckets}; "
+          f"{len(plan.skipped)} skipped (preset '{args.preset}')")
     return 0
 
 
@@ -75,6 +104,8 @@ def add_data_parser(subparsers) -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_data_convert)
 
     k = sub.add_parser("validate", help="check a dataset folder; prints every problem")
-    k.add_argument("--output_dir", required=True, help="the dataset folder (holding metadata.json)")
+    k.add_argument("--output_dir", required=True, help="the dataset folder (metadata.json, or videos with captions)")
+    k.add_argument("--preset", default=DEFAULT_PRESET, help="a folder of videos is checked as this preset's recipe "
+                   "takes it (frames, size, buckets)")
     k.set_defaults(func=cmd_data_validate)
     return data

@@ -187,3 +187,23 @@ def test_buckets_that_context_parallelism_cannot_split_are_refused_before_the_ru
         trainer_mod.check_dataset(config, family(config.preset_dict()))
     config.enable_bucket = False  # every clip at the run's 64x64: 144 tokens
     assert trainer_mod.check_dataset(config, family(config.preset_dict())).buckets() == {"64x64": 3}
+
+
+def test_data_validate_checks_a_folder_of_videos_as_the_presets_recipe_takes_it(tmp_path, capsys):
+    from engine.cli import main
+    from engine.data.synthetic import render_clip
+    from engine.video import write_mp4
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name, (h, w, frames) in {"wide": (240, 320, 40), "square": (64, 64, 33), "short": (64, 64, 20)}.items():
+        write_mp4(render_clip(seed=1, num_frames=frames, height=h, width=w).frames, folder / f"{name}.mp4", fps=8)
+        (folder / f"{name}.txt").write_text(name)
+    assert main(["data", "validate", "--output_dir", str(folder), "--preset", "tiny-wan"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped short.mp4: too short: 20 frames" in out and "ok: 2 clips, 2 windows of 33 frames" in out
+    assert "48x80 (1)" in out and "64x64 (1)" in out
+    for name in ("wide", "square"):
+        (folder / f"{name}.mp4").unlink()
+    assert main(["data", "validate", "--output_dir", str(folder)]) == 1
+    assert "no usable clip" in capsys.readouterr().err
