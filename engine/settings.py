@@ -241,6 +241,8 @@ DATASET = {
     "enable_bucket": Setting(BOOL, True, "resize each clip to the aspect-ratio bucket nearest its own, all of about "
                              "the run's height x width pixels (false: every clip resized and centre-cropped to the "
                              "run's height x width)"),
+    "bucket_no_upscale": Setting(BOOL, False, "a clip smaller than the run's pixel area trains at its own size (its "
+                                 "sides rounded down to the size multiple), not scaled up to a bucket"),
     "frame_extraction": Setting(STR, "head", "which windows of extended_num_frames frames a clip gives: head (the "
                                 "first), chunk (consecutive, non-overlapping), slide (one every frame_stride frames), "
                                 "uniform (frame_sample windows spread evenly over the clip)", choices=FRAME_EXTRACTION),

@@ -33,8 +33,14 @@ def nearest_bucket(height: int, width: int, buckets: list[tuple[int, int]]) -> t
 
 
 def clip_size(height: int, width: int, run_height: int, run_width: int, multiple: int,
-              enable_bucket: bool) -> tuple[int, int]:
-    """The frame size a clip of height x width is trained at."""
+              enable_bucket: bool, no_upscale: bool = False) -> tuple[int, int]:
+    """The frame size a clip of height x width is trained at.
+
+    `no_upscale` (musubi-tuner's bucket_no_upscale): a clip of fewer pixels than the run's area keeps its own
+    size, each side rounded down to the multiple (a crop of at most multiple - 1 pixels), rather than being
+    scaled up to a bucket; larger clips go to their bucket as usual."""
     if not enable_bucket:
         return run_height, run_width
+    if no_upscale and height * width < run_height * run_width:
+        return max(multiple, height // multiple * multiple), max(multiple, width // multiple * multiple)
     return nearest_bucket(height, width, bucket_sizes(run_height, run_width, multiple))

@@ -4,6 +4,7 @@ The file is optional and flat; every key is a setting of engine.settings.DATASET
 musubi-tuner's dataset config), e.g.
 
     enable_bucket = true          # aspect-ratio buckets (false: crop every clip to the run's size)
+    bucket_no_upscale = false     # true: a clip smaller than the run's area keeps its own size
     frame_extraction = "slide"    # head | chunk | slide | uniform
     frame_stride = 16             # slide: frames between window starts
     frame_sample = 4              # uniform: windows per clip

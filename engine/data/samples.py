@@ -74,7 +74,8 @@ def plan_samples(clips: list[SourceClip], *, frames: int, base_frames: int, heig
             skipped.append((clip.path.name, f"too short: {clip.frames} frames; needs at least {frames} "
                                              "(the run's extended_num_frames)"))
             continue
-        bucket = clip_size(clip.height, clip.width, height, width, multiple, options["enable_bucket"])
+        bucket = clip_size(clip.height, clip.width, height, width, multiple, options["enable_bucket"],
+                           options.get("bucket_no_upscale", False))
         prompt = with_trigger(clip.prompt, options.get("trigger_word", ""))
         samples.extend(Sample(clip.video_id, clip.path, prompt, clip.negative_prompt, start, frames, base_frames,
                               *bucket) for start in starts)

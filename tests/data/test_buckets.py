@@ -95,15 +95,17 @@ def test_one_bucket_and_batch_size_one_walk_the_pre_bucket_permutation():
 
 
 def test_dataset_toml_sets_the_options_and_a_run_overrides_them(tmp_path):
-    assert read_dataset_config(tmp_path) == {"enable_bucket": True, "frame_extraction": "head", "frame_stride": 1,
-                                             "frame_sample": 1, "trigger_word": ""}
+    assert read_dataset_config(tmp_path) == {"enable_bucket": True, "bucket_no_upscale": False,
+                                             "frame_extraction": "head", "frame_stride": 1, "frame_sample": 1,
+                                             "trigger_word": ""}
     (tmp_path / DATASET_FILE).write_text('# how clips are cut\nframe_extraction = "slide"\nframe_stride = 8\n'
                                          "enable_bucket = false\n")
-    assert read_dataset_config(tmp_path) == {"enable_bucket": False, "frame_extraction": "slide", "frame_stride": 8,
-                                             "frame_sample": 1, "trigger_word": ""}
+    assert read_dataset_config(tmp_path) == {"enable_bucket": False, "bucket_no_upscale": False,
+                                             "frame_extraction": "slide", "frame_stride": 8, "frame_sample": 1,
+                                             "trigger_word": ""}
     options = dataset_options(tmp_path, {"frame_extraction": "uniform", "frame_sample": 4, "frame_stride": None})
-    assert options == {"enable_bucket": False, "frame_extraction": "uniform", "frame_stride": 8, "frame_sample": 4,
-                       "trigger_word": ""}
+    assert options == {"enable_bucket": False, "bucket_no_upscale": False, "frame_extraction": "uniform",
+                       "frame_stride": 8, "frame_sample": 4, "trigger_word": ""}
 
 
 @pytest.mark.parametrize("text, pattern", [
@@ -128,3 +130,33 @@ def test_run_overrides_are_training_config_fields_checked_like_the_others(tmp_pa
         config_from_preset("tiny-wan", frame_extraction="every")
     with pytest.raises(ConfigError, match=r"training config field 'frame_sample'=0 is out of range"):
         dataset_options(tmp_path, {"frame_sample": 0})
+
+
+def test_bucket_no_upscale_keeps_a_small_clip_at_its_own_size_rounded_down():
+    from engine.data.buckets import clip_size
+
+    assert clip_size(40, 72, 64, 64, 16, True, no_upscale=True) == (32, 64)  # 2880 px < 4096: own size, rounded
+    assert clip_size(40, 72, 64, 64, 16, True) == (48, 80)  # the default: scaled up to its bucket
+    assert clip_size(240, 320, 64, 64, 16, True, no_upscale=True) == (48, 80)  # a larger clip: its bucket
+    assert clip_size(8, 8, 64, 64, 16, True, no_upscale=True) == (16, 16)  # never below one multiple
+    assert clip_size(40, 72, 64, 64, 16, False, no_upscale=True) == (64, 64)  # buckets off: the run's size
+
+
+def test_bucket_no_upscale_from_dataset_toml_reaches_the_plan(tmp_path):
+    from engine.data.samples import plan_dataset
+    from engine.data.synthetic import render_clip
+    from engine.models import family
+    from engine.presets import load_preset
+    from engine.video import write_mp4
+
+    write_mp4(render_clip(seed=0, num_frames=33, height=40, width=72).frames, tmp_path / "small.mp4", fps=8)
+    (tmp_path / "small.txt").write_text("a small clip")
+    fam = family(load_preset("tiny-wan"))
+    args = dict(frames=33, base_frames=17, height=64, width=64)
+    assert (plan_dataset(tmp_path, fam, **args).samples[0].height, plan_dataset(tmp_path, fam, **args).samples[0].width) \
+        == (48, 80)
+    (tmp_path / DATASET_FILE).write_text("bucket_no_upscale = true\n")
+    sample = plan_dataset(tmp_path, fam, **args).samples[0]
+    assert (sample.height, sample.width) == (32, 64)
+    sample = plan_dataset(tmp_path, fam, **args, overrides={"bucket_no_upscale": False}).samples[0]  # a run's wins
+    assert (sample.height, sample.width) == (48, 80)
