@@ -1,5 +1,6 @@
 """The Length extension and Compare tabs through gradio_client (tiny preset, CPU)."""
 
+import json
 import time
 
 import pytest
@@ -141,3 +142,25 @@ def test_the_memory_estimate_beside_start_follows_the_settings(client):
     plain = client.predict("wan2.1-t2v-14b", 64, 69, 161, False, False, 1, api_name="/train_memory_estimate")
     assert "**144." in plain  # the recipe without options: does not fit even an H200
     assert "not available" in client.predict("tiny-opensora2", api_name="/train_memory_estimate")
+
+
+def test_a_folder_of_mixed_sizes_and_lengths_trains_in_place_from_the_app(client, app_url):
+    """Issue 16's done-when: a 320x240 clip, clips longer than needed and one too short, trained without conversion."""
+    from engine.data.synthetic import render_clip
+    from engine.video import write_mp4
+
+    _, root = app_url
+    folder = root / "data" / "phone-clips"
+    folder.mkdir()
+    for name, (h, w, frames) in {"ucf": (240, 320, 40), "long": (64, 64, 90), "tall": (96, 48, 50),
+                                 "short": (64, 64, 20)}.items():
+        write_mp4(render_clip(seed=len(name), num_frames=frames, height=h, width=w).frames, folder / f"{name}.mp4", fps=8)
+        (folder / f"{name}.txt").write_text(f"a {name} clip")
+    run_id = client.predict("tiny-wan", "folder", 4, [], "phone-clips", 2, api_name="/train_start")[0]
+    status = _wait(client, run_id, lambda s: s["state"] in ("finished", "failed"), timeout=400)
+    assert status["state"] == "finished", status
+    assert status["skipped_clips"] == ["short.mp4: too short: 20 frames; needs at least 33 (the run's "
+                                       "extended_num_frames)"]
+    assert set(status["buckets"]) >= {"48x80", "80x48"}  # the 320x240 and the tall clip at their own buckets
+    assert not (root / "runs" / "_datasets" / run_id).exists()  # it read the folder itself, not a converted copy
+    assert json.loads((root / "runs" / run_id / "config.json").read_text())["data_dir"] == str(folder)
