@@ -1,7 +1,10 @@
-"""A finished tiny-wan training run folder, made directly (no training) for tests that consume runs."""
+"""A finished tiny-wan training run folder, made directly (no training) for tests that consume runs; waiting on a
+training process's step (the SIGKILL-then-resume tests)."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,3 +47,17 @@ def make_finished_run(run: Path, tiny_preset: dict) -> Path:
             write_mp4(rng.integers(0, 255, (frames, 32, 32, 3), dtype=np.uint8),
                       run / "samples" / f"step-{step:06d}" / f"{name}.mp4", fps=8)
     return run
+
+
+def wait_for_step(run: Path, step: int, proc, timeout=300) -> None:
+    """Until the run's status.json reaches `step`; fails if `proc` (the training process) ends first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if json.loads((run / "status.json").read_text()).get("step", 0) >= step:
+                return
+        except (OSError, ValueError):  # not written yet, or being replaced
+            pass
+        assert proc.poll() is None, "the run ended before it reached the step"
+        time.sleep(0.05)
+    raise AssertionError(f"the run did not reach step {step} in {timeout} s")

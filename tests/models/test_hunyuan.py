@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from engine.models import family, get_pipeline
 from engine.models.hunyuan import fuse_lora_state
 from engine.models.wan import ensure_tiny_model
 from engine.presets import load_preset
+from tests.run_factory import wait_for_step
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = "tiny-hunyuanvideo"
@@ -247,17 +247,6 @@ def test_trains_and_evaluates_through_the_cli(data, tmp_path):
     assert json.loads((tmp_path / "eval" / "summary.json").read_text())
 
 
-def _wait_for_step(run: Path, step: int, proc, timeout=300):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            if json.loads((run / "status.json").read_text()).get("step", 0) >= step:
-                return
-        except (OSError, ValueError):
-            pass
-        assert proc.poll() is None, "the run ended before it was killed"
-        time.sleep(0.05)
-    raise AssertionError("the run did not reach the step")
 
 
 @pytest.mark.slow
@@ -267,7 +256,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(data, tmp_path):
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "engine", *flags, "--output_dir", str(killed)], cwd=ROOT,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for_step(killed, 5, proc)
+    wait_for_step(killed, 5, proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "final").exists()

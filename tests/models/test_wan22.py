@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from engine.lora import COMFY_WEIGHT_NAME, DIFFUSERS_WEIGHT_NAME, add_lora, save
 from engine.models import family, get_pipeline
 from engine.models.wan import ensure_tiny_model
 from engine.presets import load_preset
+from tests.run_factory import wait_for_step
 
 ROOT = Path(__file__).resolve().parents[2]
 A14B, TI2V = "tiny-wan2.2-a14b", "tiny-wan2.2-ti2v-5b"
@@ -318,17 +318,6 @@ def test_tta_continues_a_clip(name, mode, tmp_path):
     assert metrics["continuation"] == mode
 
 
-def _wait_for_step(run: Path, step: int, proc, timeout=300):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            if json.loads((run / "status.json").read_text()).get("step", 0) >= step:
-                return
-        except (OSError, ValueError):
-            pass
-        assert proc.poll() is None, "the run ended before it was killed"
-        time.sleep(0.05)
-    raise AssertionError("the run did not reach the step")
 
 
 @pytest.mark.slow
@@ -338,7 +327,7 @@ def test_a14b_sigkill_then_resume_equals_an_uninterrupted_run(data, tmp_path):
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "engine", *flags, "--output_dir", str(killed)], cwd=ROOT,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for_step(killed, 5, proc)
+    wait_for_step(killed, 5, proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "final").exists()

@@ -6,7 +6,6 @@ written to docs/screenshots/<tab>.png for the README (1280x800, PNG).
 
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,11 @@ import pytest
 from tests.data.test_dataset_view import snapshot
 from tests.data.test_mixed_dataset import write_mixed_folder
 
-CHROMIUM = os.environ.get("RADIAL_STUDIO_CHROMIUM", "/usr/bin/chromium")
+from tests.ui.test_browser import ARTIFACTS, CHROMIUM, playwright_api  # skips this module where test_browser does
+
 REPO = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO / "test-artifacts"
 SCREENSHOTS = REPO / "docs" / "screenshots"
 TABS = ["Length extension", "Dataset", "Test-time adaptation", "Compare", "Generate", "Hub", "Presets"]
-
-playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-test.txt)")
-if not shutil.which(CHROMIUM) and not Path(CHROMIUM).is_file():
-    pytest.skip(f"no chromium at {CHROMIUM}: install Debian's chromium package (.ci/run does)", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from engine.config import config_from_preset, read_config_file
 from engine.data.dataset import create_synthetic_dataset
 from engine.lora import COMFY_WEIGHT_NAME, DIFFUSERS_WEIGHT_NAME
 from engine.workers.trainer import train
+from tests.run_factory import wait_for_step
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,17 +105,6 @@ def test_training_lowers_validation_loss_and_saved_lora_reloads_in_stock_diffuse
     assert not torch.allclose(_transformer_out(base.transformer), captured["out"], atol=1e-4)
 
 
-def _wait_for_step(run: Path, step: int, proc, timeout=240):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if json.loads((run / "status.json").read_text()).get("step", 0) >= step:
-                return
-        except (FileNotFoundError, json.JSONDecodeError):
-            pass
-        assert proc.poll() is None, "training exited early"
-        time.sleep(0.2)
-    raise AssertionError("training did not reach the step in time")
 
 
 def _cli(*args):
@@ -131,7 +120,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(dataset, tmp_path):
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_cli(*flags, "--output_dir", str(killed)), cwd=ROOT, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for_step(killed, 5, proc)
+    wait_for_step(killed, 5, proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert json.loads((killed / "status.json").read_text())["state"] == "running"  # died without a word
