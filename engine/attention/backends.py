@@ -121,6 +121,27 @@ def _sdpa(q, k, v, attn_mask=None):
     return out.transpose(1, 2)
 
 
+def _checked(q, k, v, num_frames: int, tokens_per_frame: int, backend: str | None, allowed) -> str:
+    """The backend to use (default: triton on CUDA, else reference), after checking it and the q/k/v geometry."""
+    if backend is None:
+        backend = "triton" if q.device.type == "cuda" else "reference"
+    if backend not in allowed:
+        raise ValueError(f"attention backend {backend!r} is not one of {', '.join(allowed)} here")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"{name} must be a 4-D tensor [B, S, H, D], got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    if q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f"q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    S = q.shape[1]
+    if S != num_frames * tokens_per_frame:
+        raise ValueError(
+            f"sequence length mismatch: q has S={S} tokens but num_frames*tokens_per_frame = "
+            f"{num_frames}*{tokens_per_frame} = {num_frames * tokens_per_frame}"
+        )
+    return backend
+
+
 def radial_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -138,23 +159,7 @@ def radial_attention(
     q, k, v: ``[B, S, H, D]`` with ``S = num_frames * tokens_per_frame``.
     Returns ``[B, S, H, D]``.
     """
-    if backend is None:
-        backend = "triton" if q.device.type == "cuda" else "reference"
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown attention backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            raise ValueError(f"{name} must be a 4-D tensor [B, S, H, D], got "
-                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
-    if q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(f"q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    S = q.shape[1]
-    if S != num_frames * tokens_per_frame:
-        raise ValueError(
-            f"sequence length mismatch: q has S={S} tokens but num_frames*tokens_per_frame = "
-            f"{num_frames}*{tokens_per_frame} = {num_frames * tokens_per_frame}"
-        )
-
+    backend = _checked(q, k, v, num_frames, tokens_per_frame, backend, BACKENDS)
     if backend == "dense":
         return _sdpa(q, k, v)
 
@@ -212,17 +217,10 @@ def radial_attention_lse(
     Backends: "triton" (the kernel's own LSE) and "reference" / "dense" (float32 PyTorch, the
     same maths; memory grows as S^2). "flex" is not offered here.
     """
-    if backend is None:
-        backend = "triton" if q.device.type == "cuda" else "reference"
-    if backend not in ("triton", "reference", "dense"):
-        raise ValueError(f"attention backend {backend!r} has no log-sum-exp output (needed to merge radial video "
-                         "attention with text attention); use 'triton', 'reference' or 'dense'")
-    S = q.shape[1]
-    if S != num_frames * tokens_per_frame:
-        raise ValueError(
-            f"sequence length mismatch: q has S={S} tokens but num_frames*tokens_per_frame = "
-            f"{num_frames}*{tokens_per_frame} = {num_frames * tokens_per_frame}"
-        )
+    if backend == "flex":
+        raise ValueError("attention backend 'flex' has no log-sum-exp output (needed to merge radial video attention "
+                         "with text attention); use 'triton', 'reference' or 'dense'")
+    backend = _checked(q, k, v, num_frames, tokens_per_frame, backend, ("triton", "reference", "dense"))
     if backend == "dense":
         return _masked_attention_lse(q, k, v)
     geom = _geometry(num_frames, tokens_per_frame, block_size, decay_factor, sink)
