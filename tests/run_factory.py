@@ -4,6 +4,10 @@ training process's step (the SIGKILL-then-resume tests)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -61,3 +65,31 @@ def wait_for_step(run: Path, step: int, proc, timeout=300) -> None:
         assert proc.poll() is None, "the run ended before it reached the step"
         time.sleep(0.05)
     raise AssertionError(f"the run did not reach step {step} in {timeout} s")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def engine_cli(*args, timeout=600) -> subprocess.CompletedProcess:
+    """`python -m engine ARGS` in the repository; fails the test with the end of stderr unless it exits 0."""
+    proc = subprocess.run([sys.executable, "-m", "engine", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def killed_then_resumed(flags: list[str], tmp_path: Path) -> tuple[Path, Path]:
+    """A `train` run (`flags`, no --output_dir) SIGKILLed at step 5 and resumed, and the same run uninterrupted:
+    (the killed run's folder, the whole run's folder), both finished, for the caller to compare."""
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "engine", *flags, "--output_dir", str(killed)], cwd=ROOT,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_step(killed, 5, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final").exists()
+    engine_cli(*flags, "--output_dir", str(killed), "--resume")
+    events = [json.loads(line) for line in (killed / "events.jsonl").read_text().splitlines()]
+    assert next(e for e in events if e["type"] == "resume")["step"] >= 3
+    engine_cli(*flags, "--output_dir", str(tmp_path / "whole"))
+    return killed, tmp_path / "whole"

@@ -2,11 +2,7 @@
 
 import json
 import logging
-import os
 import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +18,7 @@ from engine.models import family, get_pipeline
 from engine.models.hunyuan import fuse_lora_state
 from engine.models.wan import ensure_tiny_model
 from engine.presets import load_preset
-from tests.run_factory import wait_for_step
+from tests.run_factory import engine_cli, killed_then_resumed
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = "tiny-hunyuanvideo"
@@ -210,11 +206,7 @@ def test_comfy_export_uses_comfyui_names_and_the_fused_update_is_exact(tiny, tmp
     assert fused["single_blocks.0.linear1.fused.lora_B.weight"].shape[0] == 3 * 64 + 4 * 64
 
 
-def _cli(*args, timeout=600):
-    proc = subprocess.run([sys.executable, "-m", "engine", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+_cli = engine_cli
 
 
 @pytest.fixture(scope="module")
@@ -253,16 +245,6 @@ def test_trains_and_evaluates_through_the_cli(data, tmp_path):
 def test_sigkill_then_resume_equals_an_uninterrupted_run(data, tmp_path):
     flags = ["train", "--preset", TINY, "--data_dir", str(data), "--max_steps", "30", "--checkpointing_steps", "3",
              "--validation_steps", "100", "--sample_steps", "0", "--quiet"]
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "engine", *flags, "--output_dir", str(killed)], cwd=ROOT,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_step(killed, 5, proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "final").exists()
-    _cli(*flags, "--output_dir", str(killed), "--resume")
-    events = [json.loads(line) for line in (killed / "events.jsonl").read_text().splitlines()]
-    assert next(e for e in events if e["type"] == "resume")["step"] >= 3
-    _cli(*flags, "--output_dir", str(tmp_path / "whole"))
-    a, b = (load_file(str(d / "final" / DIFFUSERS_WEIGHT_NAME)) for d in (killed, tmp_path / "whole"))
+    killed, whole = killed_then_resumed(flags, tmp_path)
+    a, b = (load_file(str(d / "final" / DIFFUSERS_WEIGHT_NAME)) for d in (killed, whole))
     assert a.keys() == b.keys() and a and all(torch.equal(a[k], b[k]) for k in a)

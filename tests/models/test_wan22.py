@@ -2,10 +2,6 @@
 
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +17,7 @@ from engine.lora import COMFY_WEIGHT_NAME, DIFFUSERS_WEIGHT_NAME, add_lora, save
 from engine.models import family, get_pipeline
 from engine.models.wan import ensure_tiny_model
 from engine.presets import load_preset
-from tests.run_factory import wait_for_step
+from tests.run_factory import engine_cli, killed_then_resumed
 
 ROOT = Path(__file__).resolve().parents[2]
 A14B, TI2V = "tiny-wan2.2-a14b", "tiny-wan2.2-ti2v-5b"
@@ -258,11 +254,7 @@ def test_ti2v_vae_forward_and_radial_mask_follow_the_layout(ti2v, monkeypatch):
 # ---------------------------------------------------------------------------- CLI: train, resume, TTA
 
 
-def _cli(*args, timeout=600):
-    proc = subprocess.run([sys.executable, "-m", "engine", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+_cli = engine_cli
 
 
 @pytest.fixture(scope="module")
@@ -324,19 +316,9 @@ def test_tta_continues_a_clip(name, mode, tmp_path):
 def test_a14b_sigkill_then_resume_equals_an_uninterrupted_run(data, tmp_path):
     flags = ["train", "--preset", A14B, "--data_dir", str(data[A14B]), "--max_steps", "30", "--checkpointing_steps", "3",
              "--validation_steps", "100", "--use_gradient_checkpointing", "false", "--quiet"]
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "engine", *flags, "--output_dir", str(killed)], cwd=ROOT,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_step(killed, 5, proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "final").exists()
-    _cli(*flags, "--output_dir", str(killed), "--resume")
-    events = [json.loads(line) for line in (killed / "events.jsonl").read_text().splitlines()]
-    assert next(e for e in events if e["type"] == "resume")["step"] >= 3
-    _cli(*flags, "--output_dir", str(tmp_path / "whole"))
+    killed, whole = killed_then_resumed(flags, tmp_path)
     for file in (DIFFUSERS_WEIGHT_NAME, HIGH, LOW):
-        a, b = load_file(str(killed / "final" / file)), load_file(str(tmp_path / "whole" / "final" / file))
+        a, b = load_file(str(killed / "final" / file)), load_file(str(whole / "final" / file))
         assert a.keys() == b.keys() and a
         assert all(torch.equal(a[k], b[k]) for k in a), file
 
