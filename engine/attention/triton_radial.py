@@ -742,19 +742,29 @@ def _bwd(do, q, k, v, o, lse, plan: _Plan, sm_scale: float, dlse=None):
 
 
 class _RadialAttnFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, plan, sm_scale):
-        o, lse = _fwd(q, k, v, plan, sm_scale)
-        ctx.save_for_backward(q, k, v, o, lse)
-        ctx.plan = plan
-        ctx.sm_scale = sm_scale
-        return o
+    """The kernel with autograd; `with_lse` also returns the row LSE (natural log) with a gradient (see _bwd)."""
 
     @staticmethod
-    def backward(ctx, do):
-        q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = _bwd(do, q, k, v, o, lse, ctx.plan, ctx.sm_scale)
-        return dq, dk, dv, None, None
+    def forward(ctx, q, k, v, plan, sm_scale, with_lse):
+        o, lse2 = _fwd(q, k, v, plan, sm_scale)
+        ctx.save_for_backward(q, k, v, o, lse2)
+        ctx.plan, ctx.sm_scale, ctx.with_lse = plan, sm_scale, with_lse
+        if not with_lse:
+            return o
+        ctx.set_materialize_grads(False)  # a caller may use only one of the two outputs
+        B, S, H, _ = q.shape
+        # the kernels keep log2 of the scaled scores' exp-sum: ln = log2 * ln 2
+        return o, lse2[:, :S].reshape(B, H, S) * _LN2
+
+    @staticmethod
+    def backward(ctx, do, dlse=None):
+        q, k, v, o, lse2 = ctx.saved_tensors
+        if do is None and dlse is None:
+            return None, None, None, None, None, None
+        if do is None:
+            do = torch.zeros_like(o)
+        dq, dk, dv = _bwd(do, q, k, v, o, lse2, ctx.plan, ctx.sm_scale, dlse)
+        return dq, dk, dv, None, None, None
 
 
 _SUPPORTED_D = (16, 32, 64, 128)
@@ -800,33 +810,7 @@ def radial_attention_triton(
     rebuilt on every call (fine for tests, not for a sampler loop).
     """
     q, k, v, plan, sm_scale = _prepare(q, k, v, block_mask, block_size, sm_scale, cache_key)
-    return _RadialAttnFn.apply(q, k, v, plan, sm_scale)
-
-
-class _RadialAttnLseFn(torch.autograd.Function):
-    """Like _RadialAttnFn, also returning the row LSE (natural log) with a gradient (see _bwd)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, plan, sm_scale):
-        o, lse2 = _fwd(q, k, v, plan, sm_scale)
-        ctx.save_for_backward(q, k, v, o, lse2)
-        ctx.plan = plan
-        ctx.sm_scale = sm_scale
-        ctx.set_materialize_grads(False)
-        B, S, H, _ = q.shape
-        # the kernels keep log2 of the scaled scores' exp-sum: ln = log2 * ln 2
-        lse = lse2[:, :S].reshape(B, H, S) * _LN2
-        return o, lse
-
-    @staticmethod
-    def backward(ctx, do, dlse):
-        q, k, v, o, lse2 = ctx.saved_tensors
-        if do is None and dlse is None:
-            return None, None, None, None, None
-        if do is None:
-            do = torch.zeros_like(o)
-        dq, dk, dv = _bwd(do, q, k, v, o, lse2, ctx.plan, ctx.sm_scale, dlse)
-        return dq, dk, dv, None, None
+    return _RadialAttnFn.apply(q, k, v, plan, sm_scale, False)
 
 
 def radial_attention_triton_lse(
@@ -843,4 +827,4 @@ def radial_attention_triton_lse(
     ``[B, H, S]`` float32 (natural log), differentiable: what an exact merge with another attention
     over other keys needs (``engine.attention.joint``)."""
     q, k, v, plan, sm_scale = _prepare(q, k, v, block_mask, block_size, sm_scale, cache_key)
-    return _RadialAttnLseFn.apply(q, k, v, plan, sm_scale)
+    return _RadialAttnFn.apply(q, k, v, plan, sm_scale, True)

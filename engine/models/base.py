@@ -443,6 +443,15 @@ class ModelFamily:
         return getattr(model, "module", model)
 
 
+def step_callback(on_step):
+    """A diffusers `callback_on_step_end` that reports each finished step (1-based) to `on_step`, if given."""
+    def callback(pipeline, step, timestep, callback_kwargs):
+        if on_step is not None:
+            on_step(step + 1)
+        return callback_kwargs
+    return callback
+
+
 def _unshift(sigma: float, shift: float) -> float:
     """The u with shift * u / (1 + (shift - 1) * u) == sigma."""
     return sigma / (shift - (shift - 1) * sigma)

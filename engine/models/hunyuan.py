@@ -28,7 +28,7 @@ import torch
 from ..attention.joint import attend_joint
 from ..attention.processor import tag_family
 from ..errors import InputError, ModelLoadError
-from .base import AttentionLayer, Capabilities, ModelFamily, TextEmbeds
+from .base import AttentionLayer, Capabilities, ModelFamily, TextEmbeds, step_callback
 from .wan import _hub_help, resolve_source
 
 NAME = "hunyuan"
@@ -299,10 +299,7 @@ class HunyuanVideoFamily(ModelFamily):
     # -- sampling
     def generate(self, pipe, *, prompt=None, negative_prompt=None, embeds=None, negative_embeds=None, num_frames,
                  height, width, steps, guidance_scale, generator, on_step=None):
-        def callback(pipeline, step, timestep, callback_kwargs):
-            if on_step is not None:
-                on_step(step + 1)
-            return callback_kwargs
+        callback = step_callback(on_step)
 
         if embeds is None:
             embeds = self._encode(pipe, prompt or "")

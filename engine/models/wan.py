@@ -23,7 +23,8 @@ import torch
 from ..attention.processor import attend, tag_family
 from ..errors import ModelLoadError
 from ..paths import cache_dir
-from .base import AttentionLayer, Capabilities, ContinuationMode, MemoryProfile, ModelFamily, TextEmbeds
+from .base import (AttentionLayer, Capabilities, ContinuationMode, MemoryProfile, ModelFamily, TextEmbeds,
+                   step_callback)
 
 NAME = "wan"
 # Bump when the way tiny models are built changes, so cached builds are rebuilt.
@@ -340,10 +341,7 @@ class WanFamily(ModelFamily):
     # -- sampling
     def generate(self, pipe, *, prompt=None, negative_prompt=None, embeds=None, negative_embeds=None, num_frames,
                  height, width, steps, guidance_scale, generator, on_step=None):
-        def callback(pipeline, step, timestep, callback_kwargs):
-            if on_step is not None:
-                on_step(step + 1)
-            return callback_kwargs
+        callback = step_callback(on_step)
 
         text = {"prompt": prompt, "negative_prompt": negative_prompt} if embeds is None else {
             "prompt_embeds": embeds.sequence,
