@@ -25,9 +25,10 @@ import os
 import torch
 import torch.nn.functional as F
 
+from . import chunked
 from .mask import radial_block_mask
 
-__all__ = ["radial_attention", "radial_attention_lse", "available_backends", "BACKENDS", "cached_block_mask"]
+__all__ = ["radial_attention", "radial_attention_lse", "radial_part", "available_backends", "BACKENDS", "cached_block_mask"]
 
 BACKENDS = ("triton", "flex", "reference", "dense")
 
@@ -199,6 +200,10 @@ def _masked_attention_lse(q, k, v, token_mask=None):
     return out.to(q.dtype), lse
 
 
+_FLEX_HAS_NO_LSE = ("attention backend 'flex' has no log-sum-exp output (needed to merge radial video attention "
+                    "with text attention); use 'triton', 'reference' or 'dense'")
+
+
 def radial_attention_lse(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -218,8 +223,7 @@ def radial_attention_lse(
     same maths; memory grows as S^2). "flex" is not offered here.
     """
     if backend == "flex":
-        raise ValueError("attention backend 'flex' has no log-sum-exp output (needed to merge radial video attention "
-                         "with text attention); use 'triton', 'reference' or 'dense'")
+        raise ValueError(_FLEX_HAS_NO_LSE)
     backend = _checked(q, k, v, num_frames, tokens_per_frame, backend, ("triton", "reference", "dense"))
     if backend == "dense":
         return _masked_attention_lse(q, k, v)
@@ -233,3 +237,47 @@ def radial_attention_lse(
             raise RuntimeError(why)
         return radial_attention_triton_lse(q, k, v, _block_mask(geom, dev), block_size, cache_key=geom)
     return _masked_attention_lse(q, k, v, _token_mask(geom, dev))
+
+
+class _PyTorchPart:
+    """The radial (or, without a mask, dense) part in chunked float32 PyTorch: `RadialKernelPart`'s interface."""
+
+    def __init__(self, token_mask):
+        self.mask = None if token_mask is None else chunked.token_mask_fn(token_mask)
+
+    def forward(self, q, k, v, out=None):
+        o, lse = chunked.attention_forward(q, k, v, self.mask)
+        if out is None:
+            return o, lse
+        out.copy_(o)
+        return out, lse
+
+    def backward(self, do, q, k, v, o, lse, dq, dk, dv):
+        for t in (dq, dk, dv):
+            t.zero_()
+        chunked.attention_backward(do, q, k, v, o, lse, self.mask, dq, dk, dv)
+
+
+def radial_part(*, num_frames: int, tokens_per_frame: int, decay_factor: float = 1.0, block_size: int = 128,
+                sink: bool = True, backend: str | None = None, device="cpu"):
+    """Radial attention as one part of a larger attention (`triton_radial.RadialKernelPart`'s interface:
+    forward -> (o, lse) without autograd; backward(do, q, k, v, o, lse, dq, dk, dv) writes the part's
+    gradient given the whole attention's o and lse). Backends as `radial_attention_lse`."""
+    device = torch.device(device)
+    if backend is None:
+        backend = "triton" if device.type == "cuda" else "reference"
+    if backend == "flex":
+        raise ValueError(_FLEX_HAS_NO_LSE)
+    if backend not in ("triton", "reference", "dense"):
+        raise ValueError(f"attention backend {backend!r} is not one of triton, reference, dense here")
+    if backend == "dense":
+        return _PyTorchPart(None)
+    geom = _geometry(num_frames, tokens_per_frame, block_size, decay_factor, sink)
+    if backend == "reference":
+        return _PyTorchPart(_token_mask(geom, str(device)))
+    from .triton_radial import RadialKernelPart, triton_usable
+
+    ok, why = triton_usable(device)
+    if not ok:
+        raise RuntimeError(why)
+    return RadialKernelPart(_block_mask(geom, str(device)), block_size, cache_key=geom)

@@ -53,7 +53,7 @@ except Exception:  # pragma: no cover - triton missing
     tl = None
     HAS_TRITON = False
 
-__all__ = ["radial_attention_triton", "radial_attention_triton_lse", "CONFIGS", "HAS_TRITON", "triton_usable"]
+__all__ = ["radial_attention_triton", "radial_attention_triton_lse", "RadialKernelPart", "CONFIGS", "HAS_TRITON", "triton_usable"]
 
 _LOG2E = 1.4426950408889634
 _LN2 = 0.6931471805599453
@@ -631,9 +631,11 @@ def _ensure_allocator():
         triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
 
 
-def _fwd(q, k, v, plan: _Plan, sm_scale: float):
+def _fwd(q, k, v, plan: _Plan, sm_scale: float, out=None):
     B, S, H, D = q.shape
-    o = _new((B, S, H, D), q.dtype, q.device)
+    o = _new((B, S, H, D), q.dtype, q.device) if out is None else out
+    if o.stride(-1) != 1 or o.shape != q.shape or o.dtype != q.dtype:
+        raise ValueError("radial forward: the output buffer must match q's shape and dtype, with unit last stride")
     SL = _lse_stride(S)
     lse = _new((B * H, SL), torch.float32, q.device)
     cfg = CONFIGS["fwd"]
@@ -672,9 +674,11 @@ def _fwd(q, k, v, plan: _Plan, sm_scale: float):
     return o, lse
 
 
-def _bwd(do, q, k, v, o, lse, plan: _Plan, sm_scale: float, dlse=None):
+def _bwd(do, q, k, v, o, lse, plan: _Plan, sm_scale: float, dlse=None, out=None):
     """dlse (optional, [B, H, S], on the natural-log LSE): with dS = P * (dP - delta) and
-    d lse_i / d S_ij = P_ij, a gradient on the LSE only shifts delta to delta - dlse."""
+    d lse_i / d S_ij = P_ij, a gradient on the LSE only shifts delta to delta - dlse.
+    out (optional): (dq, dk, dv) tensors to write into (views of larger buffers are fine; dk and dv
+    must share strides)."""
     B, S, H, D = q.shape
     if do.stride(-1) != 1:
         do = do.contiguous()
@@ -688,9 +692,12 @@ def _bwd(do, q, k, v, o, lse, plan: _Plan, sm_scale: float, dlse=None):
     )
     if dlse is not None:
         delta[:, :S] -= dlse.reshape(B * H, S).to(torch.float32)
-    dq = _new((B, S, H, D), q.dtype, q.device)
-    dk = _new((B, S, H, D), k.dtype, q.device)
-    dv = _new((B, S, H, D), v.dtype, q.device)
+    if out is None:
+        dq, dk, dv = (_new((B, S, H, D), t.dtype, q.device) for t in (q, k, v))
+    else:
+        dq, dk, dv = out
+        if dk.stride() != dv.stride() or any(t.stride(-1) != 1 for t in out):
+            raise ValueError("radial backward: dk and dv buffers must share strides, with unit last stride")
     prec = _dot_prec(q.dtype)
     if CONFIGS["bwd_dkdv"].get("WS") and _ws_ok((q, k, v, do), _tiles(CONFIGS["bwd_dkdv_ws"], plan.block_size)[1]):
         L = plan.lists("bwd_dkdv_ws")
@@ -828,3 +835,28 @@ def radial_attention_triton_lse(
     over other keys needs (``engine.attention.joint``)."""
     q, k, v, plan, sm_scale = _prepare(q, k, v, block_mask, block_size, sm_scale, cache_key)
     return _RadialAttnFn.apply(q, k, v, plan, sm_scale, True)
+
+
+class RadialKernelPart:
+    """The kernel as one part of a larger attention that the caller merges and differentiates itself.
+
+    `forward` gives (o, natural-log lse [B, H, S]) without autograd; `backward` takes the *merged*
+    output and LSE of the whole attention and writes this part's exact gradient share into the given
+    dq, dk, dv (the kernels' dS = P * (dP - delta) with P and delta of the whole attention)."""
+
+    def __init__(self, block_mask: torch.Tensor, block_size: int, *, cache_key=None):
+        self.block_mask, self.block_size, self.cache_key = block_mask, block_size, cache_key
+
+    def forward(self, q, k, v, out=None):
+        """`out` (optional): a [B, S, H, D] tensor (a view is fine) the output is written into."""
+        q, k, v, plan, scale = _prepare(q, k, v, self.block_mask, self.block_size, None, self.cache_key)
+        o, lse2 = _fwd(q, k, v, plan, scale, out)
+        B, S, H, _ = q.shape
+        return o, lse2[:, :S].reshape(B, H, S) * _LN2
+
+    def backward(self, do, q, k, v, o, lse, dq, dk, dv):
+        q, k, v, plan, scale = _prepare(q, k, v, self.block_mask, self.block_size, None, self.cache_key)
+        B, S, H, _ = q.shape
+        lse2 = torch.empty(B * H, _lse_stride(S), dtype=torch.float32, device=q.device)
+        lse2[:, :S] = lse.reshape(B * H, S) * _LOG2E
+        _bwd(do, q, k, v, o, lse2, plan, scale, out=(dq, dk, dv))

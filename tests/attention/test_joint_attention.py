@@ -115,3 +115,49 @@ def test_bad_shapes_are_refused_with_the_numbers():
     with pytest.raises(ValueError, match="no log-sum-exp"):
         backends.radial_attention_lse(q[:, :SV], k[:, :SV], v[:, :SV], backend="flex", num_frames=6,
                                       tokens_per_frame=16)
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
+def test_many_small_chunks_along_either_sequence_give_the_same_attention(backend, monkeypatch):
+    from engine.attention import chunked
+
+    q, k, v = _qkv()
+    km = _mask()
+    ref = joint.joint_attention_reference(q, k, v, num_video=SV, key_mask=km, **GEOM)
+    ref_grads = _grads(ref, (q, k, v))
+    # 64 elements per chunk: the video rows' text part runs in query chunks of 2 rows, the text rows'
+    # backward in key chunks of 2 keys (the accumulate-the-other-side paths)
+    monkeypatch.setattr(chunked, "CHUNK_ELEMS", 64)
+    out = joint.joint_attention(q, k, v, num_video=SV, key_mask=km, backend=backend, **GEOM)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for ours, theirs in zip(_grads(out, (q, k, v)), ref_grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def _saved_bytes(fn):
+    """Bytes of the tensors autograd keeps for backward while `fn()` runs (storages counted once)."""
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def test_backward_keeps_what_dense_attention_keeps_and_no_float32_copies():
+    # bf16 inputs: the old merge kept float32 copies of both parts' outputs (4x the output's bytes)
+    q, k, v = (t.detach().to(torch.bfloat16).requires_grad_() for t in _qkv(B=1, L=8, H=2, D=16))
+    km = torch.ones(1, 8, dtype=torch.bool)
+    km[0, 5:] = False
+    ours = _saved_bytes(lambda: joint.joint_attention(q, k, v, num_video=SV, key_mask=km, backend="reference", **GEOM))
+    full = joint._key_mask_full(SV, km, 1, 8, "cpu")[:, None, None]
+    dense = _saved_bytes(lambda: torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=full))
+    out_bytes = q.numel() * q.element_size()
+    lse_bytes = q.shape[0] * q.shape[2] * q.shape[1] * 4
+    # q, k, v, out and one float32 LSE per row (+ the key mask): nothing of the score matrix's size
+    assert ours <= 4 * out_bytes + lse_bytes + km.numel(), (ours, out_bytes)
+    assert ours <= dense + lse_bytes, (ours, dense)
