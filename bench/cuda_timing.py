@@ -17,3 +17,18 @@ def event_median_ms(fn, n: int) -> float:
         times.append(start.elapsed_time(end))
     times.sort()
     return times[len(times) // 2]
+
+
+def prime_radial_geometry(num_frames: int, tokens_per_frame: int, settings, *, sink: bool, head_dim: int = 128) -> None:
+    """Build the cached block mask and kernel tile lists of a geometry (forward and backward) outside the
+    timed calls: one head of attention at that length, forward and backward."""
+    from engine.attention.backends import radial_attention
+
+    S = num_frames * tokens_per_frame
+    q, k, v = (torch.randn(1, S, 1, head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    out = radial_attention(q, k, v, num_frames=num_frames, tokens_per_frame=tokens_per_frame,
+                           decay_factor=settings.decay_factor, block_size=settings.block_size, sink=sink,
+                           backend="triton")
+    out.sum().backward()
+    torch.cuda.synchronize()

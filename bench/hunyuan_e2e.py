@@ -19,7 +19,7 @@ full 60-block model composed from the measured per-block times (`block_scaling.c
     python3 bench/hunyuan_e2e.py --out $OUT                      # forward at 129 and 513, training at 129
     python3 bench/hunyuan_e2e.py --frames 129 --train_frames 129  # the short rows only
     python3 bench/hunyuan_e2e.py --frames 513 --train_frames 513 --double_blocks 1 --single_blocks 2 \
-        --reps 1 --no_warmup --skip_checks
+        --reps 1 --warmup_frames 33 --skip_checks
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 from block_scaling import compose  # bench/, the script's folder
-from cuda_timing import event_median_ms
+from cuda_timing import event_median_ms, prime_radial_geometry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -41,9 +41,9 @@ SOURCE = "hunyuanvideo-community/HunyuanVideo"
 TEXT_TOKENS, VALID_TEXT = 256, 64
 
 
-def cuda_time(fn, reps: int, warmup: bool = True) -> float:
-    if warmup:
-        fn()
+def cuda_time(fn, reps: int, warmup=True) -> float:
+    if warmup:  # True: fn itself; a callable: that (a shorter row)
+        (fn if warmup is True else warmup)()
         torch.cuda.synchronize()
     return event_median_ms(fn, reps)
 
@@ -52,7 +52,7 @@ def rel(a, b) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
-def measured(row: dict, name: str, fn, reps: int, warmup: bool = True) -> None:
+def measured(row: dict, name: str, fn, reps: int, warmup=True) -> None:
     """row[name + '_ms'] and row[name + '_peak_gib'], or row[name] = 'oom'."""
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
@@ -62,6 +62,29 @@ def measured(row: dict, name: str, fn, reps: int, warmup: bool = True) -> None:
     except torch.cuda.OutOfMemoryError:
         row[name] = "oom"
         torch.cuda.empty_cache()
+
+
+def joint_kernel_check() -> dict:
+    """The joint attention on the Triton kernel (bf16) vs the float32 masked reference, forward and gradients:
+    8 frames of 1024 tokens + 256 text tokens of which 100 valid, 4 heads of 128."""
+    from engine.attention import joint
+
+    geom = dict(num_frames=8, tokens_per_frame=1024, block_size=128, decay_factor=1.0, sink=False)
+    nv, L = 8 * 1024, 256
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, nv + L, 4, 128, device="cuda", generator=gen) for _ in range(3))
+    key_mask = torch.zeros(1, L, dtype=torch.bool, device="cuda")
+    key_mask[:, :100] = True
+    go = torch.randn(q.shape, device="cuda", generator=gen)
+    results = {}
+    for name, dtype, fn in (("ref", torch.float32, joint.joint_attention_reference),
+                            ("triton", torch.bfloat16, lambda *a, **kw: joint.joint_attention(*a, backend="triton", **kw))):
+        x = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+        out = fn(*x, num_video=nv, key_mask=key_mask, **geom)
+        grads = torch.autograd.grad(out, x, go.to(dtype))
+        results[name] = [out] + list(grads)
+    names = ("out", "dq", "dk", "dv")
+    return {f"joint_triton_bf16_vs_ref_rel_{n}": rel(a, b) for n, a, b in zip(names, results["triton"], results["ref"])}
 
 
 def main() -> None:
@@ -74,7 +97,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--double_blocks", type=int, default=None, help="build only this many double blocks")
     parser.add_argument("--single_blocks", type=int, default=None, help="build only this many single blocks")
-    parser.add_argument("--no_warmup", action="store_true", help="time rows without a warm-up call")
+    parser.add_argument("--warmup_frames", type=int, default=None,
+                        help="warm up each timed row at this many pixel frames instead of the row's own length "
+                             "(compiles the kernels cheaply before a long row); 0: no warm-up")
     parser.add_argument("--skip_checks", action="store_true", help="skip the correctness checks at 33 frames")
     args = parser.parse_args()
     from diffusers import HunyuanVideoTransformer3DModel
@@ -97,7 +122,6 @@ def main() -> None:
         cfg["num_single_layers"] = args.single_blocks
     layers = cfg["num_layers"] + cfg["num_single_layers"]
     reduced = layers < full_layers
-    warm = not args.no_warmup
     dev = torch.device("cuda")
     torch.manual_seed(0)
     t0 = time.time()
@@ -142,6 +166,20 @@ def main() -> None:
         print("checks:", json.dumps(checks), flush=True)
         assert checks["all_dense_processor_vs_stock_rel"] < 2e-2 and checks["radial_finite"], checks
 
+    def warmup(fn_of_latents, latents):
+        """The warm-up of a row: the row itself, a shorter one (--warmup_frames) or none."""
+        if args.warmup_frames is None:
+            return True
+        if args.warmup_frames == 0:
+            return False
+        short = latents_for(args.warmup_frames)
+        return lambda: fn_of_latents(short)
+
+    checks.update(joint_kernel_check())
+    print("joint kernel check:", json.dumps(checks), flush=True)
+    for frames in sorted({int(f) for f in (args.frames + "," + args.train_frames).split(",") if f}):
+        prime_radial_geometry(FAMILY.latent_frames(frames), (lh // 2) * (lw // 2), radial, sink=False)
+
     # ---- forward rows
     results = {}
     for frames in [int(f) for f in args.frames.split(",") if f]:
@@ -150,9 +188,9 @@ def main() -> None:
                                           "tokens": latents.shape[2] * (lh // 2) * (lw // 2)})
         with torch.no_grad():
             remove_radial_attention(model)
-            measured(row, "fwd_dense", lambda: forward(latents), args.reps, warm)
+            measured(row, "fwd_dense", lambda: forward(latents), args.reps, warmup(forward, latents))
             install_radial_attention(model, radial).training = True
-            measured(row, "fwd_radial", lambda: forward(latents), args.reps, warm)
+            measured(row, "fwd_radial", lambda: forward(latents), args.reps, warmup(forward, latents))
         print(json.dumps(row), flush=True)
 
     # ---- LoRA training step
@@ -169,18 +207,21 @@ def main() -> None:
         row = results.setdefault(frames, {"frames": frames, "latent_frames": latents.shape[2],
                                           "tokens": latents.shape[2] * (lh // 2) * (lw // 2)})
 
-        def step():
+        def step_on(x):
             model.zero_grad(set_to_none=True)
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                out = forward(latents)
+                out = forward(x)
             out.float().square().mean().backward()
+
+        def step():
+            step_on(latents)
 
         for name, settings in (("dense", None), ("radial", radial)):
             if settings is None:
                 remove_radial_attention(model)
             else:
                 install_radial_attention(model, settings).training = True
-            measured(row, f"train_{name}", step, max(1, args.reps - 1), warm)
+            measured(row, f"train_{name}", step, max(1, args.reps - 1), warmup(step_on, latents))
         grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n and f"single_transformer_blocks.{cfg['num_single_layers'] - 1}.attn.to_q" in n]
         checks[f"lora_grads_finite_nonzero_{frames}"] = bool(
             grads and all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads))

@@ -20,7 +20,7 @@ first N blocks, so long rows fit a short device lease: the radial rows then run 
     python3 bench/wan_e2e.py --config Wan-AI/Wan2.2-T2V-A14B-Diffusers --height 720 --width 1280 \
         --block_size 64 --frames 21 --reps 1
     python3 bench/wan_e2e.py --config Wan-AI/Wan2.2-T2V-A14B-Diffusers --height 720 --width 1280 \
-        --block_size 64 --frames 81 --layers 4 --reps 1 --no_warmup --skip_checks
+        --block_size 64 --frames 81 --layers 4 --reps 1 --warmup_frames 5 --skip_checks
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 from block_scaling import compose  # bench/, the script's folder
-from cuda_timing import event_median_ms
+from cuda_timing import event_median_ms, prime_radial_geometry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -42,11 +42,11 @@ WAN_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim
                 qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
 
 
-def cuda_time(fn, reps: int, warmup: bool = True) -> float:
+def cuda_time(fn, reps: int, warmup=True) -> float:
     """Median milliseconds of `fn()` over `reps` runs, after one warm-up unless told not to (long rows,
     once the kernels are compiled by a shorter one)."""
-    if warmup:
-        fn()
+    if warmup:  # True: fn itself; a callable: that (a shorter row)
+        (fn if warmup is True else warmup)()
         torch.cuda.synchronize()
     return event_median_ms(fn, reps)
 
@@ -68,7 +68,9 @@ def main() -> None:
     parser.add_argument("--decay", type=float, default=0.2)
     parser.add_argument("--dense_layers", type=int, default=2, help="the preset's dense layers")
     parser.add_argument("--layers", type=int, default=None, help="build only this many blocks (see the docstring)")
-    parser.add_argument("--no_warmup", action="store_true", help="time rows without a warm-up call")
+    parser.add_argument("--warmup_frames", type=int, default=None,
+                        help="warm up each timed row at this many latent frames instead of the row's own length "
+                             "(compiles the kernels cheaply before a long row); 0: no warm-up")
     parser.add_argument("--skip_checks", action="store_true", help="skip the correctness checks at 21 frames")
     args = parser.parse_args()
     from diffusers import WanTransformer3DModel
@@ -100,7 +102,6 @@ def main() -> None:
                                decay_factor=args.decay, block_size=args.block_size, backend="triton")
     lh, lw = args.height // 16, args.width // 16  # tokens per latent row / column (VAE 8x, patch 2)
     channels = cfg["in_channels"]
-    warm = not args.no_warmup
     text = torch.randn(1, 512, 4096, device=dev, dtype=torch.bfloat16)
     t = torch.tensor([700.0], device=dev)
     checks = {}
@@ -131,19 +132,30 @@ def main() -> None:
     def latents_for(frames):
         return torch.randn(1, channels, frames, 2 * lh, 2 * lw, device=dev, dtype=torch.bfloat16)
 
+    def warmup(fn_of_latents, latents):
+        """The warm-up of a row: the row itself, a shorter one (--warmup_frames) or none."""
+        if args.warmup_frames is None:
+            return True
+        if args.warmup_frames == 0:
+            return False
+        short = latents_for(args.warmup_frames)
+        return lambda: fn_of_latents(short)
+
     rows = {}
+    for frames in sorted({int(f) for f in (args.frames + "," + (args.train_frames or "")).split(",") if f}):
+        prime_radial_geometry(frames, lh * lw, radial, sink=True)
     for frames in [int(f) for f in args.frames.split(",") if f]:
         latents = latents_for(frames)
         row = rows.setdefault(frames, {"latent_frames": frames, "tokens": frames * lh * lw})
         with torch.no_grad():
             remove_radial_attention(model)
             torch.cuda.reset_peak_memory_stats()
-            row["fwd_dense_ms"] = cuda_time(lambda: forward(latents), args.reps, warm)
+            row["fwd_dense_ms"] = cuda_time(lambda: forward(latents), args.reps, warmup(forward, latents))
             row["fwd_dense_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
             sched = install_radial_attention(model, radial)
             sched.training = True
             torch.cuda.reset_peak_memory_stats()
-            row["fwd_radial_ms"] = cuda_time(lambda: forward(latents), args.reps, warm)
+            row["fwd_radial_ms"] = cuda_time(lambda: forward(latents), args.reps, warmup(forward, latents))
             row["fwd_radial_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         print(json.dumps(row), flush=True)
 
@@ -159,11 +171,14 @@ def main() -> None:
         row = rows.setdefault(frames, {"latent_frames": frames, "tokens": frames * lh * lw})
         latents = latents_for(frames)
 
-        def step():
+        def step_on(x):
             model.zero_grad(set_to_none=True)
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                out = forward(latents)
+                out = forward(x)
             out.float().square().mean().backward()
+
+        def step():
+            step_on(latents)
 
         for name, settings in (("dense", None), ("radial", radial)):
             if settings is None:
@@ -171,7 +186,7 @@ def main() -> None:
             else:
                 install_radial_attention(model, settings).training = True
             torch.cuda.reset_peak_memory_stats()
-            row[f"train_{name}_ms"] = cuda_time(step, max(1, args.reps - 1), warm)
+            row[f"train_{name}_ms"] = cuda_time(step, max(1, args.reps - 1), warmup(step_on, latents))
             row[f"train_{name}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
         # lora_B: at initialisation B = 0, so lora_A's gradient is exactly zero by construction.
         grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n and "attn1.to_q" in n]

@@ -1,0 +1,18 @@
+# One device call: the HunyuanVideo and Wan2.2-A14B GPU rows (random weights at the official configs).
+#   bash bench/gpu_families_session.sh      (on the GPU machine, repo root, carry .whl)
+# HunyuanVideo at 129 frames on 6 of its 60 blocks (2 double + 4 single) and at 4x (513 frames) on 3 (1 + 2);
+# one Wan2.2-A14B expert (the 14B architecture, block size 64) at 81 frames (21 latent) on 10 of 40 blocks and
+# at 4x (321 frames, 81 latent) on 4. Each reduced row is composed to the whole model (bench/block_scaling.py).
+set -o pipefail
+source bench/gpu_setup.sh
+export PYTHONUNBUFFERED=1
+cd bench
+A14B=Wan-AI/Wan2.2-T2V-A14B-Diffusers
+python3 hunyuan_e2e.py --out "$OUT" --frames 129 --train_frames 129 --double_blocks 2 --single_blocks 4 --reps 1 \
+    2>&1 | tee "$OUT/hunyuan_129.log"
+python3 hunyuan_e2e.py --out "$OUT" --frames 513 --train_frames 513 --double_blocks 1 --single_blocks 2 --reps 1 \
+    --warmup_frames 33 --skip_checks 2>&1 | tee "$OUT/hunyuan_513.log"
+python3 wan_e2e.py --out "$OUT" --config $A14B --height 720 --width 1280 --block_size 64 --frames 21 --layers 10 \
+    --reps 1 2>&1 | tee "$OUT/a14b_21.log"
+python3 wan_e2e.py --out "$OUT" --config $A14B --height 720 --width 1280 --block_size 64 --frames 81 --layers 4 \
+    --reps 1 --warmup_frames 5 --skip_checks 2>&1 | tee "$OUT/a14b_81.log"
