@@ -65,6 +65,8 @@ def attention_forward(q, k, v, mask=None, *, merge_into=None):
         out, other_lse = torch.empty_like(q), None
     else:
         out, other_lse = merge_into
+    if Sq < k.shape[1]:  # few queries over many keys (text rows): key chunks, merged online
+        return _forward_key_chunks(q, k, v, mask, out, other_lse, scale)
     lse = torch.empty(B, H, Sq, dtype=torch.float32, device=q.device)
     kf, vf, all_k = k.float(), v.float(), slice(0, k.shape[1])
     with torch.no_grad():
@@ -73,12 +75,37 @@ def attention_forward(q, k, v, mask=None, *, merge_into=None):
             lse_c = torch.logsumexp(s, dim=-1)
             o_c = torch.einsum("bhqk,bkhd->bqhd", _probs(s, lse_c), vf)
             if other_lse is not None:  # merge: weights of the two parts per row
-                merged = torch.logaddexp(other_lse[:, :, c], lse_c)
-                w_other = torch.exp(other_lse[:, :, c] - merged).transpose(1, 2)[..., None]
-                o_c = w_other * out[:, c].float() + torch.exp(lse_c - merged).transpose(1, 2)[..., None] * o_c
-                lse_c = merged
+                o_c, lse_c = _merge(out[:, c].float(), other_lse[:, :, c], o_c, lse_c)
             out[:, c] = o_c.to(out.dtype)
             lse[:, :, c] = lse_c
+    return out, lse
+
+
+def _merge(o_a, lse_a, o_b, lse_b):
+    """Float32 outputs [B, q, H, D] and LSEs [B, H, q] of two disjoint key sets -> those of their union."""
+    lse = torch.logaddexp(lse_a, lse_b)
+    safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+    w_a = torch.exp(lse_a - safe).transpose(1, 2)[..., None]
+    w_b = torch.exp(lse_b - safe).transpose(1, 2)[..., None]
+    return w_a * o_a + w_b * o_b, lse
+
+
+def _forward_key_chunks(q, k, v, mask, out, other_lse, scale):
+    # only a chunk of the keys is ever in float32 (the text rows' keys are the whole sequence)
+    B, Sq, H, D = q.shape
+    qf, all_q = q.float(), slice(0, Sq)
+    if other_lse is None:
+        acc = torch.zeros(B, Sq, H, D, dtype=torch.float32, device=q.device)
+        lse = torch.full((B, H, Sq), float("-inf"), dtype=torch.float32, device=q.device)
+    else:
+        acc, lse = out.float(), other_lse.clone()
+    with torch.no_grad():
+        for c in _spans(k.shape[1], B * H * Sq):
+            s = _masked(torch.einsum("bqhd,bkhd->bhqk", qf, k[:, c].float()) * scale, mask, all_q, c)
+            lse_c = torch.logsumexp(s, dim=-1)
+            o_c = torch.einsum("bhqk,bkhd->bqhd", _probs(s, lse_c), v[:, c].float())
+            acc, lse = _merge(acc, lse, o_c, lse_c)
+        out.copy_(acc.to(out.dtype))
     return out, lse
 
 

@@ -161,3 +161,19 @@ def test_backward_keeps_what_dense_attention_keeps_and_no_float32_copies():
     # q, k, v, out and one float32 LSE per row (+ the key mask): nothing of the score matrix's size
     assert ours <= 4 * out_bytes + lse_bytes + km.numel(), (ours, out_bytes)
     assert ours <= dense + lse_bytes, (ours, dense)
+
+
+def test_fewer_video_than_text_tokens_and_key_chunked_rows_merge_exactly(monkeypatch):
+    from engine.attention import chunked
+
+    # one frame of 4 video tokens and 7 text tokens: the video rows' text part runs in key chunks too
+    geom = dict(num_frames=1, tokens_per_frame=4, block_size=4, decay_factor=1.0, sink=False)
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 11, 2, 16, generator=gen).requires_grad_() for _ in range(3))
+    km = _mask()
+    monkeypatch.setattr(chunked, "CHUNK_ELEMS", 16)
+    out = joint.joint_attention(q, k, v, num_video=4, key_mask=km, backend="reference", **geom)
+    ref = joint.joint_attention_reference(q, k, v, num_video=4, key_mask=km, **geom)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for ours, theirs in zip(_grads(out, (q, k, v)), _grads(ref, (q, k, v))):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
