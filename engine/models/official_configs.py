@@ -27,6 +27,16 @@ OFFICIAL = {
         "num_single_layers": 40, "num_refiner_layers": 2, "mlp_ratio": 4.0, "patch_size": 2, "patch_size_t": 1,
         "qk_norm": "rms_norm", "guidance_embeds": True, "text_embed_dim": 4096, "pooled_projection_dim": 768,
         "rope_theta": 256.0, "rope_axes_dim": [16, 56, 56]},
+    # hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-720p_t2v transformer/config.json: the defaults of diffusers'
+    # HunyuanVideo15Transformer3DModel.__init__ (the 480p model; its class docstring still gives HunyuanVideo 1's
+    # numbers) with target_size 960 and task_type "t2v", as diffusers' scripts/convert_hunyuan_video1_5_to_diffusers.py
+    # gives "720p_t2v": 16 heads x 128 = 2048 wide, 54 double-stream blocks, patch 1, 32 latent channels in as
+    # [latents | condition latents | mask] = 65, Qwen2.5-VL 3584-d and ByT5 1472-d text states, SigLIP 1152-d image.
+    "hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-720p_t2v": {
+        "in_channels": 65, "out_channels": 32, "num_attention_heads": 16, "attention_head_dim": 128, "num_layers": 54,
+        "num_refiner_layers": 2, "mlp_ratio": 4.0, "patch_size": 1, "patch_size_t": 1, "qk_norm": "rms_norm",
+        "text_embed_dim": 3584, "text_embed_2_dim": 1472, "image_embed_dim": 1152, "rope_theta": 256.0,
+        "rope_axes_dim": [16, 56, 56], "target_size": 960, "task_type": "t2v", "use_meanflow": False},
 }
 
 # The Wan2.2 VAE (Wan-AI/Wan2.2-TI2V-5B-Diffusers vae/config.json; Wan2.2_VAE.pth converted by the script above):

@@ -21,6 +21,7 @@ FAMILY_MODULES = {
     "wan22": "engine.models.wan22",
     "wan22_ti2v": "engine.models.wan22_ti2v",
     "hunyuan": "engine.models.hunyuan",
+    "hunyuan15": "engine.models.hunyuan15",
 }
 DEFAULT_FAMILY = "wan"
 ENV_VAR = "RADIAL_STUDIO_FAMILIES"
