@@ -16,11 +16,27 @@ Chunks run along the longer of the two sequences, so every float32 temporary sta
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 
 # Elements of one chunk's score matrix (bounds the float32 temporaries: a few times 64 MiB).
 CHUNK_ELEMS = 1 << 24
+
+
+@contextmanager
+def _tf32(device):
+    """TF32 tensor-core matmuls for the float32 chunks on CUDA. Exact for the scores (bf16/fp16 inputs have at
+    most 10 mantissa bits); P and dS round to 10 bits, finer than the bf16 P of flash-style dense kernels."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 def _spans(total: int, per: int) -> list[slice]:
@@ -69,7 +85,7 @@ def attention_forward(q, k, v, mask=None, *, merge_into=None):
         return _forward_key_chunks(q, k, v, mask, out, other_lse, scale)
     lse = torch.empty(B, H, Sq, dtype=torch.float32, device=q.device)
     kf, vf, all_k = k.float(), v.float(), slice(0, k.shape[1])
-    with torch.no_grad():
+    with torch.no_grad(), _tf32(q.device):
         for c in _spans(Sq, B * H * max(k.shape[1], D)):
             s = _masked(torch.einsum("bqhd,bkhd->bhqk", q[:, c].float(), kf) * scale, mask, c, all_k)
             lse_c = torch.logsumexp(s, dim=-1)
@@ -99,7 +115,7 @@ def _forward_key_chunks(q, k, v, mask, out, other_lse, scale):
         lse = torch.full((B, H, Sq), float("-inf"), dtype=torch.float32, device=q.device)
     else:
         acc, lse = out.float(), other_lse.clone()
-    with torch.no_grad():
+    with torch.no_grad(), _tf32(q.device):
         for c in _spans(k.shape[1], B * H * Sq):
             s = _masked(torch.einsum("bqhd,bkhd->bhqk", qf, k[:, c].float()) * scale, mask, all_q, c)
             lse_c = torch.logsumexp(s, dim=-1)
@@ -116,17 +132,17 @@ def attention_backward(do, q, k, v, out, lse, mask, dq, dk, dv):
     B, Sq, H, D = q.shape
     Sk = k.shape[1]
     scale = 1.0 / math.sqrt(D)
-    with torch.no_grad():
-        delta = torch.einsum("bqhd,bqhd->bhq", do.float(), out.float())
+    with torch.no_grad(), _tf32(q.device):
         if Sq >= Sk:  # chunks of queries; dk, dv accumulate
             dk_acc = torch.zeros(dk.shape, dtype=torch.float32, device=q.device)
             dv_acc = torch.zeros_like(dk_acc)
             kf, vf, all_k = k.float(), v.float(), slice(0, Sk)
             for c in _spans(Sq, B * H * Sk):
                 qc, doc = q[:, c].float(), do[:, c].float()
+                delta_c = torch.einsum("bqhd,bqhd->bhq", doc, out[:, c].float())  # rowsum(dO * O)
                 p = _probs(_masked(torch.einsum("bqhd,bkhd->bhqk", qc, kf) * scale, mask, c, all_k), lse[:, :, c])
                 dv_acc += torch.einsum("bhqk,bqhd->bkhd", p, doc)
-                ds = p * (torch.einsum("bqhd,bkhd->bhqk", doc, vf) - delta[:, :, c, None])
+                ds = p * (torch.einsum("bqhd,bkhd->bhqk", doc, vf) - delta_c[..., None])
                 dq[:, c] += (torch.einsum("bhqk,bkhd->bqhd", ds, kf) * scale).to(dq.dtype)
                 dk_acc += torch.einsum("bhqk,bqhd->bkhd", ds, qc) * scale
             dk += dk_acc.to(dk.dtype)
@@ -134,6 +150,7 @@ def attention_backward(do, q, k, v, out, lse, mask, dq, dk, dv):
         else:  # chunks of keys; dq accumulates
             dq_acc = torch.zeros(dq.shape, dtype=torch.float32, device=q.device)
             qf, dof, all_q = q.float(), do.float(), slice(0, Sq)
+            delta = torch.einsum("bqhd,bqhd->bhq", dof, out.float())  # few rows
             for c in _spans(Sk, B * H * Sq):
                 kc, vc = k[:, c].float(), v[:, c].float()
                 p = _probs(_masked(torch.einsum("bqhd,bkhd->bhqk", qf, kc) * scale, mask, all_q, c), lse)

@@ -57,7 +57,6 @@ class _JointAttention(torch.autograd.Function):
         q, k, v, out, lse_video, lse_text, key_mask = ctx.saved_tensors
         nv = ctx.nv
         B, N = q.shape[:2]
-        dout = dout.contiguous()
         dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))  # dk, dv: one stride
         dk[:, nv:] = 0
         dv[:, nv:] = 0
