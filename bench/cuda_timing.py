@@ -32,3 +32,14 @@ def prime_radial_geometry(num_frames: int, tokens_per_frame: int, settings, *, s
                            backend="triton")
     out.sum().backward()
     torch.cuda.synchronize()
+
+
+def row_warmup(warmup_frames, fn_of_latents, latents_for):
+    """The warm-up of a timed row for `cuda_time`: the row itself (None), none (0), or the same call on a
+    shorter input of `warmup_frames` frames (compiles the kernels cheaply before a long row)."""
+    if warmup_frames is None:
+        return True
+    if warmup_frames == 0:
+        return False
+    short = latents_for(warmup_frames)
+    return lambda: fn_of_latents(short)

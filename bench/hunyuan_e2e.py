@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 from block_scaling import compose  # bench/, the script's folder
-from cuda_timing import event_median_ms, prime_radial_geometry
+from cuda_timing import event_median_ms, prime_radial_geometry, row_warmup
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -167,13 +167,7 @@ def main() -> None:
         assert checks["all_dense_processor_vs_stock_rel"] < 2e-2 and checks["radial_finite"], checks
 
     def warmup(fn_of_latents, latents):
-        """The warm-up of a row: the row itself, a shorter one (--warmup_frames) or none."""
-        if args.warmup_frames is None:
-            return True
-        if args.warmup_frames == 0:
-            return False
-        short = latents_for(args.warmup_frames)
-        return lambda: fn_of_latents(short)
+        return row_warmup(args.warmup_frames, fn_of_latents, latents_for)
 
     checks.update(joint_kernel_check())
     print("joint kernel check:", json.dumps(checks), flush=True)

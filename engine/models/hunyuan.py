@@ -216,6 +216,14 @@ class HunyuanVideoFamily(ModelFamily):
                 raise _hub_help(source, err) from None
             raise ModelLoadError(f"Could not load the model in '{source}': {err}") from None
         pipe.set_progress_bar_config(disable=True)
+        self._configure_text(pipe, preset)
+        if device.type == "cuda":
+            pipe.vae.enable_tiling()  # 720p x 129 frames does not decode in one piece
+        tag_family(pipe.transformer, self)
+        return pipe.to(device)
+
+    def _configure_text(self, pipe, preset: dict) -> None:
+        """The prompt template and text length a loaded pipeline encodes with (the tiny preset's own)."""
         tiny = preset.get("tiny") or {}
         template = tiny.get("prompt_template")
         if template is None:
@@ -223,10 +231,6 @@ class HunyuanVideoFamily(ModelFamily):
                 DEFAULT_PROMPT_TEMPLATE as template,
             )
         setattr(pipe, _TEXT_ATTR, (template, int(tiny.get("text_max_length", 256))))
-        if device.type == "cuda":
-            pipe.vae.enable_tiling()  # 720p x 129 frames does not decode in one piece
-        tag_family(pipe.transformer, self)
-        return pipe.to(device)
 
     def model_identity(self, preset: dict) -> str:
         if preset["source"] == "tiny":

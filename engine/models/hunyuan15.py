@@ -35,10 +35,9 @@ import torch
 
 from ..attention.joint import attend_joint
 from ..attention.processor import tag_family
-from ..errors import InputError, ModelLoadError
+from ..errors import InputError
 from .base import AttentionLayer, Capabilities, TextEmbeds
 from .hunyuan import HunyuanVideoFamily
-from .wan import _hub_help, resolve_source
 
 NAME = "hunyuan15"
 LORA_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
@@ -198,25 +197,9 @@ class HunyuanVideo15Family(HunyuanVideoFamily):
     def build_tiny_pipeline(self, tiny: dict):
         return build_tiny_pipeline(tiny)
 
-    def load_pipeline(self, preset: dict, device: torch.device | None = None):
-        from diffusers import HunyuanVideo15Pipeline
-
-        device = device or self.default_device()
-        source = resolve_source(preset, self.build_tiny_pipeline)
-        dtype = self.compute_dtype(preset, device)
-        try:
-            pipe = HunyuanVideo15Pipeline.from_pretrained(source, dtype=dtype, revision=preset["revision"])
-        except (OSError, ValueError) as err:
-            if preset["source"] != "tiny" and source == preset["source"]:
-                raise _hub_help(source, err) from None
-            raise ModelLoadError(f"Could not load the model in '{source}': {err}") from None
-        pipe.set_progress_bar_config(disable=True)
-        if preset["source"] == "tiny":
+    def _configure_text(self, pipe, preset: dict) -> None:
+        if preset["source"] == "tiny":  # the real pipeline's lengths are its own (set in its __init__)
             _tiny_text_settings(pipe, preset["tiny"])
-        if device.type == "cuda":
-            pipe.vae.enable_tiling()  # 720p x 121 frames does not decode in one piece
-        tag_family(pipe.transformer, self)
-        return pipe.to(device)
 
     def model_width(self, preset: dict) -> int | None:
         cfg = self._transformer_config(preset)
