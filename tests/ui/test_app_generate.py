@@ -49,7 +49,8 @@ def test_bad_inputs_show_errors_and_app_stays_up(client, args, match):
     assert read_mp4(video["video"] if isinstance(video, dict) else video)[0].shape[0] == 5
 
 
-@pytest.mark.parametrize("preset", ["tiny-wan2.2-a14b", "tiny-wan2.2-ti2v-5b", "tiny-hunyuanvideo"])
+@pytest.mark.parametrize("preset", ["tiny-wan2.2-a14b", "tiny-wan2.2-ti2v-5b", "tiny-hunyuanvideo",
+                                    "tiny-hunyuanvideo-1.5"])
 def test_every_family_generates_through_gradio_client(client, preset):
     video, info = client.predict(preset, "a red ball bounces", "", 9, 64, 64, 2, 5.0, 0, api_name="/generate")
     frames, _ = read_mp4(video["video"] if isinstance(video, dict) else video)

@@ -26,7 +26,8 @@ def test_tabs_list_the_presets_their_task_allows(tmp_path, monkeypatch):
     assert "tiny-opensora2" not in tabs["Generate"]
     assert tabs["Test-time adaptation"] == api.presets_for("tta") and "tiny-opensora2" in tabs["Test-time adaptation"]
     # The Wan2.2 and HunyuanVideo families: HunyuanVideo's T2V model cannot continue a clip, so no TTA.
-    for name in ("tiny-wan2.2-a14b", "tiny-wan2.2-ti2v-5b", "tiny-hunyuanvideo"):
+    for name in ("tiny-wan2.2-a14b", "tiny-wan2.2-ti2v-5b", "tiny-hunyuanvideo", "tiny-hunyuanvideo-1.5"):
         assert name in tabs["Length extension"] and name in tabs["Generate"], name
     assert "tiny-wan2.2-a14b" in tabs["Test-time adaptation"] and "tiny-wan2.2-ti2v-5b" in tabs["Test-time adaptation"]
     assert "tiny-hunyuanvideo" not in tabs["Test-time adaptation"]
+    assert "tiny-hunyuanvideo-1.5" not in tabs["Test-time adaptation"]
