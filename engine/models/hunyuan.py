@@ -364,13 +364,15 @@ class HunyuanVideoFamily(ModelFamily):
         return f"diffusion_model.{found[0]}.{which}.weight"
 
     # -- Hub card
+    def _card_lora_lines(self, repo, weight_name) -> list[str]:
+        return [f'pipe.load_lora_weights("{repo}", weight_name="{weight_name}")']
+
     def card_usage(self, *, base_model, repo, weight_name, num_frames, height, width, fps, tiny):
         source = f'"{base_model}"' if base_model else '"path/to/the/base/model"'
-        return ["```python", "import torch", "from diffusers import HunyuanVideoPipeline",
+        return ["```python", "import torch", f"from diffusers import {self.pipeline_class}",
                 "from diffusers.utils import export_to_video", "",
-                f"pipe = HunyuanVideoPipeline.from_pretrained({source}, torch_dtype=torch.bfloat16).to(\"cuda\")",
-                "pipe.vae.enable_tiling()",
-                f'pipe.load_lora_weights("{repo}", weight_name="{weight_name}")',
+                f"pipe = {self.pipeline_class}.from_pretrained({source}, torch_dtype=torch.bfloat16).to(\"cuda\")",
+                "pipe.vae.enable_tiling()", *self._card_lora_lines(repo, weight_name),
                 f'video = pipe("a red ball bounces on a beach", num_frames={num_frames}, height={height}, '
                 f'width={width}).frames[0]', f'export_to_video(video, "extended.mp4", fps={fps})', "```", ""]
 

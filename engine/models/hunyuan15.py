@@ -302,16 +302,9 @@ class HunyuanVideo15Family(HunyuanVideoFamily):
         pipe.transformer.unload_lora()
 
     # -- Hub card
-    def card_usage(self, *, base_model, repo, weight_name, num_frames, height, width, fps, tiny):
-        source = f'"{base_model}"' if base_model else '"path/to/the/base/model"'
-        return ["```python", "import torch", "from diffusers import HunyuanVideo15Pipeline",
-                "from diffusers.utils import export_to_video", "",
-                f"pipe = HunyuanVideo15Pipeline.from_pretrained({source}, torch_dtype=torch.bfloat16).to(\"cuda\")",
-                "pipe.vae.enable_tiling()",
-                "# the pipeline has no load_lora_weights: the transformer loads the adapter",
-                f'pipe.transformer.load_lora_adapter("{repo}", weight_name="{weight_name}", prefix="transformer")',
-                f'video = pipe("a red ball bounces on a beach", num_frames={num_frames}, height={height}, '
-                f'width={width}).frames[0]', f'export_to_video(video, "extended.mp4", fps={fps})', "```", ""]
+    def _card_lora_lines(self, repo, weight_name) -> list[str]:
+        return ["# the pipeline has no load_lora_weights: the transformer loads the adapter",
+                f'pipe.transformer.load_lora_adapter("{repo}", weight_name="{weight_name}", prefix="transformer")']
 
     def card_comfy_note(self) -> str:
         return ("ComfyUI's HunyuanVideo names, which it uses for HunyuanVideo 1.5 too "

@@ -18,7 +18,7 @@ from engine.models import family, get_pipeline
 from engine.models.hunyuan import fuse_lora_state
 from engine.models.wan import ensure_tiny_model
 from engine.presets import load_preset
-from tests.run_factory import engine_cli, killed_then_resumed
+from tests.run_factory import engine_cli, resumed_equals_whole, trains_and_evaluates
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = "tiny-hunyuanvideo"
@@ -225,26 +225,9 @@ def test_generate_writes_a_video(tmp_path):
 
 
 def test_trains_and_evaluates_through_the_cli(data, tmp_path):
-    run = tmp_path / "run"
-    _cli("train", "--preset", TINY, "--data_dir", str(data), "--output_dir", str(run), "--max_steps", "2",
-         "--validation_steps", "2", "--checkpointing_steps", "2", "--sample_steps", "1", "--quiet")
-    assert json.loads((run / "status.json").read_text())["state"] == "finished"
-    state = load_file(str(run / "final" / DIFFUSERS_WEIGHT_NAME))
-    assert any(float(v.abs().max()) > 0 for k, v in state.items() if "lora_B" in k)  # it trained
-    assert (run / "final" / COMFY_WEIGHT_NAME).is_file() and (run / "samples" / "step-000002" / "extended.mp4").is_file()
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a red circle\n")
-    _cli("evaluate", "--preset", TINY, "--lora_checkpoint_dir", str(run / "final"), "--output_dir",
-         str(tmp_path / "eval"), "--steps", "1", "--prompts", str(prompts))
-    assert json.loads((tmp_path / "eval" / "summary.json").read_text())
-
-
+    trains_and_evaluates(TINY, data, tmp_path)
 
 
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_an_uninterrupted_run(data, tmp_path):
-    flags = ["train", "--preset", TINY, "--data_dir", str(data), "--max_steps", "30", "--checkpointing_steps", "3",
-             "--validation_steps", "100", "--sample_steps", "0", "--quiet"]
-    killed, whole = killed_then_resumed(flags, tmp_path)
-    a, b = (load_file(str(d / "final" / DIFFUSERS_WEIGHT_NAME)) for d in (killed, whole))
-    assert a.keys() == b.keys() and a and all(torch.equal(a[k], b[k]) for k in a)
+    resumed_equals_whole(TINY, data, tmp_path)
