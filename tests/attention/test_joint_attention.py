@@ -177,3 +177,22 @@ def test_fewer_video_than_text_tokens_and_key_chunked_rows_merge_exactly(monkeyp
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     for ours, theirs in zip(_grads(out, (q, k, v)), _grads(ref, (q, k, v))):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+@needs_triton
+def test_kernel_part_writes_into_given_buffers_and_refuses_mismatched_ones():
+    from engine.attention.triton_radial import RadialKernelPart
+
+    gen = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(1, SV, 2, 16, generator=gen) for _ in range(3))
+    part = RadialKernelPart(backends.cached_block_mask(6, 16, block_size=16, decay_factor=1.0, sink=False), 16)
+    big = torch.zeros(1, SV + 5, 2, 16)
+    out, lse = part.forward(q, k, v, out=big[:, :SV])  # a view of a larger buffer
+    assert out.data_ptr() == big.data_ptr() and torch.equal(big[:, SV:], torch.zeros(1, 5, 2, 16))
+    torch.testing.assert_close(out, radial_attention_triton(q, k, v, part.block_mask, 16))
+    with pytest.raises(ValueError, match="output buffer must match"):
+        part.forward(q, k, v, out=torch.zeros(1, SV, 2, 16, dtype=torch.float64))
+    dq, dk = torch.empty_like(q), torch.empty_like(k)
+    dv = torch.empty(1, 2, SV, 16).transpose(1, 2)  # other strides than dk
+    with pytest.raises(ValueError, match="share strides"):
+        part.backward(torch.ones_like(q), q, k, v, out, lse, dq, dk, dv)
