@@ -41,7 +41,7 @@ FIELDS: dict[str, Setting] = {**WHERE, **LORA, **_ATTENTION_FIELDS, **TRAINING, 
 RESUMABLE_CHANGES = ("output_dir", "max_steps", "num_epochs", "validation_steps", "sample_steps",
                      "gradient_accumulation_steps",  # keeps the batch per step when the number of processes changes
                      "checkpointing_steps", "checkpoints_total_limit", "attention_backend", "learning_rate",
-                     "max_grad_norm", "use_sage_attention", "use_model_offload", "sample_prompts", "sample_seed",
+                     "max_grad_norm", "use_sage_attention", "compile_blocks", "use_model_offload", "sample_prompts", "sample_seed",
                      *MEMORY)
 
 
@@ -116,6 +116,11 @@ class TrainConfigMethods:
             raise ConfigError("training config fields 'fsdp' and 'fp8_base' are both true: choose one (sharding over N "
                               "processes divides the base weights by N, more than fp8's halving; diffusers' fp8 "
                               "casting would keep every gathered block alive under FSDP).")
+        for other in ("block_swap", "fsdp"):
+            if self.compile_blocks and getattr(self, other):
+                raise ConfigError(f"training config fields 'compile_blocks' and '{other}' are both set: choose one "
+                                  f"({other} moves or shards each block's weights through hooks that compiled blocks "
+                                  "do not follow).")
         layers = fam.num_layers(preset)
         swappable = None if layers is None else layers * fam.expert_counts(self.lora_experts)[1]  # the denoiser's
         if swappable is not None and self.block_swap > swappable:

@@ -13,9 +13,10 @@ import torch
 
 from .attention.processor import install_radial_attention
 from .attention.schedule import AttentionSettings
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .lora import load_lora_into_pipeline
 from .models import family, get_pipeline
+from .models.regional_compile import is_compiled, set_block_compilation
 from .paths import outputs_dir
 from .presets import DEFAULT_PRESET, apply_overrides, check_capable, load_preset
 from .video import write_mp4
@@ -115,6 +116,7 @@ def generate_video(
     progress: ProgressFn | None = None,
     context_parallel: int = 1,
     fsdp: bool = False,
+    compile_blocks: bool = False,
 ) -> GenerationResult:
     """Generate one video. Unset arguments take the preset's defaults.
 
@@ -124,6 +126,8 @@ def generate_video(
     process of a launched group calls this; each attends over all tokens for 1/N of the heads
     (`context_parallel_sampling`), all get the same frames, and only rank 0 writes the mp4. `fsdp`: the
     launched processes share the transformer's weights (`shard_for_sampling`; composes with context_parallel).
+    `compile_blocks`: regional compilation of the denoiser's blocks (engine.models.regional_compile), kept on the
+    loaded model until a call without it; the first call at a new size compiles.
     """
     preset = resolve_preset(preset)
     check_capable(preset, "generate")
@@ -151,8 +155,14 @@ def generate_video(
     # One schedule over the whole sampling: a two-expert model's denoiser holds both experts, so the step count
     # (dense_timesteps) runs on across the switch from one to the other.
     install_radial_attention(fam.denoiser(pipe), settings, fam)
+    if fsdp and compile_blocks:
+        raise ConfigError("compile_blocks and fsdp are both set: choose one (sharded blocks gather their weights "
+                          "through hooks that compiled blocks do not follow).")
     if fsdp:  # before the LoRA: the adapter stays whole on every process and unloads as usual
         shard_for_sampling(pipe, fam)
+    if compile_blocks or any(is_compiled(t) for t in fam.transformers(pipe)):
+        for transformer in fam.transformers(pipe):
+            set_block_compilation(transformer, compile_blocks)
     if lora_dir is not None:
         load_lora_into_pipeline(pipe, lora_dir, fam)
 
@@ -176,6 +186,6 @@ def generate_video(
         "height": height, "width": width, "steps": steps, "guidance_scale": guidance_scale, "seed": seed,
         "fps": fps, "attention": settings.to_dict(), "family": fam.name,
         "lora_dir": str(lora_ref) if lora_ref is not None else None, "context_parallel": int(context_parallel),
-        "fsdp": bool(fsdp),
+        "fsdp": bool(fsdp), "compile_blocks": bool(compile_blocks),
     }
     return GenerationResult(path=Path(path), frames=frames, seconds=seconds, settings=record)

@@ -179,6 +179,11 @@ TRAINING = {
     "use_gradient_checkpointing": Setting(BOOL, True, "recompute activations in backward (less memory)"),
 }
 
+# Regional compilation (engine.models.regional_compile), for sampling and training alike.
+COMPILE_BLOCKS = Setting(BOOL, False, "torch.compile each repeated transformer block, attention left outside the "
+                         "graphs (the first step at a new size compiles; faster after that; not with block_swap "
+                         "or fsdp)")
+
 # Training-config fields that no preset sets (the run's own choices).
 RUN = {
     "seed": Setting(INT, 0, "random seed of the run", lo=0, hi=2**32 - 1),
@@ -209,6 +214,7 @@ RUN = {
     "use_mixed_precision": Setting(BOOL, True, "bf16 autocast on CUDA"),
     "use_model_offload": Setting(BOOL, False, "keep the VAE on the CPU for sample videos"),
     "use_sage_attention": Setting(BOOL, False, "SageAttention in dense layers when installed"),
+    "compile_blocks": COMPILE_BLOCKS,
 }
 
 # Memory and parallelism options of a training run (engine.memory, context parallelism); any of them may

@@ -121,6 +121,12 @@ def joint_attention_reference(q, k, v, *, num_video: int, key_mask=None, num_fra
                                           attn_mask=mask).transpose(1, 2)
 
 
+@torch.compiler.disable
+def attend_joint_layer(processor, query, key, value, attention_mask, num_text: int):
+    """`attend_joint` for a processor's own layer, opaque to torch.compile (why: `processor.attend_layer`)."""
+    return attend_joint(processor.schedule, processor.layer_index, query, key, value, attention_mask, num_text)
+
+
 def attend_joint(schedule, layer_index: int, query, key, value, attention_mask, num_text: int):
     """What a joint-attention processor calls with q, k, v [B, N, H, D] (text last, `num_text` tokens) and the
     model's key mask (bool, broadcastable to [B, 1, 1, N], or None): radial when the schedule says so, else

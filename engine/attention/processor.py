@@ -66,6 +66,17 @@ def attend(schedule: AttentionSchedule, layer_index: int, query, key, value, att
     return _attend(schedule, layer_index, query, key, value, attention_mask)
 
 
+@torch.compiler.disable
+def attend_layer(processor, query, key, value, attention_mask=None):
+    """`attend` for a radial processor's own layer (its `schedule` and `layer_index`), opaque to torch.compile.
+
+    Regional compilation (engine.models.regional_compile) compiles each transformer block; the attention
+    runs here, outside the graphs, for dense and radial alike. The processor is passed whole so that
+    compiled code never reads its layer index: a guard on it would recompile the graph for every block.
+    """
+    return attend(processor.schedule, processor.layer_index, query, key, value, attention_mask)
+
+
 def _attend(schedule: AttentionSchedule, layer_index: int, query, key, value, attention_mask=None):
     from . import backends
 

@@ -8,7 +8,7 @@ import sys
 
 from ..errors import EngineError
 from ..presets import DEFAULT_PRESET
-from ..settings import ATTENTION_BACKENDS
+from ..settings import ATTENTION_BACKENDS, COMPILE_BLOCKS
 
 
 def _add_attention_flags(p: argparse.ArgumentParser) -> None:
@@ -59,7 +59,7 @@ def cmd_generate(args) -> int:
             height=args.height, width=args.width, steps=args.steps, guidance_scale=args.guidance_scale,
             seed=args.seed, fps=args.fps, out_path=args.out, attention=_attention_overrides(args),
             lora_dir=args.lora_checkpoint_dir, progress=progress, context_parallel=args.context_parallel,
-            fsdp=args.fsdp,
+            fsdp=args.fsdp, compile_blocks=args.compile_blocks,
         )
     finally:
         bar.close()
@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fps", type=int)
     g.add_argument("--lora_checkpoint_dir", help="LoRA folder to apply (a run's final/ or best_model/)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--compile_blocks", action="store_true", help=COMPILE_BLOCKS.help)
     _add_context_parallel_flag(g)
     _add_attention_flags(g)
     g.set_defaults(func=cmd_generate)

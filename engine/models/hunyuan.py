@@ -25,7 +25,7 @@ import re
 import numpy as np
 import torch
 
-from ..attention.joint import attend_joint
+from ..attention.joint import attend_joint_layer
 from ..attention.processor import tag_family
 from ..errors import InputError, ModelLoadError
 from .base import AttentionLayer, Capabilities, ModelFamily, TextEmbeds, step_callback
@@ -117,7 +117,7 @@ class HunyuanRadialAttnProcessor:
             if attn.norm_added_k is not None:
                 ek = attn.norm_added_k(ek)
             query, key, value = torch.cat([query, eq], dim=1), torch.cat([key, ek], dim=1), torch.cat([value, ev], dim=1)
-        out = attend_joint(self.schedule, self.layer_index, query, key, value, attention_mask, num_text)
+        out = attend_joint_layer(self, query, key, value, attention_mask, num_text)
         out = out.flatten(2, 3).to(query.dtype)
         video, text = out[:, :-num_text], out[:, -num_text:]
         if getattr(attn, "to_out", None) is not None:

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from ..attention.joint import attend_joint
+from ..attention.joint import attend_joint_layer
 from ..attention.processor import tag_family
 from ..errors import InputError
 from .base import AttentionLayer, Capabilities, TextEmbeds
@@ -145,7 +145,7 @@ class HunyuanVideo15RadialAttnProcessor:
         num_text = encoder_hidden_states.shape[1]
         video = torch.ones(batch, tokens - num_text, dtype=torch.bool, device=query.device)
         keys = torch.cat([video, attention_mask.to(query.device).bool()], dim=1).view(batch, 1, 1, tokens)
-        out = attend_joint(self.schedule, self.layer_index, query, key, value, keys, num_text)
+        out = attend_joint_layer(self, query, key, value, keys, num_text)
         out = out.flatten(2, 3).to(query.dtype)
         video_out, text_out = out[:, :-num_text], out[:, -num_text:]
         return attn.to_out[1](attn.to_out[0](video_out)), attn.to_add_out(text_out)

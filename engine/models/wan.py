@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..attention.processor import attend, tag_family
+from ..attention.processor import attend_layer, tag_family
 from ..errors import ModelLoadError
 from ..paths import cache_dir
 from .base import (AttentionLayer, Capabilities, ContinuationMode, MemoryProfile, ModelFamily, TextEmbeds,
@@ -192,7 +192,7 @@ class WanRadialAttnProcessor:
         if rotary_emb is not None:
             query = _rotate(query, *rotary_emb)
             key = _rotate(key, *rotary_emb)
-        out = attend(self.schedule, self.layer_index, query, key, value, attention_mask)
+        out = attend_layer(self, query, key, value, attention_mask)
         out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
 

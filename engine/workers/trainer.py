@@ -421,6 +421,7 @@ def train(config: TrainConfig, resume: bool = False, progress: ProgressFn | None
         world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun / accelerate launch
         apply_plan(config, preset, config.gpu_memory_gb, free_host_gib(), world,
                    int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
+        config.validate(preset)  # what the plan chose, with the rest (e.g. block_swap beside compile_blocks)
     if prepare_from is None:
         plan = check_dataset(config, family(preset))
     else:
@@ -561,6 +562,10 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, plan, resume: bool,
     schedule = install_radial_attention(transformer, settings, fam)
     if schedule is not None:
         schedule.training = True
+    if config.compile_blocks:  # after the LoRA, the memory options and the processors: the graphs include them
+        from ..models.regional_compile import set_block_compilation
+
+        set_block_compilation(transformer, True)
     cp = _context_parallel(transformer, config, fam)
     # Which sample this rank trains on: ranks of one context-parallel group share a sample.
     data_rank, data_size = (cp.data_rank, cp.data_size) if cp else (rank, world)

@@ -1,0 +1,176 @@
+"""Regional compilation (engine.models.regional_compile) on the tiny models, CPU.
+
+The CPU runs torch.compile's "aot_eager" backend: the same Dynamo capture and AOT autograd as on the
+GPU, without Inductor's code generation (its numerics are PyTorch's to check; the GPU bench compares
+the compiled and eager outputs). Dynamo is set to raise on any recompilation, so one compiled graph
+set must serve every block, dense and radial layers, and every step.
+"""
+
+import pytest
+import torch
+import torch._dynamo
+
+from engine.attention.processor import install_radial_attention
+from engine.attention.schedule import AttentionSettings
+from engine.config import config_from_preset
+from engine.errors import ConfigError
+from engine.models import family, regional_compile
+from engine.models.regional_compile import is_compiled, repeated_blocks, set_block_compilation
+from engine.presets import load_preset
+
+from tests.memory.test_memory_options import _inputs, _tiny_with_lora
+
+
+@pytest.fixture
+def no_recompiles(monkeypatch):
+    """aot_eager, a clean Dynamo cache, and an error on any recompilation (a guard that differs per block or step)."""
+    monkeypatch.setattr(regional_compile, "BACKEND", "aot_eager")
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        yield
+    torch._dynamo.reset()
+
+
+def _radial(transformer, fam, dense_timesteps=1):
+    settings = AttentionSettings(pattern="radial", dense_layers=1, dense_timesteps=dense_timesteps, block_size=16,
+                                 backend="reference")
+    return install_radial_attention(transformer, settings, fam)
+
+
+def _steps(transformer, latents, text, timesteps=(900.0, 700.0, 500.0)):
+    with torch.no_grad():
+        return [transformer(hidden_states=latents, timestep=torch.tensor([t]), encoder_hidden_states=text,
+                            return_dict=False)[0] for t in timesteps]
+
+
+def test_compiled_wan_blocks_give_the_eager_output_with_one_graph_set_for_every_block_and_step(tiny_preset,
+                                                                                                no_recompiles):
+    from engine.models.wan import build_tiny_pipeline
+
+    fam = family(tiny_preset)
+    transformer = build_tiny_pipeline(tiny_preset["tiny"]).transformer.eval()
+    _radial(transformer, fam)  # layer 0 dense, the others radial; step 1 dense everywhere, then radial
+    latents, _, text = _inputs()
+    eager = _steps(transformer, latents, text)
+    assert set_block_compilation(transformer, True) == len(transformer.blocks) == 4 and is_compiled(transformer)
+    compiled = _steps(transformer, latents, text)  # raises if any block or step needed its own graph
+    for a, b in zip(eager, compiled):
+        assert torch.equal(a, b)
+    set_block_compilation(transformer, False)
+    assert not is_compiled(transformer)
+    assert all(torch.equal(a, b) for a, b in zip(eager, _steps(transformer, latents, text)))
+
+
+def test_a_layer_index_read_inside_the_graph_would_recompile_per_block(tiny_preset, no_recompiles, monkeypatch):
+    """The check above can fail: the processor's old call, attend(self.schedule, self.layer_index, ...), recompiles."""
+    from engine.attention.processor import attend
+    from engine.models import wan
+
+    monkeypatch.setattr(wan, "attend_layer", lambda p, q, k, v, mask=None: torch.compiler.disable(attend)(
+        p.schedule, p.layer_index, q, k, v, mask))
+    transformer = wan.build_tiny_pipeline(tiny_preset["tiny"])
+    transformer = transformer.transformer.eval()
+    _radial(transformer, family(tiny_preset))
+    set_block_compilation(transformer, True)
+    latents, _, text = _inputs()
+    with pytest.raises(Exception, match="layer_index"):
+        _steps(transformer, latents, text)
+
+
+def test_compiled_lora_training_with_checkpointing_gives_the_eager_gradients(tiny_preset, no_recompiles):
+    """Two graph sets in training, not one per block: the first block's input needs no gradient, the others' do."""
+    fam = family(tiny_preset)
+    grads = []
+    for compiled in (False, True):
+        model = _tiny_with_lora(tiny_preset)
+        model.enable_gradient_checkpointing()
+        _radial(model, fam, dense_timesteps=0).training = True
+        if compiled:
+            set_block_compilation(model, True)
+        latents, t, text = _inputs()
+        with torch._dynamo.config.patch(error_on_recompile=False, recompile_limit=2, fail_on_recompile_limit_hit=True):
+            out = model(hidden_states=latents, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+            out.square().mean().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_compiled_hunyuan_joint_attention_blocks_give_the_eager_output(no_recompiles):
+    """Double and single blocks share diffusers' Attention.forward at their own shapes: one graph set per block
+    class (and the text refiner's), never one per block (2 + 2 here)."""
+    from engine.models import get_pipeline
+    from tests.models.test_hunyuan import TINY, _inputs as hunyuan_inputs
+
+    preset = load_preset(TINY)
+    fam, pipe = family(preset), get_pipeline(preset)
+    transformer = pipe.transformer
+    x, text = hunyuan_inputs(fam, pipe, frames=9)
+    _radial(transformer, fam)
+    try:
+        with torch.no_grad():
+            eager = [fam.forward(transformer, x, torch.tensor([t]), text) for t in (900.0, 500.0)]
+            assert set_block_compilation(transformer, True) >= 4  # double and single blocks (and text refiner)
+            with torch._dynamo.config.patch(error_on_recompile=False, recompile_limit=3,
+                                            fail_on_recompile_limit_hit=True):
+                compiled = [fam.forward(transformer, x, torch.tensor([t]), text) for t in (900.0, 500.0)]
+    finally:  # the pipeline is the shared cached one
+        set_block_compilation(transformer, False)
+        install_radial_attention(transformer, AttentionSettings(pattern="dense"), fam)
+    for a, b in zip(eager, compiled):
+        assert torch.equal(a, b)
+
+
+def test_generate_with_compiled_blocks_gives_the_same_video_and_says_so(no_recompiles):
+    from engine.generate import generate_video
+    from engine.models import get_pipeline
+
+    kwargs = dict(num_frames=17, height=64, width=64, steps=3, seed=7, attention={"dense_layers": 1,
+                                                                                 "dense_timesteps": 1})
+    eager = generate_video("a red circle moves left", **kwargs)
+    compiled = generate_video("a red circle moves left", compile_blocks=True, **kwargs)
+    transformer = get_pipeline(load_preset("tiny-wan")).transformer
+    assert is_compiled(transformer) and compiled.settings["compile_blocks"] is True
+    again = generate_video("a red circle moves left", **kwargs)  # a request without it: eager again
+    assert not is_compiled(transformer) and again.settings["compile_blocks"] is False
+    assert (compiled.frames == eager.frames).all() and (again.frames == eager.frames).all()
+
+
+def test_a_model_without_repeated_blocks_and_refused_combinations_say_what_to_change(tmp_path):
+    with pytest.raises(ConfigError, match="compile_blocks.*Linear.*_repeated_blocks"):
+        repeated_blocks(torch.nn.Linear(2, 2))
+    for other in ({"block_swap": 1}, {"fsdp": True}):
+        with pytest.raises(ConfigError, match=f"'compile_blocks' and '{next(iter(other))}' are both set"):
+            config_from_preset("tiny-wan", output_dir=str(tmp_path / "run"), data_dir="data/tiny",
+                               compile_blocks=True, use_gradient_checkpointing=True, **other).validate()
+    from engine.generate import generate_video
+
+    with pytest.raises(ConfigError, match="compile_blocks and fsdp"):
+        generate_video("a red circle", num_frames=17, height=64, width=64, steps=1, compile_blocks=True, fsdp=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_training_run_with_compile_blocks_gives_the_eager_runs_losses(tmp_path, no_recompiles):
+    """The config field reaches the trainer: the same losses, and the run's config records it. Its graph sets
+    (two lengths, training and validation, the first block or the others) stay within the engine's limit."""
+    import json
+
+    from engine.data.dataset import create_synthetic_dataset
+    from engine.workers.trainer import train
+
+    data = tmp_path / "data"
+    create_synthetic_dataset(data, 2, preset="tiny-wan", seed=0)
+    losses = {}
+    for on in (False, True):
+        out = tmp_path / f"run-{on}"
+        config = config_from_preset("tiny-wan", data_dir=str(data), output_dir=str(out), max_steps=2,
+                                    gradient_accumulation_steps=1, validation_steps=100, checkpointing_steps=100,
+                                    use_gradient_checkpointing=True, sample_steps=0, seed=0, compile_blocks=on)
+        with torch._dynamo.config.patch(error_on_recompile=False, fail_on_recompile_limit_hit=True):  # no eager fallback
+            assert train(config)["state"] == "finished"
+        events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+        losses[on] = [e["loss"] for e in events if e["type"] == "train"]
+        assert json.loads((out / "config.json").read_text())["compile_blocks"] is on
+    assert len(losses[False]) == 2
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
