@@ -44,6 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # cuda_timing, also when imported by the tests
 
+from engine.models.regional_compile import set_block_compilation  # noqa: E402
+
 PROMPT = "a red ball bounces on a sandy beach, waves roll in behind it, the camera follows the ball"
 
 # UMT5-XXL encoder as Wan2.1's text_encoder/config.json has it (vocabulary set separately: the offline tokenizer
@@ -425,15 +427,18 @@ def warm_transformer(ctx: Context, pipe, fam, frames: int, height: int, width: i
     device, dtype = transformer.device, transformer.dtype
     latents = torch.randn(1, cfg.in_channels, fam.latent_frames(frames), height // fam.spatial_factor,
                           width // fam.spatial_factor, device=device, dtype=dtype)
-    text = torch.randn(1, 512, cfg.text_dim, device=device, dtype=dtype)
     t = torch.tensor([700.0], device=device)
+    # As the families' generate runs the pipeline: inference mode and the prompt's own text length (compiled
+    # blocks guard on both, so the rows then reuse what this compiled).
     with torch.inference_mode():
+        text, _ = fam.encode_prompt(pipe, ctx.args.prompt, "", 1.0)
+        text = text.to(device, dtype)
         for pattern in ("dense", "radial"):
             schedule = install_radial_attention(transformer, dataclasses.replace(radial_settings(ctx), pattern=pattern),
                                                 fam)
             if schedule is not None:
                 schedule.training = True
-            transformer(hidden_states=latents, timestep=t, encoder_hidden_states=text, return_dict=False)
+            fam.forward(transformer, latents, t, text)
     remove_radial_attention(transformer, fam)
     del latents, text
     if ctx.cuda:
@@ -505,15 +510,21 @@ def case_sample(ctx: Context) -> dict:
                 start = clock.mark()
                 result = generate_mod.generate_video(
                     args.prompt, preset=ctx.preset, num_frames=frames, height=height, width=width, steps=n_steps,
-                    attention=override, progress=on_step, out_path=out or video_dir / f"{pattern}-{frames}.mp4")
+                    attention=override, progress=on_step, out_path=out or video_dir / f"{pattern}-{frames}.mp4",
+                    compile_blocks=args.compile_blocks)
                 return result, start, clock.mark()
 
+            if args.compile_blocks:  # on before the warm-ups, so that they compile the blocks at each row's shape
+                set_block_compilation(transformer, True)
             if args.warmup != "none":  # text encoder, VAE, mp4 writer and the pipeline's own first-call costs
                 for pattern in ("dense", "radial"):
                     call(fam.pixel_frames(2), pattern, 1, {"dense_timesteps": 0}, video_dir / "warmup.mp4")
             for index, frames in enumerate(frames_all):
                 if warm_now(ctx, index):
                     warm_transformer(ctx, pipe, fam, frames, height, width)
+                    if args.compile_blocks:  # the graphs the pipeline's own calls need at this shape, compiled now
+                        for pattern in ("dense", "radial"):
+                            call(frames, pattern, 1, {"dense_timesteps": 0}, video_dir / "warmup.mp4")
                 by_pattern = {}
                 for pattern in ("dense", "radial"):
                     reset_peak(ctx.cuda)
@@ -521,6 +532,7 @@ def case_sample(ctx: Context) -> dict:
                     layout = fam.token_layout(frames, height, width)
                     row = {"frames": frames, "latent_frames": layout.latent_frames, "tokens": layout.num_tokens,
                            "pattern": pattern, "steps": steps, "sdpa_backend": sdpa.chosen}
+                    graphs = compiled_graphs()
                     try:
                         result, start, end = call(frames, pattern, steps)
                     except torch.OutOfMemoryError:
@@ -531,6 +543,7 @@ def case_sample(ctx: Context) -> dict:
                     row.update(sample_row(ctx, result, start, end, record, step_marks, first_call, pattern, steps,
                                           settings, layers, passes))
                     row["radial_calls"] = counter.calls
+                    row["graphs_compiled_in_row"] = compiled_graphs() - graphs  # 0: the warm-up compiled them all
                     row["peak_gib"] = peak_gib(ctx.cuda)
                     rows.append(row)
                     by_pattern[pattern] = (row, result.frames)
@@ -552,7 +565,16 @@ def case_sample(ctx: Context) -> dict:
                 del by_pattern
     finally:
         hook.remove()
+        if args.compile_blocks:
+            set_block_compilation(transformer, False)
     return data
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile has made in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def sample_row(ctx, result, start, end, record, step_marks, first_call, pattern, steps, settings, layers, passes):
@@ -650,6 +672,8 @@ def case_train(ctx: Context) -> dict:
             for p in params:  # trainable weights in fp32; the frozen base stays in bf16 (as the trainer does)
                 p.data = p.data.float()
         apply_memory_options(transformer, config0, ctx.cuda)
+        if args.compile_blocks:  # as the trainer does it: after the LoRA and the memory options
+            set_block_compilation(transformer, True)
         transformer.train()
         autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if mixed else contextlib.nullcontext
         with sdpa_ctx, RadialCounter() as counter:
@@ -689,6 +713,7 @@ def case_train(ctx: Context) -> dict:
                             step()
                         reset_peak(ctx.cuda)
                         counter.calls = 0
+                        graphs = compiled_graphs()
                         measured = [step() for _ in range(args.train_reps)]
                     except torch.OutOfMemoryError:
                         row.update(oom=True, peak_gib=peak_gib(ctx.cuda))
@@ -701,7 +726,8 @@ def case_train(ctx: Context) -> dict:
                     row.update(step_s=median([sum(p) for p in parts]), base_pass_s=median([p[0] for p in parts]),
                                extended_pass_s=median([p[1] for p in parts]), optimizer_s=median([p[2] for p in parts]),
                                steps_s=[sum(p) for p in parts], loss=measured[-1][1],
-                               radial_calls=counter.calls, peak_gib=peak_gib(ctx.cuda))
+                               radial_calls=counter.calls, peak_gib=peak_gib(ctx.cuda),
+                               graphs_compiled_in_row=compiled_graphs() - graphs)
                     optimizer = step = None  # Adam's state goes before the next row
                     rows.append(row)
                     by_pattern[pattern] = row
@@ -715,6 +741,8 @@ def case_train(ctx: Context) -> dict:
                     ctx.save("train", data)
                 latents = noise = text = batch = None
     finally:
+        if args.compile_blocks:
+            set_block_compilation(transformer, False)
         transformer.zero_grad(set_to_none=True)
         transformer.eval()
         remove_radial_attention(transformer, fam)
@@ -1005,6 +1033,8 @@ def parse_args(argv=None):
     parser.add_argument("--tta_short_side", type=int, default=None)
     parser.add_argument("--lpips", action="store_true", help="compute LPIPS in TTA (needs its local weights)")
     parser.add_argument("--no_mp4", action="store_true", help="skip the mp4 encode at the end of generate_video")
+    parser.add_argument("--compile_blocks", action="store_true", help="regional compilation (setting compile_blocks) "
+                        "in the sample and train cases, dense and radial alike; the warm-ups compile")
     args = parser.parse_args(argv)
     args.argv = None if argv is None else list(argv)
     if args.case == "all":  # full-scale defaults for what was not given

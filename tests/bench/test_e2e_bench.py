@@ -151,3 +151,24 @@ def test_chart_draws_a_png_from_the_json(all_run, tmp_path):
 
     height, width = matplotlib.image.imread(path).shape[:2]
     assert width > 2 * height > 400  # two panels side by side
+
+
+def test_compiled_rows_compile_in_the_warm_ups_only(tmp_path, monkeypatch):
+    """--compile_blocks: the warm-ups compile every graph a row needs, so no row times a compilation (aot_eager
+    on the CPU; Inductor on the GPU), and the blocks are eager again afterwards."""
+    import torch._dynamo
+
+    from engine.models import get_pipeline, regional_compile
+    from engine.presets import load_preset
+
+    monkeypatch.setattr(regional_compile, "BACKEND", "aot_eager")
+    torch._dynamo.reset()
+    for case in ("sample", "train"):
+        with contextlib.redirect_stdout(io.StringIO()):
+            e2e.main([case, *TINY, "--compile_blocks", "--frames", "5,9", "--steps", "2", "--train_base_frames", "5",
+                      "--out", str(tmp_path), "--work_dir", str(tmp_path / "work")])
+        rows = _json(tmp_path, case)["rows"]
+        assert len(rows) == 4 and all(r["graphs_compiled_in_row"] == 0 for r in rows), rows
+        assert any(r["radial_calls"] > 0 for r in rows)
+    assert not regional_compile.is_compiled(get_pipeline(load_preset("tiny-wan")).transformer)
+    torch._dynamo.reset()
