@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Regional compilation on the H200: bench/e2e.py with and without --compile_blocks in one run, 1.3B at 480p,
+# random weights at the official sizes (built once into /tmp/e2e-m, reused while the machine stays warm).
+#   bash bench/gpu_compile_session.sh train    # one LoRA step at 321 frames: compiled, then eager
+#   bash bench/gpu_compile_session.sh sample   # generate_video at 321 frames, 3 steps projected to 50: same
+set -uo pipefail
+source bench/gpu_setup.sh
+CASE=${1:-train}
+P=wan2.1-t2v-1.3b
+M=/tmp/e2e-m
+BUILD=()
+[ -f $M/model_index.json ] || BUILD=(--build_random "$(python3 -c "from engine.presets import load_preset; print(load_preset('$P')['source'])")")
+COMMON=(--preset $P --model_dir $M --no_mp4 --frames 321 --steps 3 --project_steps 50)
+mkdir -p $OUT/compiled $OUT/eager
+PYTHONUNBUFFERED=1 python3 bench/e2e.py $CASE "${COMMON[@]}" "${BUILD[@]}" --compile_blocks --out $OUT/compiled 2>&1 \
+  | grep -v Warning | tail -25
+PYTHONUNBUFFERED=1 python3 bench/e2e.py $CASE "${COMMON[@]}" --out $OUT/eager 2>&1 | grep -v Warning | tail -12
