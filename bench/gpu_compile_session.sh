@@ -4,6 +4,7 @@
 #   bash bench/gpu_compile_session.sh train    # one LoRA step at 321 frames: compiled, then eager
 #   bash bench/gpu_compile_session.sh sample   # generate_video at 321 frames, 3 steps projected to 50: same
 set -uo pipefail
+# Logs go to files under $OUT: a run cut off at its time limit still brings back what it printed.
 source bench/gpu_setup.sh
 CASE=${1:-train}
 P=wan2.1-t2v-1.3b
@@ -12,6 +13,8 @@ BUILD=()
 [ -f $M/model_index.json ] || BUILD=(--build_random "$(python3 -c "from engine.presets import load_preset; print(load_preset('$P')['source'])")")
 COMMON=(--preset $P --model_dir $M --no_mp4 --frames 321 --steps 3 --project_steps 50)
 mkdir -p $OUT/compiled $OUT/eager
-PYTHONUNBUFFERED=1 python3 bench/e2e.py $CASE "${COMMON[@]}" "${BUILD[@]}" --compile_blocks --out $OUT/compiled 2>&1 \
-  | grep -v Warning | tail -25
-PYTHONUNBUFFERED=1 python3 bench/e2e.py $CASE "${COMMON[@]}" --out $OUT/eager 2>&1 | grep -v Warning | tail -12
+PYTHONUNBUFFERED=1 python3 bench/e2e.py $CASE "${COMMON[@]}" "${BUILD[@]}" --compile_blocks --out $OUT/compiled \
+  > $OUT/compiled.log 2>&1
+tail -25 $OUT/compiled.log
+PYTHONUNBUFFERED=1 python3 bench/e2e.py $CASE "${COMMON[@]}" --out $OUT/eager > $OUT/eager.log 2>&1
+tail -12 $OUT/eager.log

@@ -174,3 +174,22 @@ def test_a_training_run_with_compile_blocks_gives_the_eager_runs_losses(tmp_path
         assert json.loads((out / "config.json").read_text())["compile_blocks"] is on
     assert len(losses[False]) == 2
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+
+
+def test_the_cli_takes_compile_blocks_for_generate_and_train(tmp_path, monkeypatch):
+    import engine.generate
+    from engine.cli import build_parser, main
+
+    parser = build_parser()
+    assert parser.parse_args(["generate", "--prompt", "x", "--compile_blocks"]).compile_blocks is True
+    assert parser.parse_args(["generate", "--prompt", "x"]).compile_blocks is False
+    assert parser.parse_args(["train", "--compile_blocks", "true"]).compile_blocks is True
+    seen = {}
+
+    def fake_generate(prompt, **kw):  # what the command hands the engine call
+        seen.update(kw)
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(engine.generate, "generate_video", fake_generate)
+    assert main(["generate", "--prompt", "x", "--compile_blocks", "--quiet"]) != 0
+    assert seen["compile_blocks"] is True
