@@ -145,6 +145,9 @@ def generate_video(
     if attention:
         preset = apply_overrides(preset, "attention", attention)
     settings = AttentionSettings.from_preset(preset)
+    if fsdp and compile_blocks:
+        raise ConfigError("compile_blocks and fsdp are both set: choose one (sharded blocks gather their weights "
+                          "through hooks that compiled blocks do not follow).")
 
     lora_ref = lora_dir
     if lora_dir is not None:
@@ -155,9 +158,6 @@ def generate_video(
     # One schedule over the whole sampling: a two-expert model's denoiser holds both experts, so the step count
     # (dense_timesteps) runs on across the switch from one to the other.
     install_radial_attention(fam.denoiser(pipe), settings, fam)
-    if fsdp and compile_blocks:
-        raise ConfigError("compile_blocks and fsdp are both set: choose one (sharded blocks gather their weights "
-                          "through hooks that compiled blocks do not follow).")
     if fsdp:  # before the LoRA: the adapter stays whole on every process and unloads as usual
         shard_for_sampling(pipe, fam)
     if compile_blocks or any(is_compiled(t) for t in fam.transformers(pipe)):
