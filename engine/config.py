@@ -41,7 +41,8 @@ FIELDS: dict[str, Setting] = {**WHERE, **LORA, **_ATTENTION_FIELDS, **TRAINING, 
 RESUMABLE_CHANGES = ("output_dir", "max_steps", "num_epochs", "validation_steps", "sample_steps",
                      "gradient_accumulation_steps",  # keeps the batch per step when the number of processes changes
                      "checkpointing_steps", "checkpoints_total_limit", "attention_backend", "learning_rate",
-                     "max_grad_norm", "use_sage_attention", "compile_blocks", "use_model_offload", "sample_prompts", "sample_seed",
+                     "max_grad_norm", "use_sage_attention", "compile_blocks", "use_model_offload", "sample_prompts",
+                     "sample_seed",
                      *MEMORY)
 
 

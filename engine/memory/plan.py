@@ -171,7 +171,8 @@ def plan(config, preset: dict, gpu_memory_gb: float, host_memory_gb: float | Non
     processes = _check_processes(config, processes)
     profile, _, _, (_, trained) = _context(config, preset)
     layers = profile.layers * trained  # the blocks of the trained denoiser (both experts of a two-expert model)
-    combos = [c for c in COMBINATIONS if not (config.fsdp and (c[0] or c[3]))]  # the config refuses those pairs
+    # The config refuses fp8_base and block_swap with fsdp, and block_swap with compile_blocks: never offered.
+    combos = [c for c in COMBINATIONS if not ((config.fsdp and (c[0] or c[3])) or (config.compile_blocks and c[3]))]
     rows = [estimate(config, preset, *combo[:3], processes=processes, block_swap=layers if combo[3] else 0)
             for combo in combos]
     per_gpu_host = None if host_memory_gb is None else host_memory_gb / (processes_per_host or processes)

@@ -100,6 +100,18 @@ def test_over_many_processes_fsdp_shares_the_weights_and_context_parallelism_the
     assert chosen.options == _opts(offload=True, chunks=8)
 
 
+def test_with_compile_blocks_the_plan_never_offers_block_swap():
+    # At 76 GiB the 14B needs block swap (above); compiled blocks refuse it, so the plan falls to fp8 storage
+    # instead of choosing options that the trainer's re-validation would refuse at job time.
+    compiled = _config("wan2.1-t2v-14b", compile_blocks=True)
+    rows, chosen = plan(compiled, compiled.preset_dict(), 76)
+    assert rows and not any(r.block_swap for r in rows)
+    assert chosen.options == _opts(fp8=True, offload=True, chunks=8)
+    applied = apply_plan(compiled, compiled.preset_dict(), 76)
+    assert applied.options == chosen.options and compiled.block_swap == 0 and compiled.fp8_base is True
+    compiled.validate()  # what the trainer checks again after the plan
+
+
 def test_nothing_that_fits_is_a_clear_error_naming_the_need():
     config = _config("wan2.1-t2v-14b")
     with pytest.raises(InputError, match=r"at least 59.\d GiB of GPU memory and 76 GiB of free host memory.*"
