@@ -416,8 +416,10 @@ def radial_settings(ctx: Context):
     return AttentionSettings.from_preset(ctx.preset, backend=ctx.args.backend)
 
 
-def warm_transformer(ctx: Context, pipe, fam, frames: int, height: int, width: int) -> None:
-    """One dense and one radial forward at this shape: kernels compiled, plans built, before anything is timed."""
+def warm_transformer(ctx: Context, pipe, fam, frames: int, height: int, width: int,
+                     patterns=("dense", "radial"), around=None) -> dict:
+    """One dense and one radial forward at this shape: kernels compiled, plans built, before anything is timed.
+    `around(pattern, forward)`, when given, runs each forward instead (the profiler); its results are returned."""
     import dataclasses
 
     from engine.attention.processor import install_radial_attention, remove_radial_attention
@@ -433,16 +435,33 @@ def warm_transformer(ctx: Context, pipe, fam, frames: int, height: int, width: i
     with torch.inference_mode():
         text, _ = fam.encode_prompt(pipe, ctx.args.prompt, "", 1.0)
         text = text.to(device, dtype)
-        for pattern in ("dense", "radial"):
+        results = {}
+        for pattern in patterns:
             schedule = install_radial_attention(transformer, dataclasses.replace(radial_settings(ctx), pattern=pattern),
                                                 fam)
             if schedule is not None:
-                schedule.training = True
-            fam.forward(transformer, latents, t, text)
+                schedule.training = True  # every step radial (no dense timesteps): the radial step's own cost
+
+            def forward(latents=latents, text=text):
+                fam.forward(transformer, latents, t, text)
+
+            results[pattern] = forward() if around is None else around(pattern, forward)
     remove_radial_attention(transformer, fam)
     del latents, text
     if ctx.cuda:
         torch.cuda.synchronize()
+    return results
+
+
+def profiled(ctx: Context, fn) -> dict:
+    """bench/kernel_profile.py's per-kernel time of one `fn()`; a profiler fault is recorded, not raised (the
+    timed rows are already saved)."""
+    from kernel_profile import profile_call
+
+    try:
+        return profile_call(fn, ctx.cuda)
+    except Exception as error:  # noqa: BLE001 - any profiler failure leaves the rows intact
+        return {"error": f"{type(error).__name__}: {error}"[:300]}
 
 
 def warm_now(ctx: Context, index: int) -> bool:
@@ -548,6 +567,10 @@ def case_sample(ctx: Context) -> dict:
                     rows.append(row)
                     by_pattern[pattern] = (row, result.frames)
                     print(f"sample: {brief(row, 'total_s', 'denoise_s', 'text_encode_s', 'vae_decode_s', 'mp4_s')}", flush=True)
+                    ctx.save("sample", data)
+                if args.profile and index == len(frames_all) - 1:  # one denoiser forward per pattern, untimed
+                    data["profiles"] = warm_transformer(ctx, pipe, fam, frames, height, width,
+                                                        around=lambda pattern, forward: profiled(ctx, forward))
                     ctx.save("sample", data)
                 if len(by_pattern) == 2:
                     (dense, dense_frames), (radial, radial_frames) = by_pattern["dense"], by_pattern["radial"]
@@ -728,6 +751,8 @@ def case_train(ctx: Context) -> dict:
                                steps_s=[sum(p) for p in parts], loss=measured[-1][1],
                                radial_calls=counter.calls, peak_gib=peak_gib(ctx.cuda),
                                graphs_compiled_in_row=compiled_graphs() - graphs)
+                    if args.profile and index == len(frames_all) - 1:  # one more step, untimed, under the profiler
+                        data.setdefault("profiles", {})[pattern] = profiled(ctx, step)
                     optimizer = step = None  # Adam's state goes before the next row
                     rows.append(row)
                     by_pattern[pattern] = row
@@ -1035,6 +1060,8 @@ def parse_args(argv=None):
     parser.add_argument("--no_mp4", action="store_true", help="skip the mp4 encode at the end of generate_video")
     parser.add_argument("--compile_blocks", action="store_true", help="regional compilation (setting compile_blocks) "
                         "in the sample and train cases, dense and radial alike; the warm-ups compile")
+    parser.add_argument("--profile", action="store_true", help="sample and train: after the rows at the last frame "
+                        "count, one untimed call per pattern under torch.profiler; kernel time per category")
     args = parser.parse_args(argv)
     args.argv = None if argv is None else list(argv)
     if args.case == "all":  # full-scale defaults for what was not given
@@ -1078,6 +1105,12 @@ def main(argv=None) -> dict:
         print(f"### {case}\n")
         print("\n".join(TABLES[case](ctx.results[case])))
         print()
+        if ctx.results[case].get("profiles"):
+            from kernel_profile import share_table
+
+            print(f"### {case}: kernel time by category (one untimed call per pattern, torch.profiler)\n")
+            print("\n".join(share_table(sorted(ctx.results[case]["profiles"].items()))))
+            print()
     if args.case == "all":
         print("### summary\n")
         print("\n".join(summary_table(ctx.results)))

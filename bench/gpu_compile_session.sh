@@ -3,6 +3,7 @@
 # random weights at the official sizes (built once into /tmp/e2e-m, reused while the machine stays warm).
 #   bash bench/gpu_compile_session.sh train    # one LoRA step at 321 frames: compiled, then eager
 #   bash bench/gpu_compile_session.sh sample   # generate_video at 321 frames, 3 steps projected to 50: same
+#   bash bench/gpu_compile_session.sh profile  # compiled train and sample with --profile: kernel time by category
 set -uo pipefail
 # Logs go to files under $OUT: a run cut off at its time limit still brings back what it printed.
 source bench/gpu_setup.sh
@@ -13,6 +14,15 @@ BUILD=()
 [ -f $M/model_index.json ] || BUILD=(--build_random "$(python3 -c "from engine.presets import load_preset; print(load_preset('$P')['source'])")")
 COMMON=(--preset $P --model_dir $M --no_mp4 --frames 321 --steps 3 --project_steps 50)
 mkdir -p $OUT/compiled $OUT/eager
+if [ "$CASE" = profile ]; then
+  for c in train sample; do
+    PYTHONUNBUFFERED=1 python3 bench/e2e.py $c "${COMMON[@]}" "${BUILD[@]}" --compile_blocks --profile \
+      --out $OUT/compiled > $OUT/profile_$c.log 2>&1
+    BUILD=()
+    grep -A5 "kernel time by category" $OUT/profile_$c.log; tail -8 $OUT/profile_$c.log | grep "^| 321"
+  done
+  exit 0
+fi
 PYTHONUNBUFFERED=1 python3 bench/e2e.py $CASE "${COMMON[@]}" "${BUILD[@]}" --compile_blocks --out $OUT/compiled \
   > $OUT/compiled.log 2>&1
 tail -25 $OUT/compiled.log
