@@ -15,7 +15,7 @@ BUILD=()
 COMMON=(--preset $P --model_dir $M --no_mp4 --frames 321 --steps 3 --project_steps 50)
 mkdir -p $OUT/compiled $OUT/eager
 if [ "$CASE" = profile ]; then
-  for c in train sample; do
+  for c in ${PROFILE_CASES:-train sample}; do  # PROFILE_CASES=train: the step only (a shorter lease)
     PYTHONUNBUFFERED=1 python3 bench/e2e.py $c "${COMMON[@]}" "${BUILD[@]}" --compile_blocks --profile \
       --out $OUT/compiled > $OUT/profile_$c.log 2>&1
     BUILD=()
