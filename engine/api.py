@@ -78,6 +78,13 @@ def generation_defaults(name: str) -> dict:
     return dict(load_preset(name)["generation"])
 
 
+def has_experts(name: str) -> bool:
+    """Whether the preset's model has noise-level experts (settings lora_experts, guidance_scale_2 apply)."""
+    from .models import family
+
+    return bool(family(load_preset(name)).experts)
+
+
 def training_defaults(name: str) -> dict:
     """The training form's values for a preset: what a run started with no overrides would use."""
     return config_from_preset(name, validate=False).to_dict()

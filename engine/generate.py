@@ -108,6 +108,7 @@ def generate_video(
     width: int | None = None,
     steps: int | None = None,
     guidance_scale: float | None = None,
+    guidance_scale_2: float | None = None,
     seed: int | None = None,
     fps: int | None = None,
     out_path: str | Path | None = None,
@@ -138,6 +139,13 @@ def generate_video(
     width = gen["width"] if width is None else int(width)
     steps = gen["steps"] if steps is None else int(steps)
     guidance_scale = gen["guidance_scale"] if guidance_scale is None else float(guidance_scale)
+    if guidance_scale_2 is not None:
+        fam.check_guidance_scale_2(guidance_scale_2)
+        guidance_scale_2 = float(guidance_scale_2)
+        if guidance_scale_2 < 0:
+            raise InputError(f"guidance_scale_2 must be >= 0, got {guidance_scale_2}.")
+    else:
+        guidance_scale_2 = gen["guidance_scale_2"]
     seed = gen["seed"] if seed is None else int(seed)
     fps = gen["fps"] if fps is None else int(fps)
     negative_prompt = gen["negative_prompt"] if negative_prompt is None else negative_prompt
@@ -172,6 +180,7 @@ def generate_video(
         with context_parallel_sampling(pipe, fam, int(context_parallel)):
             video = fam.generate(pipe, prompt=prompt, negative_prompt=negative_prompt, height=height, width=width,
                                  num_frames=num_frames, steps=steps, guidance_scale=guidance_scale,
+                                 guidance_scale_2=guidance_scale_2,
                                  generator=generator, on_step=None if progress is None else (lambda done: progress(done, steps)))
     finally:
         if lora_dir is not None:  # the loaded model is shared between requests: leave it clean
@@ -183,7 +192,8 @@ def generate_video(
     path = write_mp4(frames, out_path, fps=fps) if is_main_process() else Path(out_path)
     record = {
         "preset": preset["name"], "prompt": prompt, "negative_prompt": negative_prompt, "num_frames": num_frames,
-        "height": height, "width": width, "steps": steps, "guidance_scale": guidance_scale, "seed": seed,
+        "height": height, "width": width, "steps": steps, "guidance_scale": guidance_scale,
+        "guidance_scale_2": guidance_scale_2, "seed": seed,
         "fps": fps, "attention": settings.to_dict(), "family": fam.name,
         "lora_dir": str(lora_ref) if lora_ref is not None else None, "context_parallel": int(context_parallel),
         "fsdp": bool(fsdp), "compile_blocks": bool(compile_blocks),

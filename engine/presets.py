@@ -59,10 +59,12 @@ def _family_checks(out: dict, origin: str) -> None:
             f"{origin}: field 'continuation' is {out['continuation']!r}, which family '{out['family']}' cannot do; "
             f"choose one of {modes} (or null: no continuation)."
         )
-    try:
-        fam.check_lora_experts(out["lora"]["lora_experts"])
-    except InputError as err:
-        raise ConfigError(f"{origin}: field 'lora.lora_experts': {err}") from None
+    for section, key, check in (("lora", "lora_experts", fam.check_lora_experts),
+                                ("generation", "guidance_scale_2", fam.check_guidance_scale_2)):
+        try:
+            check(out[section][key])
+        except InputError as err:
+            raise ConfigError(f"{origin}: field '{section}.{key}': {err}") from None
     if out["lora"]["target_modules"] is None:
         out["lora"]["target_modules"] = fam.default_lora_targets()
     train, tta = out["training"], out["tta"]

@@ -130,6 +130,9 @@ GENERATION = {
     "width": _size(832, "video width in pixels"),
     "steps": Setting(INT, 50, "denoising steps", lo=1, hi=1000),
     "guidance_scale": Setting(FLOAT, 5.0, "classifier-free guidance scale", lo=0, hi=100),
+    # diffusers' WanPipeline argument of the same name; Wan2.2 A14B's own config runs (3.0 low, 4.0 high).
+    "guidance_scale_2": Setting(FLOAT, None, "two-expert models: guidance scale of the low-noise expert (null: "
+                                "guidance_scale)", lo=0, hi=100, optional=True),
     "negative_prompt": Setting(STR, "", "what the video should not show"),
     "fps": Setting(INT, 16, "frame rate of written videos", lo=1, hi=240),
     "seed": Setting(INT, 0, "random seed", lo=0, hi=2**32 - 1),

@@ -17,13 +17,15 @@ def _gpu_seconds(preset, prompt, negative_prompt, num_frames, height, width, ste
 @user_errors_as_messages
 @gpu_task(_gpu_seconds)
 def run_generate(preset, prompt, negative_prompt, num_frames, height, width, steps, guidance_scale, seed,
-                 progress=gr.Progress()):
+                 guidance_scale_2=None, progress=gr.Progress()):
     def report(done, total):
         progress((done, total), desc="sampling", unit="steps")
 
     result = api.generate(
         prompt, preset=preset, negative_prompt=negative_prompt, num_frames=int(num_frames), height=int(height),
         width=int(width), steps=int(steps), guidance_scale=float(guidance_scale), seed=int(seed), progress=report,
+        # last input, optional: gradio_client calls without it keep working (None: the preset's value)
+        guidance_scale_2=None if guidance_scale_2 is None else float(guidance_scale_2),
     )
     return str(result.path), {**result.settings, "seconds": round(result.seconds, 2)}
 
@@ -39,9 +41,15 @@ def _preset_defaults(name: str):
     return gen["num_frames"], gen["height"], gen["width"], gen["steps"], gen["guidance_scale"], gen["seed"]
 
 
+def _low_noise_guidance(name: str):
+    """The low-noise expert's guidance field: shown for two-expert models, holding the preset's value."""
+    gen = api.generation_defaults(name)
+    return gr.update(value=gen["guidance_scale_2"], visible=api.has_experts(name))
+
+
 @user_errors_as_messages
 def on_preset_change(name):
-    return _preset_defaults(name)
+    return (*_preset_defaults(name), _low_noise_guidance(name))
 
 
 def build(default_preset: str) -> None:
@@ -62,16 +70,20 @@ def build(default_preset: str) -> None:
                     steps = gr.Number(steps0, precision=0, label="Steps")
                     guidance = gr.Number(guidance0, label="Guidance scale")
                     seed = gr.Number(seed0, precision=0, label="Seed")
+                guidance2 = gr.Number(api.generation_defaults(default_preset)["guidance_scale_2"],
+                                      label="Low-noise expert guidance (empty: the guidance scale)",
+                                      visible=api.has_experts(default_preset), elem_id="generate-guidance-2")
                 button = gr.Button("Generate", variant="primary")
             with gr.Column():
                 video = gr.Video(label="Video", autoplay=True)
                 info = gr.JSON(label="Settings")
         history = gr.Gallery(history_items, label="History (newest first)", columns=4, height="auto",
                              elem_id="generate-history")
-        preset.change(on_preset_change, preset, [num_frames, height, width, steps, guidance, seed], api_name=False)
+        preset.change(on_preset_change, preset, [num_frames, height, width, steps, guidance, seed, guidance2],
+                      api_name=False)
         button.click(
             run_generate,
-            [preset, prompt, negative, num_frames, height, width, steps, guidance, seed],
+            [preset, prompt, negative, num_frames, height, width, steps, guidance, seed, guidance2],
             [video, info],
             api_name="generate",
         ).then(history_items, None, history, api_name=False)

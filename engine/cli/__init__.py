@@ -8,7 +8,7 @@ import sys
 
 from ..errors import EngineError
 from ..presets import DEFAULT_PRESET
-from ..settings import ATTENTION_BACKENDS, COMPILE_BLOCKS
+from ..settings import ATTENTION_BACKENDS, COMPILE_BLOCKS, GENERATION
 
 
 def _add_attention_flags(p: argparse.ArgumentParser) -> None:
@@ -57,7 +57,7 @@ def cmd_generate(args) -> int:
         result = generate_video(
             args.prompt, preset=args.preset, negative_prompt=args.negative_prompt, num_frames=args.num_frames,
             height=args.height, width=args.width, steps=args.steps, guidance_scale=args.guidance_scale,
-            seed=args.seed, fps=args.fps, out_path=args.out, attention=_attention_overrides(args),
+            guidance_scale_2=args.guidance_scale_2, seed=args.seed, fps=args.fps, out_path=args.out, attention=_attention_overrides(args),
             lora_dir=args.lora_checkpoint_dir, progress=progress, context_parallel=args.context_parallel,
             fsdp=args.fsdp, compile_blocks=args.compile_blocks,
         )
@@ -175,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--width", type=int)
     g.add_argument("--steps", type=int)
     g.add_argument("--guidance_scale", type=float)
+    g.add_argument("--guidance_scale_2", type=float, help=GENERATION["guidance_scale_2"].help)
     g.add_argument("--seed", type=int)
     g.add_argument("--fps", type=int)
     g.add_argument("--lora_checkpoint_dir", help="LoRA folder to apply (a run's final/ or best_model/)")

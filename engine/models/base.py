@@ -235,6 +235,13 @@ class ModelFamily:
             raise InputError(f"model family '{self.name}' has one transformer, so lora_experts must be null "
                              f"(it picks the experts of a two-expert model), not {experts!r}.")
 
+    def check_guidance_scale_2(self, value: float | None) -> None:
+        """InputError unless setting `guidance_scale_2` fits this family (null always does)."""
+        if value is not None and not self.experts:
+            raise InputError(f"model family '{self.name}' has one transformer, so guidance_scale_2 must be unset "
+                             f"(it is the low-noise expert's guidance of a two-expert model), not {value!r}; "
+                             "set guidance_scale instead.")
+
     def expert_counts(self, experts: str | None = None) -> tuple[int, int]:
         """(transformers a training run keeps on the GPU, those its LoRA trains): the memory plan counts them."""
         return 1, 1
@@ -365,8 +372,9 @@ class ModelFamily:
     def generate(self, pipe, *, prompt: str | None = None, negative_prompt: str | None = None,
                  embeds: TextEmbeds | None = None, negative_embeds: TextEmbeds | None = None, num_frames: int,
                  height: int, width: int, steps: int, guidance_scale: float, generator: torch.Generator,
-                 on_step: Callable[[int], None] | None = None) -> np.ndarray:
-        """Text-to-video: float frames [F, H, W, 3] in [0, 1], from a prompt or from embeddings."""
+                 on_step: Callable[[int], None] | None = None, guidance_scale_2: float | None = None) -> np.ndarray:
+        """Text-to-video: float frames [F, H, W, 3] in [0, 1], from a prompt or from embeddings.
+        `guidance_scale_2`: the low-noise expert's guidance (two-expert families; None: guidance_scale)."""
         raise ConfigError(f"model family '{self.name}' cannot generate videos from text.")
 
     def sample_continuation(self, pipe, cond_latents, total_latent_frames, prompt_embeds, negative_embeds, *, steps,

@@ -302,7 +302,8 @@ class HunyuanVideoFamily(ModelFamily):
 
     # -- sampling
     def generate(self, pipe, *, prompt=None, negative_prompt=None, embeds=None, negative_embeds=None, num_frames,
-                 height, width, steps, guidance_scale, generator, on_step=None):
+                 height, width, steps, guidance_scale, generator, on_step=None, guidance_scale_2=None):
+        # guidance_scale_2: one transformer, so always None here (presets and generate_video refuse a value)
         callback = step_callback(on_step)
 
         if embeds is None:

@@ -254,7 +254,8 @@ class HunyuanVideo15Family(HunyuanVideoFamily):
 
     # -- sampling
     def generate(self, pipe, *, prompt=None, negative_prompt=None, embeds=None, negative_embeds=None, num_frames,
-                 height, width, steps, guidance_scale, generator, on_step=None):
+                 height, width, steps, guidance_scale, generator, on_step=None, guidance_scale_2=None):
+        # guidance_scale_2: one transformer, so always None here (presets and generate_video refuse a value)
         cfg = guidance_scale > 1.0
         if embeds is None:
             embeds = self._encode(pipe, prompt or "")

@@ -340,8 +340,10 @@ class WanFamily(ModelFamily):
 
     # -- sampling
     def generate(self, pipe, *, prompt=None, negative_prompt=None, embeds=None, negative_embeds=None, num_frames,
-                 height, width, steps, guidance_scale, generator, on_step=None):
+                 height, width, steps, guidance_scale, generator, on_step=None, guidance_scale_2=None):
         callback = step_callback(on_step)
+        # WanPipeline refuses guidance_scale_2 without experts; the engine checks the family first (None here)
+        two = {} if guidance_scale_2 is None else {"guidance_scale_2": guidance_scale_2}
 
         text = {"prompt": prompt, "negative_prompt": negative_prompt} if embeds is None else {
             "prompt_embeds": embeds.sequence,
@@ -349,7 +351,7 @@ class WanFamily(ModelFamily):
         with torch.inference_mode():
             out = pipe(**text, height=height, width=width, num_frames=num_frames, num_inference_steps=steps,
                        guidance_scale=guidance_scale, generator=generator, output_type="np",
-                       callback_on_step_end=callback)
+                       callback_on_step_end=callback, **two)
         return np.asarray(out.frames[0])
 
     # -- attention

@@ -131,6 +131,54 @@ def test_lora_experts_setting_is_checked_where_it_is_given():
     config_from_preset(A14B, lora_experts="low", data_dir="d", output_dir="o")
 
 
+def test_a14b_low_noise_expert_takes_its_own_guidance_as_stock_diffusers_does(a14b, tmp_path):
+    """guidance_scale_2 (Wan2.2's own config: 4.0 high, 3.0 low) reaches WanPipeline: with every layer dense the
+    engine's video equals stock diffusers' bit for bit at the same two scales, and the preset's value is the default."""
+    import numpy as np
+
+    from engine.generate import generate_video
+
+    preset, fam, pipe = a14b
+    assert preset["generation"]["guidance_scale_2"] == 3.0
+
+    def ours(**kw):
+        return generate_video("a red circle", preset=A14B, num_frames=9, height=32, width=32, steps=4,
+                              guidance_scale=5.0, attention={"pattern": "dense"}, out_path=tmp_path / "v.mp4", **kw)
+
+    default, same = ours(), ours(guidance_scale_2=5.0)
+    assert default.settings["guidance_scale_2"] == 3.0 and same.settings["guidance_scale_2"] == 5.0
+    assert not np.array_equal(default.frames, same.frames)  # the low-noise steps changed
+    remove_radial_attention(fam.denoiser(pipe), fam)
+    for scale_2, result in ((3.0, default), (5.0, same)):
+        with torch.inference_mode():
+            stock = pipe(prompt="a red circle", negative_prompt="", height=32, width=32, num_frames=9,
+                         num_inference_steps=4, guidance_scale=5.0, guidance_scale_2=scale_2,
+                         generator=torch.Generator().manual_seed(preset["generation"]["seed"]), output_type="np").frames[0]
+        assert np.array_equal((np.clip(stock, 0, 1) * 255).round().astype(np.uint8), result.frames), scale_2
+
+
+def test_guidance_scale_2_is_refused_clearly_where_it_cannot_apply(tmp_path, capsys):
+    from engine.generate import generate_video
+    from engine.presets import validate_preset
+
+    out = tmp_path / "v.mp4"
+    with pytest.raises(InputError, match="'wan' has one transformer, so guidance_scale_2 must be unset.*guidance_scale "
+                                         "instead"):
+        generate_video("a cat", preset="tiny-wan", num_frames=5, steps=1, guidance_scale_2=3.0, out_path=out)
+    with pytest.raises(InputError, match="guidance_scale_2 must be >= 0, got -1.0"):
+        generate_video("a cat", preset=A14B, num_frames=5, steps=1, guidance_scale_2=-1, out_path=out)
+    assert not out.exists()
+    data = json.loads((ROOT / "presets" / "tiny-wan.json").read_text())
+    data["generation"]["guidance_scale_2"] = 3.0
+    with pytest.raises(ConfigError, match="field 'generation.guidance_scale_2': model family 'wan' has one"):
+        validate_preset(data, "my-preset")
+    from engine.cli import main
+
+    assert main(["generate", "--preset", "tiny-wan", "--prompt", "a cat", "--num_frames", "5", "--steps", "1",
+                 "--guidance_scale_2", "3", "--out", str(out), "--quiet"]) == 2  # a bad input
+    assert "guidance_scale_2 must be unset" in capsys.readouterr().err and not out.exists()
+
+
 def test_each_expert_trains_on_its_own_noise_levels():
     fam = family(load_preset(A14B))
     draws = {}

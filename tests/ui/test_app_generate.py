@@ -55,3 +55,25 @@ def test_every_family_generates_through_gradio_client(client, preset):
     video, info = client.predict(preset, "a red ball bounces", "", 9, 64, 64, 2, 5.0, 0, api_name="/generate")
     frames, _ = read_mp4(video["video"] if isinstance(video, dict) else video)
     assert frames.shape == (9, 64, 64, 3) and info["preset"] == preset
+
+
+def test_low_noise_guidance_is_the_last_optional_input(client):
+    """guidance_scale_2 rides as the 10th input: a two-expert preset takes it, a 9-argument call keeps the
+    preset's value, and a one-transformer preset refuses it with the engine's message."""
+    _, info = client.predict("tiny-wan2.2-a14b", "a red ball", "", 5, 32, 32, 1, 5.0, 0, 4.5, api_name="/generate")
+    assert info["guidance_scale_2"] == 4.5
+    _, info = client.predict("tiny-wan2.2-a14b", "a red ball", "", 5, 32, 32, 1, 5.0, 0, api_name="/generate")
+    assert info["guidance_scale_2"] == 3.0  # the preset's (Wan2.2's own 3.0 for the low-noise expert)
+    with pytest.raises(Exception, match="guidance_scale_2 must be unset"):
+        client.predict("tiny-wan", "a cat", "", 5, 64, 64, 1, 5.0, 0, 3.0, api_name="/generate")
+    _, info = client.predict("tiny-wan", "still up", "", 5, 64, 64, 1, 5.0, 0, None, api_name="/generate")
+    assert info["guidance_scale_2"] is None
+
+
+def test_the_low_noise_guidance_field_shows_for_two_expert_presets_only():
+    from ui.generate_tab import on_preset_change
+
+    *_, field = on_preset_change("tiny-wan2.2-a14b")
+    assert field["visible"] is True and field["value"] == 3.0
+    *_, field = on_preset_change("tiny-wan")
+    assert field["visible"] is False and field["value"] is None
