@@ -16,14 +16,15 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(procs: int, *args) -> subprocess.CompletedProcess:
+def _run(procs: int, *args, script: str | None = None) -> subprocess.CompletedProcess:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_addr",
-              "127.0.0.1", "--master_port", str(port), "-m"] if procs > 1 else [sys.executable, "-m"]
-    result = subprocess.run([*launch, "engine", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+              "127.0.0.1", "--master_port", str(port)] if procs > 1 else [sys.executable]
+    target = [script] if script else ["-m", "engine"]
+    result = subprocess.run([*launch, *target, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -41,6 +42,20 @@ def test_generate_over_two_processes_gives_the_one_process_video(tmp_path, patte
     _run(1, *args, "--out", str(tmp_path / "one.mp4"))
     out = _run(2, *args, "--out", str(tmp_path / "cp2.mp4"), "--context_parallel", "2")
     assert out.stdout.count('"context_parallel": 2') == 1  # rank 0 alone reports (and writes)
+    _same_frames(tmp_path / "one.mp4", tmp_path / "cp2.mp4")
+
+
+@pytest.mark.parametrize("pattern", ["radial", "dense"])
+def test_compiled_blocks_over_two_processes_give_the_one_process_video(tmp_path, pattern):
+    """compile_blocks with context_parallel: the split hooks and diffusers' Ulysses (dense) or ours (radial,
+    outside the graphs) inside compiled blocks give the eager one-process video."""
+    args = ["generate", "--prompt", "a red ball rolls", "--seed", "3", "--steps", "3", "--quiet", "--pattern", pattern]
+    _run(1, *args, "--out", str(tmp_path / "one.mp4"))
+    out = _run(2, *args, "--out", str(tmp_path / "cp2.mp4"), "--context_parallel", "2", "--compile_blocks",
+               script="tests/compiled_cli.py")
+    assert out.stdout.count('"compile_blocks": true') == 1
+    graphs = [int(line.split(":")[1]) for line in out.stdout.splitlines() if line.startswith("compiled graphs:")]
+    assert len(graphs) == 2 and min(graphs) > 0, out.stdout[-500:]  # both ranks ran compiled blocks
     _same_frames(tmp_path / "one.mp4", tmp_path / "cp2.mp4")
 
 
