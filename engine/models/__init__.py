@@ -28,6 +28,11 @@ def get_pipeline(preset: dict, device: torch.device | None = None):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     pipe = fam.load_pipeline(preset, device)
+    # The cached pipeline is shared between requests and its base weights never train (a LoRA adds the trainable
+    # ones and freezes the rest): frozen from the start, a LoRA's load and unload leave it exactly as loaded
+    # (compiled blocks guard on requires_grad: no recompilation after the first adapter).
+    for transformer in fam.transformers(pipe):
+        transformer.requires_grad_(False)
     _pipelines[key] = pipe
     return pipe
 

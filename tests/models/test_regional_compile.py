@@ -193,3 +193,32 @@ def test_the_cli_takes_compile_blocks_for_generate_and_train(tmp_path, monkeypat
     monkeypatch.setattr(engine.generate, "generate_video", fake_generate)
     assert main(["generate", "--prompt", "x", "--compile_blocks", "--quiet"]) != 0
     assert seen["compile_blocks"] is True
+
+
+def test_an_adapter_for_one_call_leaves_the_compiled_model_as_it_was(tmp_path, monkeypatch):
+    """generate_video(lora_dir=...) loads and unloads the adapter on the shared model. Its base weights are frozen
+    from the load on, so the unload leaves them as they were: a call without the adapter afterwards runs the
+    graphs compiled before it, and a second adapter of the same shape compiles nothing new either."""
+    from torch._dynamo.utils import counters
+
+    from engine.generate import generate_video
+    from engine.models import get_pipeline
+    from tests.run_factory import make_finished_run
+
+    monkeypatch.setattr(regional_compile, "BACKEND", "aot_eager")
+    torch._dynamo.reset()
+    runs = [make_finished_run(tmp_path / f"run{i}", load_preset("tiny-wan")) for i in range(2)]
+
+    def graphs(**kw):
+        before = counters["stats"]["unique_graphs"]
+        generate_video("a red circle", num_frames=9, steps=2, out_path=tmp_path / "v.mp4", compile_blocks=True, **kw)
+        return counters["stats"]["unique_graphs"] - before
+
+    try:
+        assert graphs() > 0
+        assert graphs(lora_dir=runs[0] / "final") > 0  # the adapter's layers are new code to compile
+        assert graphs(lora_dir=runs[1] / "final") == 0
+        assert graphs() == 0  # before the fix: 3 graphs again, every frozen-by-PEFT weight's requires_grad changed
+    finally:
+        set_block_compilation(get_pipeline(load_preset("tiny-wan")).transformer, False)
+        torch._dynamo.reset()
