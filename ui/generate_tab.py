@@ -37,25 +37,23 @@ def history_items() -> list[tuple[str, str]]:
 
 
 def _preset_defaults(name: str):
+    """The form's values for a preset, the low-noise expert's guidance last (its field shows for two-expert
+    models only)."""
     gen = api.generation_defaults(name)
-    return gen["num_frames"], gen["height"], gen["width"], gen["steps"], gen["guidance_scale"], gen["seed"]
-
-
-def _low_noise_guidance(name: str):
-    """The low-noise expert's guidance field: shown for two-expert models, holding the preset's value."""
-    gen = api.generation_defaults(name)
-    return gr.update(value=gen["guidance_scale_2"], visible=api.has_experts(name))
+    return (gen["num_frames"], gen["height"], gen["width"], gen["steps"], gen["guidance_scale"], gen["seed"],
+            gen["guidance_scale_2"], api.has_experts(name))
 
 
 @user_errors_as_messages
 def on_preset_change(name):
-    return (*_preset_defaults(name), _low_noise_guidance(name))
+    *values, guidance_2, experts = _preset_defaults(name)
+    return (*values, gr.update(value=guidance_2, visible=experts))
 
 
 def build(default_preset: str) -> None:
     presets = api.presets_for("generate")
     default_preset = api.default_preset_for("generate", default_preset)
-    frames0, height0, width0, steps0, guidance0, seed0 = _preset_defaults(default_preset)
+    frames0, height0, width0, steps0, guidance0, seed0, guidance2_0, experts0 = _preset_defaults(default_preset)
     with gr.Tab("Generate") as tab:
         with gr.Row():
             with gr.Column():
@@ -70,9 +68,8 @@ def build(default_preset: str) -> None:
                     steps = gr.Number(steps0, precision=0, label="Steps")
                     guidance = gr.Number(guidance0, label="Guidance scale")
                     seed = gr.Number(seed0, precision=0, label="Seed")
-                guidance2 = gr.Number(api.generation_defaults(default_preset)["guidance_scale_2"],
-                                      label="Low-noise expert guidance (empty: the guidance scale)",
-                                      visible=api.has_experts(default_preset), elem_id="generate-guidance-2")
+                guidance2 = gr.Number(guidance2_0, label="Low-noise expert guidance (empty: the guidance scale)",
+                                      visible=experts0, elem_id="generate-guidance-2")
                 button = gr.Button("Generate", variant="primary")
             with gr.Column():
                 video = gr.Video(label="Video", autoplay=True)

@@ -57,7 +57,8 @@ def cmd_generate(args) -> int:
         result = generate_video(
             args.prompt, preset=args.preset, negative_prompt=args.negative_prompt, num_frames=args.num_frames,
             height=args.height, width=args.width, steps=args.steps, guidance_scale=args.guidance_scale,
-            guidance_scale_2=args.guidance_scale_2, seed=args.seed, fps=args.fps, out_path=args.out, attention=_attention_overrides(args),
+            guidance_scale_2=args.guidance_scale_2, seed=args.seed, fps=args.fps, out_path=args.out,
+            attention=_attention_overrides(args),
             lora_dir=args.lora_checkpoint_dir, progress=progress, context_parallel=args.context_parallel,
             fsdp=args.fsdp, compile_blocks=args.compile_blocks,
         )
