@@ -268,7 +268,7 @@ def _sample_name(name: str, i: int) -> str:
 def write_samples(fam, pipe, schedule, prompts: list, config: TrainConfig, step: int, run: RunDir, fps: int,
                   write: bool = True) -> dict:
     """Base (dense) and extended (radial) videos per sample prompt (`sample_prompt_embeds`), at the preset's frame
-    rate, seeded by sample_seed (else the run's seed); returns the first pair's paths and `all` of them.
+    rate and guidance, seeded by sample_seed (else the run's seed); returns the first pair's paths and `all` of them.
 
     `write=False`: generate only (a context-parallel rank that is not the main one takes part, writes nothing)."""
     from ..jobs import atomic_write_json
@@ -281,6 +281,8 @@ def write_samples(fam, pipe, schedule, prompts: list, config: TrainConfig, step:
         schedule.training = False
     transformer = fam.transformers(pipe)[0]
     seed = config.seed if config.sample_seed is None else config.sample_seed
+    gen_defaults = config.preset_dict()["generation"]  # the guidance the Generate tab uses for this model
+    guidance = {"guidance_scale": gen_defaults["guidance_scale"], "guidance_scale_2": gen_defaults["guidance_scale_2"]}
     vae_device = pipe.vae.device
     if not config.use_model_offload:  # offload: the VAE stays on the CPU and decodes there (slower, less memory)
         pipe.vae.to(transformer.device)  # the encoders were moved off the accelerator for training
@@ -294,7 +296,7 @@ def write_samples(fam, pipe, schedule, prompts: list, config: TrainConfig, step:
                 gen = torch.Generator().manual_seed(seed)
                 video = fam.generate(pipe, embeds=embeds, negative_embeds=embeds.zeros_like(), height=config.height,
                                      width=config.width, num_frames=frames, steps=config.sample_steps,
-                                     guidance_scale=5.0, generator=gen)
+                                     generator=gen, **guidance)
                 if write:
                     pair[name] = str(write_mp4(video, folder / _sample_name(name, i), fps=fps))
             listing.append(pair)
@@ -306,7 +308,7 @@ def write_samples(fam, pipe, schedule, prompts: list, config: TrainConfig, step:
     if write:
         atomic_write_json(folder / SAMPLE_PROMPTS_FILE,
                           [{"prompt": p["prompt"], "base": _sample_name("base", i), "extended": _sample_name("extended", i),
-                            "seed": seed, "steps": config.sample_steps} for i, p in enumerate(listing)])
+                            "seed": seed, "steps": config.sample_steps, **guidance} for i, p in enumerate(listing)])
         out = {"base": listing[0]["base"], "extended": listing[0]["extended"], "all": listing}
     return out
 

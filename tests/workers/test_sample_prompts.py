@@ -38,6 +38,7 @@ def test_each_prompt_gets_a_pair_of_videos_at_every_validation_and_the_gallery_l
         assert [(e["base"], e["extended"]) for e in listing] == [("base.mp4", "extended.mp4"),
                                                                  ("base-1.mp4", "extended-1.mp4")]
         assert listing[0]["seed"] == 3 and listing[0]["steps"] == 2
+        assert listing[0]["guidance_scale"] == 5.0 and listing[0]["guidance_scale_2"] is None  # tiny-wan's
     first, second = (read_mp4(tmp_path / "run" / "samples" / "step-000002" / n)[0] for n in ("extended.mp4", "extended-1.mp4"))
     assert first.shape[0] == 33 and not np.array_equal(first, second)  # two prompts, two videos
 
@@ -59,6 +60,24 @@ def test_the_sample_seed_changes_the_samples_and_not_the_training(data, tmp_path
         return [e.get("loss") for e in map(json.loads, (tmp_path / run / "events.jsonl").read_text().splitlines())
                 if e["type"] == "train"]
     assert losses("a") == losses("b")
+
+
+def test_samples_use_the_presets_guidance(data, tmp_path):
+    """The samples are what Generate would make with the preset: its guidance scale, not a fixed one."""
+    from pathlib import Path
+
+    preset = json.loads((Path(__file__).resolve().parents[2] / "presets" / "tiny-wan.json").read_text())
+    preset["generation"]["guidance_scale"] = 1.0
+    custom = tmp_path / "tiny-wan-g1.json"
+    custom.write_text(json.dumps({**preset, "name": "tiny-wan-g1"}))
+    _train(data, tmp_path / "default", "--sample_prompts", "a red ball")
+    assert main(["train", "--preset", str(custom), "--data_dir", str(data), "--output_dir", str(tmp_path / "g1"),
+                 "--max_steps", "2", "--validation_steps", "1", "--checkpointing_steps", "100", "--sample_steps", "2",
+                 "--quiet", "--sample_prompts", "a red ball"]) == 0
+    folder = tmp_path / "g1" / "samples" / "step-000000"
+    assert json.loads((folder / "prompts.json").read_text())[0]["guidance_scale"] == 1.0
+    a, b = (read_mp4(tmp_path / r / "samples" / "step-000000" / "extended.mp4")[0] for r in ("default", "g1"))
+    assert not np.array_equal(a, b)
 
 
 def test_without_sample_prompts_the_first_held_out_clip_is_sampled_as_before(data, tmp_path, monkeypatch):
