@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..presets import DEFAULT_PRESET
-from ..settings import TTA, TTA_RUN, TTA_SWEEP
+from ..settings import COMPILE_BLOCKS, TTA, TTA_RUN, TTA_SWEEP
 
 
 def _bool(v: str) -> bool:
@@ -46,6 +46,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance_scale", type=float, help="default: the preset's generation.guidance_scale")
     p.add_argument("--sampler", choices=list(TTA_RUN["sampler"].choices), default=TTA_RUN["sampler"].default)
     p.add_argument("--no_lpips", action="store_true", help="skip LPIPS")
+    p.add_argument("--compile_blocks", action="store_true", help=COMPILE_BLOCKS.help)
     p.add_argument("--quiet", action="store_true")
 
 
@@ -59,7 +60,7 @@ def cmd_tta(args) -> int:
                          include_mlp=args.include_mlp, cond_frames=args.cond_frames, total_frames=args.total_frames,
                          height=args.height, width=args.width, prompt=args.prompt, sample_steps=args.sample_steps,
                          guidance_scale=args.guidance_scale, sampler=args.sampler, save_adapter=args.save_lora,
-                         lpips=not args.no_lpips, progress=progress)
+                         lpips=not args.no_lpips, compile_blocks=args.compile_blocks, progress=progress)
     finally:
         bar.close()
     print(json.dumps(result, indent=2, default=str))
@@ -86,7 +87,8 @@ def cmd_tta_sweep(args) -> int:
                                include_mlp=args.include_mlp, cond_frames=args.cond_frames,
                                total_frames=args.total_frames, height=args.height, width=args.width,
                                sample_steps=args.sample_steps, guidance_scale=args.guidance_scale,
-                               sampler=args.sampler, lpips=not args.no_lpips, progress=progress, shard=args.shard)
+                               sampler=args.sampler, lpips=not args.no_lpips, progress=progress, shard=args.shard,
+                               compile_blocks=args.compile_blocks)
     finally:
         bar.close()
     if result["state"] == "finished" and result["summary_md"]:

@@ -14,6 +14,8 @@ property of the loaded model, so a cached pipeline keeps it until it is turned o
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from ..errors import ConfigError
@@ -67,3 +69,16 @@ def is_compiled(transformer) -> bool:
     except ConfigError:
         return False
     return all(getattr(b, "_compiled_call_impl", None) is not None for b in blocks)
+
+
+@contextmanager
+def block_compilation(module, on: bool):
+    """The calls inside run with the repeated blocks of `module` compiled (on) or eager (off, which also undoes
+    a compilation an earlier request left on a shared model); blocks compiled here are eager again after."""
+    if on or is_compiled(module):
+        set_block_compilation(module, on)
+    try:
+        yield
+    finally:
+        if on:
+            set_block_compilation(module, False)

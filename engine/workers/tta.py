@@ -49,6 +49,7 @@ from ..errors import ConfigError, EngineError, InputError
 from ..jobs import RunDir, atomic_write_json, this_process
 from ..metrics import METRIC_DIRECTIONS
 from ..models import family
+from ..models.regional_compile import block_compilation, repeated_blocks
 from ..presets import DEFAULT_PRESET, check_capable, load_preset, presets_for
 from ..settings import TTA, TTA_RUN, TTA_SWEEP
 from .tta_results import (  # noqa: F401  (evaluate_tta and the layout are part of this module's API)
@@ -425,6 +426,10 @@ def adapt(session: VideoSession, settings: AdaptSettings, *, snapshots: list[int
 # ---------------------------------------------------------------------------- run folders
 
 
+# Config keys a resumed sweep may change: they do not change its results (compile_blocks: speed only).
+RESUMABLE = ("created", "compile_blocks")
+
+
 def _prepare_output_dir(path: Path, kind: str, config: dict, resume: bool) -> RunDir:
     """Refuse to mix runs. With `resume`, a folder holding the same config continues; otherwise it must be new/empty."""
     run = RunDir(path)
@@ -436,7 +441,7 @@ def _prepare_output_dir(path: Path, kind: str, config: dict, resume: bool) -> Ru
         if not resume or old.get("kind") != kind:
             raise InputError(f"output folder '{path}' already holds a run ({old.get('kind', 'unknown')}, state: "
                              f"{run.read_status().get('state', 'unknown')}); choose a new folder.")
-        changed = sorted(k for k in set(old) | set(config) if k not in ("created",) and old.get(k) != config.get(k))
+        changed = sorted(k for k in set(old) | set(config) if k not in RESUMABLE and old.get(k) != config.get(k))
         if changed:
             details = "; ".join(f"{k}: {old.get(k)!r} there vs {config.get(k)!r} now" for k in changed[:6])
             raise InputError(f"'{path}' holds an experiment with other settings ({details}); "
@@ -453,7 +458,7 @@ def _fail_job_status(path: Path, err: Exception) -> None:
         run.update_status(state="failed", error=str(err)[:2000])
 
 
-def _load_model(preset: dict):
+def _load_model(preset: dict, compile_blocks: bool = False):
     from ..attention.processor import remove_radial_attention
     from ..models import get_pipeline
 
@@ -463,6 +468,8 @@ def _load_model(preset: dict):
     remove_radial_attention(transformer, fam)  # TTA runs the stock dense attention
     if getattr(transformer, "peft_config", None):  # an adapter left by an interrupted call
         transformer.unload_lora()
+    if compile_blocks:  # a model with no repeated blocks refuses here, before the run writes anything
+        repeated_blocks(transformer)
     return pipe, fam
 
 
@@ -564,7 +571,7 @@ def run_tta(video_path: str | os.PathLike, *, preset: str | dict = DEFAULT_PRESE
             objective: str | None = None, seed: int = 0, include_mlp: bool = False, cond_frames: int | None = None,
             total_frames: int | None = None, height: int | None = None, width: int | None = None,
             prompt: str | None = None, sample_steps: int | None = None, guidance_scale: float | None = None,
-            sampler: str = "scheduler", save_adapter: bool = False, lpips: bool = True,
+            sampler: str = "scheduler", save_adapter: bool = False, lpips: bool = True, compile_blocks: bool = False,
             progress: ProgressFn | None = None) -> dict:
     """Adapt a fresh LoRA to one clip's first `cond_frames` frames, continue it with and without the LoRA, measure.
 
@@ -574,7 +581,8 @@ def run_tta(video_path: str | os.PathLike, *, preset: str | dict = DEFAULT_PRESE
     videos/tta/<id>_side_by_side.mp4, frames/... (lossless), logs/tta/<id>.json (loss curve),
     metrics/{baseline,tta}/<id>.json and metrics.json (baseline, tta, difference). Bad input
     raises InputError/ConfigError before anything is written. `progress(status)` gets each
-    status update (phase, step, total_steps, loss, ...). Returns paths and metrics.
+    status update (phase, step, total_steps, loss, ...). `compile_blocks`: regional compilation of the
+    denoiser's blocks for the run (engine.models.regional_compile; eager again after). Returns paths and metrics.
     """
     output_dir = Path(output_dir)
     try:
@@ -596,9 +604,9 @@ def run_tta(video_path: str | os.PathLike, *, preset: str | dict = DEFAULT_PRESE
                   "cond_frames": cond_frames, "total_frames": total_frames, "height": int(clip.frames.shape[1]),
                   "width": int(clip.frames.shape[2]), "prompt": clip.prompt, "fps": clip.fps,
                   "sample_steps": sample.steps, "guidance_scale": sample.guidance_scale, "sampler": sample.sampler,
-                  "negative_prompt": sample.negative_prompt}
+                  "negative_prompt": sample.negative_prompt, "compile_blocks": bool(compile_blocks)}
         run = _prepare_output_dir(output_dir, "tta", config, resume=False)
-        pipe, fam = _load_model(preset)
+        pipe, fam = _load_model(preset, compile_blocks)
     except EngineError as err:
         _fail_job_status(output_dir, err)
         raise
@@ -617,10 +625,11 @@ def run_tta(video_path: str | os.PathLike, *, preset: str | dict = DEFAULT_PRESE
             save_lora(session.transformer, output_dir / "lora", fam)
 
     try:
-        _sweep_clips(run, layout, [ClipJob(clip.video_id, lambda: clip)], {(rank, float(lr)): [steps]},
-                     lambda r, l, s: TTA_SETTING, objective=objective, seed=seed, alpha=alpha, include_mlp=include_mlp,
-                     pipe=pipe, fam=fam, mode=mode, cond_frames=cond_frames, sample=sample, lpips=lpips,
-                     status=status, done=0, total=1, after_sample=keep_adapter)
+        with block_compilation(fam.denoiser(pipe), compile_blocks):
+            _sweep_clips(run, layout, [ClipJob(clip.video_id, lambda: clip)], {(rank, float(lr)): [steps]},
+                         lambda r, l, s: TTA_SETTING, objective=objective, seed=seed, alpha=alpha,
+                         include_mlp=include_mlp, pipe=pipe, fam=fam, mode=mode, cond_frames=cond_frames,
+                         sample=sample, lpips=lpips, status=status, done=0, total=1, after_sample=keep_adapter)
         baseline = json.loads(layout.metrics(BASELINE, clip.video_id).read_text())
         record = json.loads(layout.metrics(TTA_SETTING, clip.video_id).read_text())
         summary = {"video_id": clip.video_id, "preset": preset["name"], "continuation": mode, "objective": objective,
@@ -725,7 +734,8 @@ def run_tta_sweep(data_dir: str | os.PathLike, *, ranks=TTA_SWEEP["ranks"], lrs=
                   alpha: float | None = None, include_mlp: bool = False, cond_frames: int | None = None,
                   total_frames: int | None = None, height: int | None = None, width: int | None = None,
                   sample_steps: int | None = None, guidance_scale: float | None = None, sampler: str = "scheduler",
-                  lpips: bool = True, progress: ProgressFn | None = None, shard: str | None = None) -> dict:
+                  lpips: bool = True, progress: ProgressFn | None = None, shard: str | None = None,
+                  compile_blocks: bool = False) -> dict:
     """A grid of TTA settings (rank x lr x steps) over every usable clip of a data folder: a dataset
     (`data convert --task tta`) or videos with captions as they are (each resized when it is loaded).
 
@@ -766,12 +776,12 @@ def run_tta_sweep(data_dir: str | os.PathLike, *, ranks=TTA_SWEEP["ranks"], lrs=
                   "seed": seed, "alpha": alpha, "include_mlp": include_mlp, "cond_frames": cond_frames,
                   "total_frames": total_frames, "height": height, "width": width, "sample_steps": sample.steps,
                   "guidance_scale": sample.guidance_scale, "sampler": sample.sampler,
-                  "negative_prompt": sample.negative_prompt, "settings": names}
+                  "negative_prompt": sample.negative_prompt, "settings": names, "compile_blocks": bool(compile_blocks)}
         run = _prepare_output_dir(root, "tta_sweep", config, resume=True)
         index, count = sweep_shard(shard)
         if count > 1 and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # one GPU per torchrun process
-        pipe, fam = _load_model(preset_dict)
+        pipe, fam = _load_model(preset_dict, compile_blocks)
     except EngineError as err:
         _fail_job_status(root, err)
         raise
@@ -797,12 +807,13 @@ def run_tta_sweep(data_dir: str | os.PathLike, *, ranks=TTA_SWEEP["ranks"], lrs=
                                                      prompt=e.prompt, video_id=e.video_id))
 
     try:
-        done = _sweep_clips(run, layout, [clip_job(e) for e in entries],
-                            {(r, lr): step_list for r in ranks for lr in lrs},
-                            lambda r, lr, s: setting_name(objective, r, lr, s), objective=objective, seed=seed,
-                            alpha=alpha, include_mlp=include_mlp, pipe=pipe, fam=fam, mode=mode,
-                            cond_frames=cond_frames, sample=sample, lpips=lpips, status=status, done=done,
-                            total=total_items)
+        with block_compilation(fam.denoiser(pipe), compile_blocks):
+            done = _sweep_clips(run, layout, [clip_job(e) for e in entries],
+                                {(r, lr): step_list for r in ranks for lr in lrs},
+                                lambda r, lr, s: setting_name(objective, r, lr, s), objective=objective, seed=seed,
+                                alpha=alpha, include_mlp=include_mlp, pipe=pipe, fam=fam, mode=mode,
+                                cond_frames=cond_frames, sample=sample, lpips=lpips, status=status, done=done,
+                                total=total_items)
         if count > 1:
             try:
                 summary = merge_tta_sweep(root)

@@ -263,6 +263,9 @@ def test_cli_parses_the_commands_and_reports_bad_input(clips, tmp_path, capsys):
     args = build_parser().parse_args(["tta-sweep", "--data_dir", "d", "--ranks", "8,16,32", "--lrs", "1e-4,2e-4",
                                       "--steps", "20,50,100", "--experiment", "e"])
     assert (args.ranks, args.output_root, args.preset) == ("8,16,32", "results", "tiny-wan")
+    assert args.compile_blocks is False
+    for command in (["tta", "--video", "v.mp4", "--output_dir", "o"], ["tta-sweep", "--data_dir", "d"]):
+        assert build_parser().parse_args([*command, "--compile_blocks"]).compile_blocks is True
     args = build_parser().parse_args(["evaluate-tta", "--baseline", "b", "--tta", "t"])
     assert (args.baseline, args.tta) == ("b", "t")
     out = tmp_path / "cli"
@@ -341,3 +344,51 @@ def test_merging_an_unfinished_sharded_sweep_says_what_is_missing(clips, tmp_pat
     assert not (root / "summary.json").exists()
     with pytest.raises(InputError, match=r"1 of 2 items are not done yet \(first: b / diffusion-r2-lr0.01-s1\)"):
         merge_tta_sweep(root)
+
+
+# ---------------------------------------------------------------------------- regional compilation
+
+
+def test_compile_blocks_gives_the_eager_run_and_leaves_the_model_eager(clips, tmp_path, monkeypatch):
+    """TTA with compiled blocks (aot_eager on the CPU): the eager run's losses and metrics, recorded in config.json,
+    the shared model eager afterwards; a sweep resumes with the option flipped (it changes no result)."""
+    import torch._dynamo
+
+    from engine.models import get_pipeline, regional_compile
+
+    monkeypatch.setattr(regional_compile, "BACKEND", "aot_eager")
+    torch._dynamo.reset()
+    results = {}
+    try:
+        for on in (False, True):
+            with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):  # never a silent eager fallback
+                results[on] = run_tta(clips["a"], preset="tiny-wan", output_dir=tmp_path / f"run-{on}", rank=4,
+                                      lr=1e-2, steps=2, seed=3, compile_blocks=on, **FAST)
+            assert json.loads((tmp_path / f"run-{on}" / "config.json").read_text())["compile_blocks"] is on
+        assert results[True]["loss"] == pytest.approx(results[False]["loss"], rel=1e-5)
+        for kind in ("baseline", "tta"):
+            for name in ("psnr", "ssim", "temporal_consistency"):
+                assert results[True]["metrics"][kind][name] == pytest.approx(results[False]["metrics"][kind][name],
+                                                                             abs=1e-4), (kind, name)
+        transformer = get_pipeline(load_preset("tiny-wan")).transformer
+        assert not regional_compile.is_compiled(transformer)
+
+        data = _dataset(tmp_path / "data", {"a": clips["a"]})
+        kwargs = dict(ranks="2", lrs="1e-2", steps="1", experiment="exp", preset="tiny-wan",
+                      output_root=tmp_path / "results", **FAST)
+        first = run_tta_sweep(data, compile_blocks=True, **kwargs)
+        again = run_tta_sweep(data, **kwargs)  # the same experiment, eager: resumed, nothing to redo
+        assert first["state"] == again["state"] == "finished" and not regional_compile.is_compiled(transformer)
+    finally:
+        torch._dynamo.reset()
+
+
+def test_compile_blocks_on_a_model_without_repeated_blocks_is_refused_before_writing(clips, tmp_path, monkeypatch):
+    from engine.models import get_pipeline
+
+    transformer = get_pipeline(load_preset("tiny-wan")).transformer
+    monkeypatch.setattr(type(transformer), "_repeated_blocks", [])
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match="compile_blocks.*_repeated_blocks.*set compile_blocks to false"):
+        run_tta(clips["a"], preset="tiny-wan", output_dir=out, steps=1, compile_blocks=True, **FAST)
+    assert not out.exists()
