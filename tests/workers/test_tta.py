@@ -353,6 +353,7 @@ def test_compile_blocks_gives_the_eager_run_and_leaves_the_model_eager(clips, tm
     """TTA with compiled blocks (aot_eager on the CPU): the eager run's losses and metrics, recorded in config.json,
     the shared model eager afterwards; a sweep resumes with the option flipped (it changes no result)."""
     import torch._dynamo
+    from torch._dynamo.utils import counters
 
     from engine.models import get_pipeline, regional_compile
 
@@ -361,9 +362,11 @@ def test_compile_blocks_gives_the_eager_run_and_leaves_the_model_eager(clips, tm
     results = {}
     try:
         for on in (False, True):
+            before = counters["stats"]["unique_graphs"]
             with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):  # never a silent eager fallback
                 results[on] = run_tta(clips["a"], preset="tiny-wan", output_dir=tmp_path / f"run-{on}", rank=4,
                                       lr=1e-2, steps=2, seed=3, compile_blocks=on, **FAST)
+            assert (counters["stats"]["unique_graphs"] > before) is on  # the blocks ran compiled, or not at all
             assert json.loads((tmp_path / f"run-{on}" / "config.json").read_text())["compile_blocks"] is on
         assert results[True]["loss"] == pytest.approx(results[False]["loss"], rel=1e-5)
         for kind in ("baseline", "tta"):
