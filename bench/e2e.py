@@ -850,8 +850,8 @@ def case_tta(ctx: Context) -> dict:
     settings = radial_settings(ctx)
     orig_load = tta_mod._load_model
 
-    def load_radial(p):
-        pipe_, fam_ = orig_load(p)
+    def load_radial(p, *rest):
+        pipe_, fam_ = orig_load(p, *rest)
         schedule = install_radial_attention(fam_.denoiser(pipe_), settings, fam_)
         schedule.training = True  # TTA's noise levels are random: no step count for dense_timesteps to follow
         return pipe_, fam_
@@ -863,7 +863,7 @@ def case_tta(ctx: Context) -> dict:
             record.clear()
             start = clock.mark()
             result = tta_mod.run_tta(clip_path, preset=preset, output_dir=ctx.work / name, steps=steps,
-                                     sample_steps=n_sample, lpips=args.lpips)
+                                     sample_steps=n_sample, lpips=args.lpips, compile_blocks=args.compile_blocks)
             return result, start, clock.mark()
 
     try:
@@ -880,6 +880,7 @@ def case_tta(ctx: Context) -> dict:
                 row = {"pattern": pattern, "height": height, "width": width, "cond_frames": cond,
                        "total_frames": total_frames, "tta_steps": tta_steps, "sample_steps": sample_steps,
                        "sdpa_backend": sdpa.chosen}
+                graphs = compiled_graphs()
                 try:
                     result, start, end = run(pattern, tta_steps, sample_steps, f"tta-{pattern}")
                 except torch.OutOfMemoryError:
@@ -898,7 +899,7 @@ def case_tta(ctx: Context) -> dict:
                            continuation_s=continuation_s, tta_s=adapt_s + (continuation_s or 0.0), write_s=write_s,
                            other_s=clip_s - (baseline_s or 0.0) - adapt_s - (continuation_s or 0.0) - write_s,
                            radial_calls=counter.calls, peak_gib=peak_gib(ctx.cuda),
-                           under_60_s=clip_s < 60.0, metrics=result["metrics"], loss=result.get("loss"))
+                           graphs_compiled_in_row=compiled_graphs() - graphs, under_60_s=clip_s < 60.0, metrics=result["metrics"], loss=result.get("loss"))
                 rows.append(row)
                 print(f"tta: {brief(row, 'clip_s', 'baseline_s', 'adapt_s', 'continuation_s', 'write_s')}", flush=True)
                 ctx.save("tta", data)
@@ -1059,7 +1060,7 @@ def parse_args(argv=None):
     parser.add_argument("--lpips", action="store_true", help="compute LPIPS in TTA (needs its local weights)")
     parser.add_argument("--no_mp4", action="store_true", help="skip the mp4 encode at the end of generate_video")
     parser.add_argument("--compile_blocks", action="store_true", help="regional compilation (setting compile_blocks) "
-                        "in the sample and train cases, dense and radial alike; the warm-ups compile")
+                        "in every case, dense and radial alike; the warm-ups compile")
     parser.add_argument("--profile", action="store_true", help="sample and train: after the rows at the last frame "
                         "count, one untimed call per pattern under torch.profiler; kernel time per category")
     args = parser.parse_args(argv)

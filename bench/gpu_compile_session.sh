@@ -3,6 +3,7 @@
 # random weights at the official sizes (built once into /tmp/e2e-m, reused while the machine stays warm).
 #   bash bench/gpu_compile_session.sh train    # one LoRA step at 321 frames: compiled, then eager
 #   bash bench/gpu_compile_session.sh sample   # generate_video at 321 frames, 3 steps projected to 50: same
+#   bash bench/gpu_compile_session.sh tta      # one TTA clip at the preset's 256 px: compiled, then eager
 #   bash bench/gpu_compile_session.sh profile  # compiled train and sample with --profile: kernel time by category
 set -uo pipefail
 # Logs go to files under $OUT: a run cut off at its time limit still brings back what it printed.

@@ -163,12 +163,14 @@ def test_compiled_rows_compile_in_the_warm_ups_only(tmp_path, monkeypatch):
 
     monkeypatch.setattr(regional_compile, "BACKEND", "aot_eager")
     torch._dynamo.reset()
-    for case in ("sample", "train"):
+    for case in ("sample", "train", "tta"):
         with contextlib.redirect_stdout(io.StringIO()):
             e2e.main([case, *TINY, "--compile_blocks", "--frames", "5,9", "--steps", "2", "--train_base_frames", "5",
-                      "--out", str(tmp_path), "--work_dir", str(tmp_path / "work")])
+                      "--tta_steps", "2", "--sample_steps", "2", "--out", str(tmp_path),
+                      "--work_dir", str(tmp_path / "work")])
         rows = _json(tmp_path, case)["rows"]
-        assert len(rows) == 4 and all(r["graphs_compiled_in_row"] == 0 for r in rows), rows
+        assert len(rows) == (2 if case == "tta" else 4), rows
+        assert all(r["graphs_compiled_in_row"] == 0 for r in rows), rows
         assert any(r["radial_calls"] > 0 for r in rows)
     assert not regional_compile.is_compiled(get_pipeline(load_preset("tiny-wan")).transformer)
     torch._dynamo.reset()
