@@ -416,8 +416,7 @@ def radial_settings(ctx: Context):
     return AttentionSettings.from_preset(ctx.preset, backend=ctx.args.backend)
 
 
-def warm_transformer(ctx: Context, pipe, fam, frames: int, height: int, width: int,
-                     patterns=("dense", "radial"), around=None) -> dict:
+def warm_transformer(ctx: Context, pipe, fam, frames: int, height: int, width: int, around=None) -> dict:
     """One dense and one radial forward at this shape: kernels compiled, plans built, before anything is timed.
     `around(pattern, forward)`, when given, runs each forward instead (the profiler); its results are returned."""
     import dataclasses
@@ -436,7 +435,7 @@ def warm_transformer(ctx: Context, pipe, fam, frames: int, height: int, width: i
         text, _ = fam.encode_prompt(pipe, ctx.args.prompt, "", 1.0)
         text = text.to(device, dtype)
         results = {}
-        for pattern in patterns:
+        for pattern in ("dense", "radial"):
             schedule = install_radial_attention(transformer, dataclasses.replace(radial_settings(ctx), pattern=pattern),
                                                 fam)
             if schedule is not None:

@@ -265,10 +265,11 @@ def _sample_name(name: str, i: int) -> str:
 
 
 @torch.no_grad()
-def write_samples(fam, pipe, schedule, prompts: list, config: TrainConfig, step: int, run: RunDir, fps: int,
+def write_samples(fam, pipe, schedule, prompts: list, config: TrainConfig, step: int, run: RunDir, generation: dict,
                   write: bool = True) -> dict:
-    """Base (dense) and extended (radial) videos per sample prompt (`sample_prompt_embeds`), at the preset's frame
-    rate and guidance, seeded by sample_seed (else the run's seed); returns the first pair's paths and `all` of them.
+    """Base (dense) and extended (radial) videos per sample prompt (`sample_prompt_embeds`), at the frame rate and
+    guidance of `generation` (the preset's section: what Generate uses for this model), seeded by sample_seed (else
+    the run's seed); returns the first pair's paths and `all` of them.
 
     `write=False`: generate only (a context-parallel rank that is not the main one takes part, writes nothing)."""
     from ..jobs import atomic_write_json
@@ -281,8 +282,7 @@ def write_samples(fam, pipe, schedule, prompts: list, config: TrainConfig, step:
         schedule.training = False
     transformer = fam.transformers(pipe)[0]
     seed = config.seed if config.sample_seed is None else config.sample_seed
-    gen_defaults = config.preset_dict()["generation"]  # the guidance the Generate tab uses for this model
-    guidance = {"guidance_scale": gen_defaults["guidance_scale"], "guidance_scale_2": gen_defaults["guidance_scale_2"]}
+    guidance = {"guidance_scale": generation["guidance_scale"], "guidance_scale_2": generation["guidance_scale_2"]}
     vae_device = pipe.vae.device
     if not config.use_model_offload:  # offload: the VAE stays on the CPU and decodes there (slower, less memory)
         pipe.vae.to(transformer.device)  # the encoders were moved off the accelerator for training
@@ -298,7 +298,7 @@ def write_samples(fam, pipe, schedule, prompts: list, config: TrainConfig, step:
                                      width=config.width, num_frames=frames, steps=config.sample_steps,
                                      generator=gen, **guidance)
                 if write:
-                    pair[name] = str(write_mp4(video, folder / _sample_name(name, i), fps=fps))
+                    pair[name] = str(write_mp4(video, folder / _sample_name(name, i), fps=generation["fps"]))
             listing.append(pair)
     finally:
         pipe.vae.to(vae_device)
@@ -644,7 +644,7 @@ def _train(config: TrainConfig, preset: dict, run: RunDir, plan, resume: bool,
                 event["best"] = True
             if config.sample_steps > 0:
                 event["samples"] = write_samples(fam, pipe, schedule, prompts, config, at_step, run,
-                                                 preset["generation"]["fps"], write=main)
+                                                 preset["generation"], write=main)
             if main:
                 run.append_event(event)
             model.train()

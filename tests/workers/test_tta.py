@@ -386,7 +386,9 @@ def test_compile_blocks_gives_the_eager_run_and_leaves_the_model_eager(clips, tm
         torch._dynamo.reset()
 
 
-def test_compile_blocks_on_a_model_without_repeated_blocks_is_refused_before_writing(clips, tmp_path, monkeypatch):
+def test_compile_blocks_on_a_model_without_repeated_blocks_is_refused_before_writing(clips, tmp_path, monkeypatch,
+                                                                                      capsys):
+    from engine.cli import main
     from engine.models import get_pipeline
 
     transformer = get_pipeline(load_preset("tiny-wan")).transformer
@@ -395,3 +397,7 @@ def test_compile_blocks_on_a_model_without_repeated_blocks_is_refused_before_wri
     with pytest.raises(ConfigError, match="compile_blocks.*_repeated_blocks.*set compile_blocks to false"):
         run_tta(clips["a"], preset="tiny-wan", output_dir=out, steps=1, compile_blocks=True, **FAST)
     assert not out.exists()
+    # the CLI flag reaches run_tta: the same refusal, exit 2, nothing written
+    assert main(["tta", "--video", str(clips["a"]), "--preset", "tiny-wan", "--output_dir", str(out), "--steps", "1",
+                 "--sample_steps", "2", "--no_lpips", "--compile_blocks", "--quiet"]) == 2
+    assert "set compile_blocks to false" in capsys.readouterr().err and not out.exists()
