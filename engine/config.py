@@ -22,7 +22,8 @@ from pathlib import Path
 from .errors import ConfigError, InputError
 from .models import family
 from .presets import DEFAULT_PRESET, check_capable, load_preset, validate_preset
-from .settings import ATTENTION, DATASET, LORA, MEMORY, RUN, STR, TRAINING, Setting, read_json_file
+from .settings import (ATTENTION, DATASET, FORWARD_ONLY_BACKENDS, LORA, MEMORY, RUN, STR, TRAINING, Setting,
+                       read_json_file)
 
 # The attention backend is `attention_backend` in a training config, `backend` in a preset.
 _ATTENTION_FIELDS = {("attention_backend" if k == "backend" else k): s for k, s in ATTENTION.items()}
@@ -76,6 +77,10 @@ class TrainConfigMethods:
         """Check every field and the model-dependent limits; returns self. ConfigError names the field."""
         for name, setting in FIELDS.items():
             setting.check(getattr(self, name), f"training config field '{name}'")
+        if self.attention_backend in FORWARD_ONLY_BACKENDS:
+            raise ConfigError(f"training config field 'attention_backend'='{self.attention_backend}': that kernel is "
+                              "forward-only (sampling) and training needs the backward; use 'triton' (or leave it "
+                              "null for the default).")
         preset = preset or self.preset_dict()
         check_capable(preset, "length_extension")
         fam = family(preset)

@@ -138,7 +138,9 @@ GENERATION = {
     "seed": Setting(INT, 0, "random seed", lo=0, hi=2**32 - 1),
 }
 
-ATTENTION_BACKENDS = ("triton", "flex", "reference", "dense")
+ATTENTION_BACKENDS = ("triton", "triton_fp8", "flex", "reference", "dense")
+# Backends without a backward: sampling only (the training config refuses them).
+FORWARD_ONLY_BACKENDS = ("triton_fp8",)
 # Preset `attention` section (and the training config's attention fields; `backend` there is
 # `attention_backend`).
 ATTENTION = {
@@ -148,7 +150,8 @@ ATTENTION = {
     "decay_factor": Setting(FLOAT, 0.2, "how fast the radial window shrinks with temporal distance",
                             lo=0, lo_open=True, hi=100),
     "block_size": Setting(INT, 128, "mask block size in tokens", choices=(16, 32, 64, 128)),
-    "backend": Setting(STR, None, "radial kernel: triton (CUDA default), flex, reference (CPU default), dense",
+    "backend": Setting(STR, None, "radial kernel: triton (CUDA default), triton_fp8 (fp8 matmuls, sampling only, "
+                                  "Hopper), flex, reference (CPU default), dense",
                        choices=ATTENTION_BACKENDS, optional=True),
 }
 

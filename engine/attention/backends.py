@@ -6,13 +6,15 @@
 ``[B, S, H, D]``. Backends:
 
 * ``"triton"``  -- block-sparse Triton kernel (default on CUDA);
+* ``"triton_fp8"`` -- its forward with fp8 matmuls (``triton_radial_fp8``): Hopper, no autograd
+  (sampling only);
 * ``"flex"``    -- torch FlexAttention with the same mask as a BlockMask
   (``BLOCK_SIZE=block_size``), compiled on CUDA, eager elsewhere;
 * ``"reference"`` -- SDPA with the block mask expanded to tokens (CPU default;
   memory grows as S^2, meant for checking);
 * ``"dense"``   -- plain SDPA, ignores the mask.
 
-All support autograd. Scale ``1/sqrt(D)``. Per-geometry setup (block mask,
+All but ``"triton_fp8"`` support autograd. Scale ``1/sqrt(D)``. Per-geometry setup (block mask,
 kernel index lists, flex BlockMask, token mask) is built once and kept in
 bounded caches keyed on geometry + device.
 """
@@ -30,7 +32,7 @@ from .mask import radial_block_mask
 
 __all__ = ["radial_attention", "radial_attention_lse", "radial_part", "available_backends", "BACKENDS", "cached_block_mask"]
 
-BACKENDS = ("triton", "flex", "reference", "dense")
+BACKENDS = ("triton", "triton_fp8", "flex", "reference", "dense")
 
 
 def available_backends(device: torch.device | str | None = None) -> list[str]:
@@ -43,6 +45,10 @@ def available_backends(device: torch.device | str | None = None) -> list[str]:
     out = []
     if triton_usable(device)[0]:
         out.append("triton")
+        from .triton_radial_fp8 import fp8_usable
+
+        if fp8_usable(device)[0]:
+            out.append("triton_fp8")
     if _flex_available():
         out.append("flex")
     out += ["reference", "dense"]
@@ -175,6 +181,11 @@ def radial_attention(
             raise RuntimeError(why)
         return radial_attention_triton(q, k, v, _block_mask(geom, dev), block_size, cache_key=geom)
 
+    if backend == "triton_fp8":
+        from .triton_radial_fp8 import radial_attention_fp8_lse
+
+        return radial_attention_fp8_lse(q, k, v, _block_mask(geom, dev), block_size, cache_key=geom)[0]
+
     if backend == "reference":
         return _sdpa(q, k, v, attn_mask=_token_mask(geom, dev))
 
@@ -219,12 +230,12 @@ def radial_attention_lse(
     """`radial_attention` plus the row log-sum-exp of the scaled scores, ``[B, H, S]`` float32
     (natural log), differentiable, for an exact merge with attention over other keys.
 
-    Backends: "triton" (the kernel's own LSE) and "reference" / "dense" (float32 PyTorch, the
-    same maths; memory grows as S^2). "flex" is not offered here.
+    Backends: "triton" (the kernel's own LSE), "triton_fp8" (no autograd) and "reference" / "dense"
+    (float32 PyTorch, the same maths; memory grows as S^2). "flex" is not offered here.
     """
     if backend == "flex":
         raise ValueError(_FLEX_HAS_NO_LSE)
-    backend = _checked(q, k, v, num_frames, tokens_per_frame, backend, ("triton", "reference", "dense"))
+    backend = _checked(q, k, v, num_frames, tokens_per_frame, backend, ("triton", "triton_fp8", "reference", "dense"))
     if backend == "dense":
         return _masked_attention_lse(q, k, v)
     geom = _geometry(num_frames, tokens_per_frame, block_size, decay_factor, sink)
@@ -236,6 +247,10 @@ def radial_attention_lse(
         if not ok:
             raise RuntimeError(why)
         return radial_attention_triton_lse(q, k, v, _block_mask(geom, dev), block_size, cache_key=geom)
+    if backend == "triton_fp8":
+        from .triton_radial_fp8 import radial_attention_fp8_lse
+
+        return radial_attention_fp8_lse(q, k, v, _block_mask(geom, dev), block_size, cache_key=geom)
     return _masked_attention_lse(q, k, v, _token_mask(geom, dev))
 
 
@@ -268,13 +283,20 @@ def radial_part(*, num_frames: int, tokens_per_frame: int, decay_factor: float =
         backend = "triton" if device.type == "cuda" else "reference"
     if backend == "flex":
         raise ValueError(_FLEX_HAS_NO_LSE)
-    if backend not in ("triton", "reference", "dense"):
-        raise ValueError(f"attention backend {backend!r} is not one of triton, reference, dense here")
+    if backend not in ("triton", "triton_fp8", "reference", "dense"):
+        raise ValueError(f"attention backend {backend!r} is not one of triton, triton_fp8, reference, dense here")
     if backend == "dense":
         return _PyTorchPart(None)
     geom = _geometry(num_frames, tokens_per_frame, block_size, decay_factor, sink)
     if backend == "reference":
         return _PyTorchPart(_token_mask(geom, str(device)))
+    if backend == "triton_fp8":
+        from .triton_radial_fp8 import RadialFp8Part, fp8_usable
+
+        ok, why = fp8_usable(device)
+        if not ok:
+            raise RuntimeError(why)
+        return RadialFp8Part(_block_mask(geom, str(device)), block_size, cache_key=geom)
     from .triton_radial import RadialKernelPart, triton_usable
 
     ok, why = triton_usable(device)

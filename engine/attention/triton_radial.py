@@ -69,6 +69,8 @@ CONFIGS = {
     "bwd_dq": dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, WS=True),
     "bwd_dq_ws": dict(BLOCK_M=128, BLOCK_N=128, num_warps=4, num_stages=2),  # run 9: >= 128x64 s2/s3
     "bwd_pre": dict(BLOCK_M=64, num_warps=4),
+    # triton_radial_fp8 (sampling only); WS as fwd_ws where the query tile is 128 rows
+    "fwd_fp8": dict(BLOCK_M=128, BLOCK_N=128, num_warps=4, num_stages=2, WS=True),
 }
 # Tests/bench set this to allocate outputs filled with NaN (proves every element is written).
 POISON_OUTPUTS = False
