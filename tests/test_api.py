@@ -49,7 +49,8 @@ def test_incapable_presets_are_refused_in_the_request(tmp_path, monkeypatch):
 @pytest.mark.parametrize("settings, field, expected", [
     ({"dense_layers": -3}, "dense_layers", ">= 0"),
     ({"dense_layers": 9}, "dense_layers", "the model has 4 blocks"),
-    ({"attention_backend": "cuda-magic"}, "attention_backend", "['triton', 'flex', 'reference', 'dense']"),
+    ({"attention_backend": "cuda-magic"}, "attention_backend", "['triton', 'triton_fp8', 'flex', 'reference', 'dense']"),
+    ({"attention_backend": "triton_fp8"}, "attention_backend", "forward-only (sampling)"),
     ({"seed": -5}, "seed", ">= 0"),
     ({"learning_rate": math.nan}, "learning_rate", "finite"),
     ({"learning_rate": math.inf}, "learning_rate", "finite"),

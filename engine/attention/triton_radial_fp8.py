@@ -43,13 +43,16 @@ if TR.HAS_TRITON:
     def _to_e4m3(x, PRE_ROUND: tl.constexpr):
         # PRE_ROUND (the CPU interpreter only): Triton's interpreter casts to fp8 by dropping mantissa bits
         # without carrying a round-up into the exponent (7.99 -> 4.0) and flushes subnormals to zero, so x is
-        # first rounded to the nearest e4m3 value in fp32 (ties to even in the normal range); the cast is then
+        # first rounded to the nearest e4m3 value in fp32 (ties to even); the cast is then
         # exact. On the GPU the cast is cvt.rn.satfinite and this branch is not compiled.
         if PRE_ROUND:
             a = tl.abs(x)
             bits = a.to(tl.int32, bitcast=True)
             normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) & -1048576).to(tl.float32, bitcast=True)  # 3 mantissa bits
-            sub = tl.floor(a * 512.0 + 0.5) / 512.0  # subnormals: multiples of 2^-9
+            t = a * 512.0  # subnormals: multiples of 2^-9, ties to even
+            f = tl.floor(t)
+            odd = f - 2.0 * tl.floor(f * 0.5)
+            sub = tl.where((t - f > 0.5) | ((t - f == 0.5) & (odd == 1.0)), f + 1.0, f) / 512.0
             a = tl.minimum(tl.where(a < 0.015625, sub, normal), 448.0)
             x = tl.where(x < 0, -a, a)
         return x.to(tl.float8e4nv)

@@ -89,7 +89,7 @@ def test_wrong_sequence_length():
 
 def test_unknown_backend():
     q, k, v = qkv(1, 60, 1, 16)
-    with pytest.raises(ValueError, match="triton, flex, reference, dense"):
+    with pytest.raises(ValueError, match="triton, triton_fp8, flex, reference, dense"):
         radial_attention(q, k, v, num_frames=3, tokens_per_frame=20, backend="sage")
 
 
