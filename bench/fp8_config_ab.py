@@ -1,3 +1,10 @@
+"""A/B of the fp8 forward's launch configs (CONFIGS["fwd_fp8"]) on two rows of bench/fp8_attention.py.
+
+Each config's output is compared with the first config's (max abs difference; NaN shows a broken
+pipeline) and timed next to the bf16 kernel. JSON to $OUT/fp8_ab.json.
+
+    source bench/gpu_setup.sh; python3 bench/fp8_config_ab.py
+"""
 import os, sys, json
 sys.path.insert(0, "."); sys.path.insert(0, "bench")
 import torch, triton

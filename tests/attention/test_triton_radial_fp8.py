@@ -12,7 +12,6 @@ os.environ["TRITON_INTERPRET"] = "1"  # before triton or the kernel modules are 
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from engine.attention import backends, joint  # noqa: E402
 from engine.attention import triton_radial as TR  # noqa: E402
