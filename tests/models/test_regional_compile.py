@@ -61,6 +61,35 @@ def test_compiled_wan_blocks_give_the_eager_output_with_one_graph_set_for_every_
     assert all(torch.equal(a, b) for a, b in zip(eager, _steps(transformer, latents, text)))
 
 
+def test_the_dense_pattern_traces_its_attention_into_the_block_graph_and_radial_breaks_only_there(tiny_preset,
+                                                                                                     no_recompiles):
+    # What regional_compile's docstring and docs/BENCHMARKS.md run 28 say: a compiled dense baseline has no graph
+    # break (its stock attention is inside the one block graph); a radial run breaks each block at attend_layer.
+    from torch._dynamo.utils import counters
+
+    from engine.attention.processor import remove_radial_attention
+    from engine.models.wan import build_tiny_pipeline
+
+    fam = family(tiny_preset)
+    transformer = build_tiny_pipeline(tiny_preset["tiny"]).transformer.eval()
+    latents, _, text = _inputs()
+    set_block_compilation(transformer, True)
+    seen = {}
+    for pattern in ("dense", "radial"):
+        torch._dynamo.reset()
+        counters.clear()
+        if pattern == "dense":
+            remove_radial_attention(transformer, fam)
+        else:
+            _radial(transformer, fam, dense_timesteps=0)
+        _steps(transformer, latents, text, timesteps=(700.0,))
+        breaks = dict(counters["graph_break"])
+        seen[pattern] = (counters["stats"]["unique_graphs"], breaks)
+    assert seen["dense"] == (1, {})
+    graphs, breaks = seen["radial"]
+    assert graphs > 1 and breaks and all("attend_layer" in reason for reason in breaks)
+
+
 def test_a_layer_index_read_inside_the_graph_would_recompile_per_block(tiny_preset, no_recompiles, monkeypatch):
     """The check above can fail: the processor's old call, attend(self.schedule, self.layer_index, ...), recompiles."""
     from engine.attention.processor import attend
