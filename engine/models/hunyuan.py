@@ -139,7 +139,10 @@ _DOUBLE = {"attn.to_q": ("img_attn_qkv", 0), "attn.to_k": ("img_attn_qkv", 1), "
 _SINGLE = {"attn.to_q": ("linear1", 0), "attn.to_k": ("linear1", 1), "attn.to_v": ("linear1", 2),
            "proj_mlp": ("linear1", 3), "proj_out": ("linear2", None)}
 _REFINER = {"attn.to_q": ("self_attn_qkv", 0), "attn.to_k": ("self_attn_qkv", 1), "attn.to_v": ("self_attn_qkv", 2),
-            "attn.to_out.0": ("self_attn_proj", None)}
+            "attn.to_out.0": ("self_attn_proj", None),
+            # ComfyUI loads the refiner's MLP as mlp.0 / mlp.2 and maps the original mlp.fc1 / mlp.fc2 to them
+            # (comfy/supported_models.py HunyuanVideo.process_unet_state_dict, comfy/lora.py)
+            "ff.net.0.proj": ("mlp.fc1", None), "ff.net.2": ("mlp.fc2", None)}
 _PREFIXES = (("transformer_blocks", "double_blocks", _DOUBLE), ("single_transformer_blocks", "single_blocks", _SINGLE),
              ("context_embedder.token_refiner.refiner_blocks", "txt_in.individual_token_refiner.blocks", _REFINER))
 _PEFT_KEY = re.compile(r"(?:transformer\.)?(?P<module>.+)\.lora_(?P<which>[AB])\.weight$")

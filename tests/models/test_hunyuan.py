@@ -147,9 +147,11 @@ def test_lora_loads_in_stock_diffusers_with_no_key_left_over(tiny, tmp_path, cap
     assert n_modules == len([n for n, _ in stock.transformer.named_modules() if n.endswith(".lora_A.ext")])
 
 
-# ComfyUI's HunyuanVideo modules (comfy/ldm/hunyuan_video: Flux-style names) and its comfy/lora.py
-# model_lora_keys_unet rule for them: the generic "diffusion_model.<module>" key and, for the original
-# checkpoint's names, these replacements ("Old loras" / diffusion-pipe format).
+# ComfyUI's HunyuanVideo modules (comfy/ldm/hunyuan_video/model.py: Flux-style names; the token refiner's
+# TokenRefinerBlock has self_attn.qkv, self_attn.proj and an nn.Sequential mlp.0 / mlp.2, what
+# supported_models.HunyuanVideo.process_unet_state_dict makes of the original self_attn_qkv / mlp.fc1) and its
+# comfy/lora.py model_lora_keys_unet rule for them: the generic "diffusion_model.<module>" key and, for the
+# original checkpoint's names, these replacements ("Old loras" / diffusion-pipe format).
 def _comfy_modules(double, single, refiner):
     mods = []
     for i in range(double):
@@ -159,8 +161,8 @@ def _comfy_modules(double, single, refiner):
     for i in range(single):
         mods += [f"single_blocks.{i}.linear1", f"single_blocks.{i}.linear2", f"single_blocks.{i}.modulation.lin"]
     for i in range(refiner):
-        mods += [f"txt_in.individual_token_refiner.blocks.{i}.self_attn_qkv",
-                 f"txt_in.individual_token_refiner.blocks.{i}.self_attn_proj"]
+        mods += [f"txt_in.individual_token_refiner.blocks.{i}.{m}" for m in ("self_attn.qkv", "self_attn.proj",
+                                                                           "mlp.0", "mlp.2")]
     return mods
 
 
@@ -179,13 +181,16 @@ def test_comfy_export_uses_comfyui_names_and_the_fused_update_is_exact(tiny, tmp
     preset, fam, _ = tiny
     pipe = fam.build_tiny_pipeline(preset["tiny"])
     transformer = _lora(fam, pipe, fam.default_lora_targets(include_mlp=True))
-    save_lora(transformer, tmp_path / "lora", fam)
+    saved = save_lora(transformer, tmp_path / "lora", fam)
+    assert saved.comfy_skipped == []  # every trained module has a ComfyUI name, the refiner's feed-forward too
     with safe_open(str(tmp_path / "lora" / COMFY_WEIGHT_NAME), "pt") as f:
         comfy = {k: f.get_tensor(k) for k in f.keys()}
     key_map = _comfy_key_map(_comfy_modules(2, 2, 1))
     modules = {k.rsplit(".lora_", 1)[0].removesuffix(".alpha") for k in comfy}
     assert modules <= set(key_map), sorted(modules - set(key_map))  # ComfyUI maps every module: no "lora key not loaded"
     assert "diffusion_model.double_blocks.0.img_attn_qkv" in modules and "diffusion_model.single_blocks.1.linear1" in modules
+    refiner = "diffusion_model.txt_in.individual_token_refiner.blocks.0"
+    assert {f"{refiner}.self_attn_qkv", f"{refiner}.mlp.fc1", f"{refiner}.mlp.fc2"} <= modules
     # ComfyUI's update (up @ down * alpha / rank) on a fused layer equals the diffusers modules' updates stacked
     state = {k.removeprefix("transformer."): v for k, v in load_file(str(tmp_path / "lora" / DIFFUSERS_WEIGHT_NAME)).items()}
 

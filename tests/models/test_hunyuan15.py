@@ -193,9 +193,11 @@ def test_lora_loads_in_stock_diffusers_with_no_key_left_over(tiny, tmp_path, cap
     assert torch.equal(_run(stock.transformer, fam, x, text), base)
 
 
-# ComfyUI runs HunyuanVideo 1.5 on its HunyuanVideo model (comfy/ldm/hunyuan_video: Flux-style double blocks
-# with fused q/k/v, the token refiner as in 1.0, no single blocks) and comfy/lora.py's HunyuanVideo rule: the generic
-# "diffusion_model.<module>" key and, for the original checkpoint's names, these replacements.
+# ComfyUI runs HunyuanVideo 1.5 on its HunyuanVideo model: comfy/supported_models.py's HunyuanVideo15 subclasses
+# HunyuanVideo ("image_model": "hunyuan_video", the same process_unet_state_dict), so comfy/ldm/hunyuan_video's
+# Flux-style double blocks with fused q/k/v and the 1.0 token refiner (self_attn.qkv, self_attn.proj, mlp.0 / mlp.2),
+# no single blocks; and comfy/lora.py's HunyuanVideo rule: the generic "diffusion_model.<module>" key and, for the
+# original checkpoint's names, these replacements.
 def _comfy_modules(double, refiner):
     mods = []
     for i in range(double):
@@ -203,8 +205,8 @@ def _comfy_modules(double, refiner):
             mods += [f"double_blocks.{i}.{s}_mod.lin", f"double_blocks.{i}.{s}_attn.qkv", f"double_blocks.{i}.{s}_attn.proj",
                      f"double_blocks.{i}.{s}_mlp.0", f"double_blocks.{i}.{s}_mlp.2"]
     for i in range(refiner):
-        mods += [f"txt_in.individual_token_refiner.blocks.{i}.self_attn.qkv",
-                 f"txt_in.individual_token_refiner.blocks.{i}.self_attn.proj"]
+        mods += [f"txt_in.individual_token_refiner.blocks.{i}.{m}" for m in ("self_attn.qkv", "self_attn.proj",
+                                                                           "mlp.0", "mlp.2")]
     return mods
 
 
@@ -224,9 +226,7 @@ def test_comfy_export_uses_comfyui_names_and_the_fused_update_is_exact(tiny, tmp
     pipe = fam.build_tiny_pipeline(preset["tiny"])
     transformer = _lora(fam, pipe, fam.default_lora_targets(include_mlp=True))
     saved = save_lora(transformer, tmp_path / "lora", fam)
-    # only the refiner's feed-forward (a target by its name "ff.net.*") has no ComfyUI name: left out and reported
-    assert saved.comfy_skipped and all(re.fullmatch(r"context_embedder\.token_refiner\.refiner_blocks\.0\.ff\.net\.[02].*", k)
-                                       for k in saved.comfy_skipped), saved.comfy_skipped
+    assert saved.comfy_skipped == []  # the refiner's feed-forward too: mlp.fc1 / mlp.fc2, ComfyUI's mlp.0 / mlp.2
     with safe_open(str(tmp_path / "lora" / COMFY_WEIGHT_NAME), "pt") as f:
         comfy = {k: f.get_tensor(k) for k in f.keys()}
     key_map = _comfy_key_map(_comfy_modules(3, 1))
