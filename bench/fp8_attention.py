@@ -66,16 +66,13 @@ def rel_l2(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
-def flex_fns(blk, S):
-    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+def flex_fn(F_, T, decay):
+    """FlexAttention on the backend's own BlockMask for this geometry (engine.attention.backends), compiled,
+    with optional kernel_options."""
+    from engine.attention import backends
 
-    n = blk.shape[0]
-    counts = blk.sum(dim=1, dtype=torch.int32)
-    order = torch.argsort((~blk).to(torch.int8), dim=1, stable=True).to(torch.int32)
-    z = torch.zeros(1, 1, n, dtype=torch.int32, device="cuda")
-    zi = torch.zeros(1, 1, n, n, dtype=torch.int32, device="cuda")
-    bm = BlockMask.from_kv_blocks(z, zi, counts[None, None], order[None, None], BLOCK_SIZE=BS, seq_lengths=(S, S))
-    comp = torch.compile(flex_attention, dynamic=False)
+    bm = backends._flex_block_mask(backends._geometry(F_, T, BS, decay, True), "cuda")
+    comp = backends._compiled_flex()
 
     def run(q, k, v, opts=None):
         return comp(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=bm, kernel_options=opts)
@@ -107,7 +104,7 @@ def kernel_rows(results):
                 row["fp8_fwd_ms"] = timeit(lambda: radial_attention_fp8_lse(q, k, v, blk, BS, cache_key=key))
                 row["fp8_quant_ms"] = timeit(lambda: (_quantise(q, 128, False), _quantise(k, 128, False),
                                                       _quantise(v, 128, True)))
-                flex = flex_fns(blk, S)
+                flex = flex_fn(F_, T, decay)
                 row["flex_fwd_ms"] = timeit(lambda: flex(q, k, v))
                 try:
                     tuned = {"USE_TMA": True, "BLOCK_N": 64}
