@@ -17,7 +17,8 @@ accumulation):
 * V is written transposed (``[B, H, D, S]``, key tokens contiguous): Hopper's fp8 matmul wants both
   operands K-major, and for PV the reduction runs over the key tokens.
 
-There is no backward: training keeps the bf16 kernel (the trainer and TTA refuse this backend).
+There is no backward: training keeps the bf16 kernel (the training config refuses this backend; TTA adapts
+with the stock attention anyway).
 The accuracy bar is measured, not assumed: ``bench/fp8_attention.py`` reports the output error
 against bf16 and the PSNR of a generated clip against the bf16 clip, in the same run as its times.
 """
@@ -33,7 +34,7 @@ __all__ = ["radial_attention_fp8_lse", "fp8_usable", "FP8_MAX"]
 FP8_MAX = 448.0  # largest finite float8 e4m3fn
 _EPS = 1e-12  # an all-zero tile quantises with this scale (any positive value gives zeros back)
 FORWARD_ONLY = ("attention backend 'triton_fp8' is forward-only (sampling): it has no backward, so "
-                "training and test-time adaptation use the bf16 kernel, backend 'triton'")
+                "training uses the bf16 kernel, backend 'triton'")
 
 if TR.HAS_TRITON:
     import triton
