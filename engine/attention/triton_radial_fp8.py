@@ -155,6 +155,8 @@ def fp8_usable(device: torch.device) -> tuple[bool, str]:
     ok, why = TR.triton_usable(device)
     if not ok:
         return ok, why
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return False, "attention backend 'triton_fp8' needs a CUDA GPU, and none is available here"
     if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 9:
         name = torch.cuda.get_device_name(device)
         return False, (f"attention backend 'triton_fp8' needs a Hopper (sm_90) or newer GPU; this is {name}. "

@@ -163,6 +163,11 @@ def test_small_head_dims_and_old_gpus_are_refused(monkeypatch):
     q = torch.randn(1, 64, 1, 16)
     with pytest.raises(ValueError, match="head dim of at least 32"):
         F8.radial_attention_fp8_lse(q, q, q, torch.ones(4, 4, dtype=torch.bool), 16)
+    if not torch.cuda.is_available():  # no GPU here: said so, no crash on the capability query
+        ok, why = F8.fp8_usable(torch.device("cuda"))
+        assert not ok and "CUDA GPU" in why
+        assert "triton_fp8" not in backends.available_backends("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100")
     ok, why = F8.fp8_usable(torch.device("cuda"))
