@@ -5,6 +5,7 @@
 #   bash bench/gpu_compile_session.sh sample   # generate_video at 321 frames, 3 steps projected to 50: same
 #   bash bench/gpu_compile_session.sh tta      # one TTA clip at the preset's 256 px: compiled, then eager
 #   bash bench/gpu_compile_session.sh profile  # compiled train and sample with --profile: kernel time by category
+#   bash bench/gpu_compile_session.sh fp8      # compiled sample with the fp8 radial forward, then with bf16 (baseline)
 set -uo pipefail
 # Logs go to files under $OUT: a run cut off at its time limit still brings back what it printed.
 source bench/gpu_setup.sh
@@ -22,6 +23,15 @@ if [ "$CASE" = profile ]; then
     BUILD=()
     grep -A5 "kernel time by category" $OUT/profile_$c.log; tail -8 $OUT/profile_$c.log | grep "^| 321"
   done
+  exit 0
+fi
+if [ "$CASE" = fp8 ]; then  # the same compiled sampling rows, radial on backend triton_fp8, then on triton
+  mkdir -p $OUT/fp8
+  PYTHONUNBUFFERED=1 python3 bench/e2e.py sample "${COMMON[@]}" "${BUILD[@]}" --compile_blocks --backend triton_fp8 \
+    --out $OUT/fp8 > $OUT/fp8.log 2>&1
+  tail -8 $OUT/fp8.log
+  PYTHONUNBUFFERED=1 python3 bench/e2e.py sample "${COMMON[@]}" --compile_blocks --out $OUT/compiled > $OUT/compiled.log 2>&1
+  tail -8 $OUT/compiled.log
   exit 0
 fi
 PYTHONUNBUFFERED=1 python3 bench/e2e.py $CASE "${COMMON[@]}" "${BUILD[@]}" --compile_blocks --out $OUT/compiled \
