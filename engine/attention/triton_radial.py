@@ -633,11 +633,17 @@ def _ensure_allocator():
         triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
 
 
-def _fwd(q, k, v, plan: _Plan, sm_scale: float, out=None):
-    B, S, H, D = q.shape
-    o = _new((B, S, H, D), q.dtype, q.device) if out is None else out
+def _output(q, out=None):
+    """The forward's output: a new [B, S, H, D] tensor, or the caller's buffer (a view is fine) once checked."""
+    o = _new(tuple(q.shape), q.dtype, q.device) if out is None else out
     if o.stride(-1) != 1 or o.shape != q.shape or o.dtype != q.dtype:
         raise ValueError("radial forward: the output buffer must match q's shape and dtype, with unit last stride")
+    return o
+
+
+def _fwd(q, k, v, plan: _Plan, sm_scale: float, out=None):
+    B, S, H, D = q.shape
+    o = _output(q, out)
     SL = _lse_stride(S)
     lse = _new((B * H, SL), torch.float32, q.device)
     cfg = CONFIGS["fwd"]

@@ -186,7 +186,7 @@ def _quantise(x, tile: int, transpose: bool, scale_mul: float = 1.0, mean=None, 
     return (y if transpose else y[:, :S]), sc, dots
 
 
-def _fwd_fp8(q, k, v, plan, sm_scale: float):
+def _fwd_fp8(q, k, v, plan, sm_scale: float, out=None):
     B, S, H, D = q.shape
     L = plan.lists("fwd_fp8")
     bm, bn = L.tile_m, L.tile_n
@@ -197,7 +197,7 @@ def _fwd_fp8(q, k, v, plan, sm_scale: float):
     k8, sk, _ = _quantise(k, bn, False, mean=k_mean)
     q8, sq, shift = _quantise(q, bm, False, sm_scale * TR._LOG2E, row_dot=k_mean)
     v8t, sv, _ = _quantise(v, bn, True)
-    o = TR._new((B, S, H, D), q.dtype, q.device)
+    o = TR._output(q, out)  # `out`: the caller's buffer (joint attention writes the video rows in place)
     SL = TR._lse_stride(S)
     lse = TR._new((B * H, SL), torch.float32, q.device)
     if q.is_cuda:
@@ -222,11 +222,12 @@ def _fwd_fp8(q, k, v, plan, sm_scale: float):
 
 
 def radial_attention_fp8_lse(q, k, v, block_mask, block_size: int, *, sm_scale: float | None = None,
-                             cache_key=None) -> tuple[torch.Tensor, torch.Tensor]:
+                             cache_key=None, out=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Block-sparse attention with fp8 matmuls: ``(out [B, S, H, D], lse [B, H, S] natural log)``, no autograd.
 
     Inputs as ``triton_radial.radial_attention_triton`` (fp16 / bf16; fp32 is accepted for the CPU
-    interpreter). Raises ValueError when an input needs a gradient (see ``FORWARD_ONLY``)."""
+    interpreter). `out` (optional): a [B, S, H, D] buffer the output is written into (a view is fine).
+    Raises ValueError when an input needs a gradient (see ``FORWARD_ONLY``)."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise ValueError(FORWARD_ONLY)
     ok, why = fp8_usable(q.device)
@@ -236,7 +237,7 @@ def radial_attention_fp8_lse(q, k, v, block_mask, block_size: int, *, sm_scale: 
         raise ValueError(f"attention backend 'triton_fp8' needs a head dim of at least 32 (fp8 matmuls reduce over "
                          f"32 or more), got {q.shape[-1]}; use backend 'triton'")
     q, k, v, plan, sm_scale = TR._prepare(q, k, v, block_mask, block_size, sm_scale, cache_key)
-    o, lse2 = _fwd_fp8(q, k, v, plan, sm_scale)
+    o, lse2 = _fwd_fp8(q, k, v, plan, sm_scale, out)
     B, S, H, _ = q.shape
     return o, lse2[:, :S].reshape(B, H, S) * TR._LN2
 
@@ -249,11 +250,8 @@ class RadialFp8Part:
 
     def forward(self, q, k, v, out=None):
         with torch.no_grad():
-            o, lse = radial_attention_fp8_lse(q, k, v, self.block_mask, self.block_size, cache_key=self.cache_key)
-        if out is None:
-            return o, lse
-        out.copy_(o)
-        return out, lse
+            return radial_attention_fp8_lse(q, k, v, self.block_mask, self.block_size, cache_key=self.cache_key,
+                                            out=out)
 
     def backward(self, *args):
         raise ValueError(FORWARD_ONLY)

@@ -116,6 +116,19 @@ def test_a_bias_shared_by_all_keys_costs_no_accuracy():
     assert (biased_lse.double() - (exact_lse + shift)).abs().max().item() < 0.5
 
 
+def test_the_output_goes_into_a_given_view_and_a_wrong_buffer_is_refused():
+    # joint attention hands the video rows of its whole output: the kernel writes there, no extra copy
+    q, k, v = _qkv(1, 96, 2, 32, seed=4)
+    blk = _mask(96, 32, 0.6, seed=5)
+    fresh, lse = F8.radial_attention_fp8_lse(q, k, v, blk, 32)
+    whole = torch.full((1, 101, 2, 32), 7.0)
+    got, got_lse = F8.radial_attention_fp8_lse(q, k, v, blk, 32, out=whole[:, :96])
+    assert got.data_ptr() == whole.data_ptr() and torch.equal(whole[:, :96], fresh) and torch.equal(got_lse, lse)
+    assert (whole[:, 96:] == 7.0).all()  # nothing written past the view
+    with pytest.raises(ValueError, match="output buffer must match"):
+        F8.radial_attention_fp8_lse(q, k, v, blk, 32, out=torch.empty(1, 96, 2, 32, dtype=torch.float64))
+
+
 def test_zero_inputs_give_zero_output():
     q, k, v = (torch.zeros(1, 64, 1, 32) for _ in range(3))
     out, lse = F8.radial_attention_fp8_lse(q, k, v, torch.ones(2, 2, dtype=torch.bool), 32)
