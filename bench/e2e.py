@@ -212,25 +212,32 @@ def _default_priority():
 
 
 class RadialCounter:
-    """Counts calls of engine.attention.backends.radial_attention: proof that a row really ran radial layers."""
+    """Counts radial attention forwards: proof that a row really ran radial layers. Those in a block graph run
+    engine.attention.radial_op._forward (inside the operator, so also when compiled); those outside the
+    graphs (context parallelism, flex, --attention_outside_graph) run backends.radial_attention."""
 
     def __init__(self):
         self.calls = 0
 
     def __enter__(self):
-        from engine.attention import backends
+        from engine.attention import backends, radial_op
 
-        self._module, self._orig = backends, backends.radial_attention
-
-        def counted(*a, **kw):
-            self.calls += 1
-            return self._orig(*a, **kw)
-
-        backends.radial_attention = counted
+        self._saved = [(m, name, getattr(m, name)) for m, name in ((backends, "radial_attention"),
+                                                                  (radial_op, "_forward"))]
+        for module, name, orig in self._saved:
+            setattr(module, name, self._counted(orig))
         return self
 
+    def _counted(self, orig):
+        def counted(*a, **kw):
+            self.calls += 1
+            return orig(*a, **kw)
+
+        return counted
+
     def __exit__(self, *exc):
-        self._module.radial_attention = self._orig
+        for module, name, orig in self._saved:
+            setattr(module, name, orig)
 
 
 class Patch:
@@ -396,7 +403,8 @@ class Context:
                 "torch": torch.__version__, "triton": triton_version, "diffusers": diffusers.__version__,
                 "transformers": transformers.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "argv": sys.argv[1:] if self.args.argv is None else self.args.argv,
-                "timing": "CUDA events" if self.cuda else "wall clock (time.perf_counter)"}
+                "timing": "CUDA events" if self.cuda else "wall clock (time.perf_counter)",
+                "attention_in_graph": not self.args.attention_outside_graph}
 
     def save(self, case: str, data: dict) -> Path:
         data = {"case": case, "env": self.env(), "model": self.model, **data}
@@ -1060,6 +1068,9 @@ def parse_args(argv=None):
     parser.add_argument("--no_mp4", action="store_true", help="skip the mp4 encode at the end of generate_video")
     parser.add_argument("--compile_blocks", action="store_true", help="regional compilation (setting compile_blocks) "
                         "in every case, dense and radial alike; the warm-ups compile")
+    parser.add_argument("--attention_outside_graph", action="store_true", help="with --compile_blocks: every "
+                        "attention call outside the block graphs (engine.attention.processor.ATTENTION_IN_GRAPH "
+                        "off), the path before the custom operators; for their A/B")
     parser.add_argument("--profile", action="store_true", help="sample and train: after the rows at the last frame "
                         "count, one untimed call per pattern under torch.profiler; kernel time per category")
     args = parser.parse_args(argv)
@@ -1088,6 +1099,10 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.attention_outside_graph:
+        from engine.attention import processor
+
+        processor.ATTENTION_IN_GRAPH = False
     ctx = Context(args)
     cases = list(CASES) if args.case == "all" else [args.case]
     print(f"{json.dumps(ctx.env())}", flush=True)

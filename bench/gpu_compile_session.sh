@@ -6,6 +6,8 @@
 #   bash bench/gpu_compile_session.sh tta      # one TTA clip at the preset's 256 px: compiled, then eager
 #   bash bench/gpu_compile_session.sh profile  # compiled train and sample with --profile: kernel time by category
 #   bash bench/gpu_compile_session.sh fp8      # compiled sample with the fp8 radial forward, then with bf16 (baseline)
+#   GRAPH_CASE=train bash bench/gpu_compile_session.sh graph  # compiled, attention in the block graphs (custom
+#                                              # operators), then outside them (--attention_outside_graph): A/B
 set -uo pipefail
 # Logs go to files under $OUT: a run cut off at its time limit still brings back what it printed.
 source bench/gpu_setup.sh
@@ -32,6 +34,17 @@ if [ "$CASE" = fp8 ]; then  # the same compiled sampling rows, radial on backend
   tail -8 $OUT/fp8.log
   PYTHONUNBUFFERED=1 python3 bench/e2e.py sample "${COMMON[@]}" --compile_blocks --out $OUT/compiled > $OUT/compiled.log 2>&1
   tail -8 $OUT/compiled.log
+  exit 0
+fi
+if [ "$CASE" = graph ]; then
+  G=${GRAPH_CASE:-train}
+  mkdir -p $OUT/outside
+  PYTHONUNBUFFERED=1 python3 bench/e2e.py $G "${COMMON[@]}" "${BUILD[@]}" --compile_blocks --out $OUT/compiled \
+    > $OUT/in_graph.log 2>&1
+  tail -12 $OUT/in_graph.log
+  PYTHONUNBUFFERED=1 python3 bench/e2e.py $G "${COMMON[@]}" --compile_blocks --attention_outside_graph \
+    --out $OUT/outside > $OUT/outside.log 2>&1
+  tail -12 $OUT/outside.log
   exit 0
 fi
 PYTHONUNBUFFERED=1 python3 bench/e2e.py $CASE "${COMMON[@]}" "${BUILD[@]}" --compile_blocks --out $OUT/compiled \

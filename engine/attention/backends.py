@@ -273,18 +273,27 @@ class _PyTorchPart:
         chunked.attention_backward(do, q, k, v, o, lse, self.mask, dq, dk, dv)
 
 
+PART_BACKENDS = ("triton", "triton_fp8", "reference", "dense")
+
+
+def part_backend(backend: str | None, device) -> str:
+    """The backend a radial part runs on `device` (None: triton on CUDA, else reference), once its name is checked."""
+    if backend is None:
+        backend = "triton" if torch.device(device).type == "cuda" else "reference"
+    if backend == "flex":
+        raise ValueError(_FLEX_HAS_NO_LSE)
+    if backend not in PART_BACKENDS:
+        raise ValueError(f"attention backend {backend!r} is not one of {', '.join(PART_BACKENDS)} here")
+    return backend
+
+
 def radial_part(*, num_frames: int, tokens_per_frame: int, decay_factor: float = 1.0, block_size: int = 128,
                 sink: bool = True, backend: str | None = None, device="cpu"):
     """Radial attention as one part of a larger attention (`triton_radial.RadialKernelPart`'s interface:
     forward -> (o, lse) without autograd; backward(do, q, k, v, o, lse, dq, dk, dv) writes the part's
     gradient given the whole attention's o and lse). Backends as `radial_attention_lse`."""
     device = torch.device(device)
-    if backend is None:
-        backend = "triton" if device.type == "cuda" else "reference"
-    if backend == "flex":
-        raise ValueError(_FLEX_HAS_NO_LSE)
-    if backend not in ("triton", "triton_fp8", "reference", "dense"):
-        raise ValueError(f"attention backend {backend!r} is not one of triton, triton_fp8, reference, dense here")
+    backend = part_backend(backend, device)
     if backend == "dense":
         return _PyTorchPart(None)
     geom = _geometry(num_frames, tokens_per_frame, block_size, decay_factor, sink)

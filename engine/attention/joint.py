@@ -12,8 +12,9 @@ video->video part; the rest stays dense:
 The video rows are two attentions merged exactly by their log-sum-exps:
 ``out = e^(lse_a - lse) out_a + e^(lse_b - lse) out_b`` with ``lse = logaddexp(lse_a, lse_b)``, where
 (a) is radial video->video (`backends.radial_part`: the Triton kernel) and (b) dense video->text
-(`chunked`: float32 PyTorch over the short key set). `_JointAttention` is one autograd function for the
-whole sequence: it keeps only q, k, v, the output and the video rows' merged LSE, and its backward gives
+(`chunked`: float32 PyTorch over the short key set). The whole sequence is one operator with its own
+backward (`radial_op.joint`, which torch.compile keeps in the block graph): it keeps only q, k, v, the
+output and the rows' merged LSEs, and its backward gives
 each part the merged output and LSE (as ring attention does), so no gradient flows through an LSE and no
 float32 copy of a part's output is kept. Its peak memory is that of dense attention plus bounded chunks.
 `joint_attention_reference` is the same attention as one masked SDPA over the whole sequence (memory
@@ -26,52 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from . import backends, chunked
-
-
-def _key_mask_full(num_video: int, key_mask, batch: int, num_text: int, device):
-    text = torch.ones(batch, num_text, dtype=torch.bool, device=device) if key_mask is None else key_mask.bool()
-    return torch.cat([torch.ones(batch, num_video, dtype=torch.bool, device=device), text.to(device)], dim=1)
-
-
-class _JointAttention(torch.autograd.Function):
-    """[B, N, H, D] q, k, v -> out; the video rows through `part` (radial) + dense text, the text rows dense."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, key_mask, part, num_video):
-        nv = num_video
-        B, N = q.shape[:2]
-        text_keys = chunked.key_mask_fn(key_mask)
-        all_keys = chunked.key_mask_fn(_key_mask_full(nv, key_mask, B, N - nv, q.device))
-        out = torch.empty_like(q)
-        _, lse_radial = part.forward(q[:, :nv], k[:, :nv], v[:, :nv], out=out[:, :nv])
-        _, lse_video = chunked.attention_forward(q[:, :nv], k[:, nv:], v[:, nv:], text_keys,
-                                                 merge_into=(out[:, :nv], lse_radial))
-        out[:, nv:], lse_text = chunked.attention_forward(q[:, nv:], k, v, all_keys)
-        ctx.save_for_backward(q, k, v, out, lse_video, lse_text, key_mask)
-        ctx.part, ctx.nv = part, nv
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        q, k, v, out, lse_video, lse_text, key_mask = ctx.saved_tensors
-        nv = ctx.nv
-        B, N = q.shape[:2]
-        dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))  # dk, dv: one stride
-        dk[:, nv:] = 0
-        dv[:, nv:] = 0
-        video = slice(0, nv)
-        # video rows: the radial part writes its share, the text keys' share is added
-        ctx.part.backward(dout[:, video], q[:, video], k[:, video], v[:, video], out[:, video], lse_video,
-                          dq[:, video], dk[:, video], dv[:, video])
-        chunked.attention_backward(dout[:, video], q[:, video], k[:, nv:], v[:, nv:], out[:, video], lse_video,
-                                   chunked.key_mask_fn(key_mask), dq[:, video], dk[:, nv:], dv[:, nv:])
-        # text rows over every valid key
-        dq[:, nv:] = 0
-        chunked.attention_backward(dout[:, nv:], q[:, nv:], k, v, out[:, nv:], lse_text,
-                                   chunked.key_mask_fn(_key_mask_full(nv, key_mask, B, N - nv, q.device)),
-                                   dq[:, nv:], dk, dv)
-        return dq, dk, dv, None, None, None
+from . import backends, radial_op
+from .radial_op import key_mask_full
 
 
 def joint_attention(q, k, v, *, num_video: int, key_mask=None, num_frames: int, tokens_per_frame: int,
@@ -91,11 +48,11 @@ def joint_attention(q, k, v, *, num_video: int, key_mask=None, num_frames: int, 
     geometry = dict(num_frames=num_frames, tokens_per_frame=tokens_per_frame, decay_factor=decay_factor,
                     block_size=block_size, sink=sink, backend=backend)
     if L == 0:
-        return backends.radial_attention(q, k, v, **geometry)
-    part = backends.radial_part(**geometry, device=q.device)
+        return radial_op.radial(q, k, v, **geometry)
+    geometry["backend"] = backends.part_backend(backend, q.device)  # refuses flex (no LSE) here, not in the op
     if key_mask is not None:
         key_mask = key_mask.to(device=q.device, dtype=torch.bool)
-    return _JointAttention.apply(q, k, v, key_mask, part, num_video)
+    return radial_op.joint(q, k, v, key_mask, num_video=num_video, **geometry)
 
 
 def joint_token_mask(num_video: int, key_mask, num_text: int, *, num_frames: int, tokens_per_frame: int,
@@ -104,7 +61,7 @@ def joint_token_mask(num_video: int, key_mask, num_text: int, *, num_frames: int
     """The whole attention pattern as a bool mask [B, 1, N, N] (True: attend)."""
     radial = backends._token_mask(backends._geometry(num_frames, tokens_per_frame, block_size, decay_factor, sink),
                                   str(torch.device(device)))
-    keys = _key_mask_full(num_video, key_mask, batch, num_text, device)  # [B, N]
+    keys = key_mask_full(num_video, key_mask, batch, num_text, device)  # [B, N]
     mask = keys[:, None, :].repeat(1, num_video + num_text, 1)
     mask[:, :num_video, :num_video] = radial
     return mask[:, None]
@@ -121,9 +78,19 @@ def joint_attention_reference(q, k, v, *, num_video: int, key_mask=None, num_fra
                                           attn_mask=mask).transpose(1, 2)
 
 
-@torch.compiler.disable
 def attend_joint_layer(processor, query, key, value, attention_mask, num_text: int):
-    """`attend_joint` for a processor's own layer, opaque to torch.compile (why: `processor.attend_layer`)."""
+    """`attend_joint` for a processor's own layer, as one node of a torch.compile graph (why and how:
+    `processor.attend_layer`; the layer's choice is `processor.radial_now`)."""
+    from .processor import ATTENTION_IN_GRAPH
+
+    s = processor.schedule.settings
+    if not ATTENTION_IN_GRAPH or s.dense_backend == "sage":
+        return _attend_joint_outside_graph(processor, query, key, value, attention_mask, num_text)
+    return _joint_or_dense(processor.schedule, processor.radial_now, query, key, value, attention_mask, num_text)
+
+
+@torch.compiler.disable
+def _attend_joint_outside_graph(processor, query, key, value, attention_mask, num_text: int):
     return attend_joint(processor.schedule, processor.layer_index, query, key, value, attention_mask, num_text)
 
 
@@ -131,12 +98,16 @@ def attend_joint(schedule, layer_index: int, query, key, value, attention_mask, 
     """What a joint-attention processor calls with q, k, v [B, N, H, D] (text last, `num_text` tokens) and the
     model's key mask (bool, broadcastable to [B, 1, 1, N], or None): radial when the schedule says so, else
     the dense attention stock diffusers runs."""
+    return _joint_or_dense(schedule, schedule.use_radial(layer_index), query, key, value, attention_mask, num_text)
+
+
+def _joint_or_dense(schedule, radial: bool, query, key, value, attention_mask, num_text: int):
     from .processor import dense_attention
 
     if schedule.cp is not None:
         raise ConfigError("context parallelism (setting 'context_parallel') does not cover joint video+text "
                           "attention yet; set context_parallel to 1 for this model.")
-    if not schedule.use_radial(layer_index):
+    if not radial:
         return dense_attention(query, key, value, attention_mask, schedule.settings.dense_backend)
     num_video = query.shape[1] - num_text
     key_mask = None

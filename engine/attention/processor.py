@@ -66,14 +66,37 @@ def attend(schedule: AttentionSchedule, layer_index: int, query, key, value, att
     return _attend(schedule, layer_index, query, key, value, attention_mask)
 
 
-@torch.compiler.disable
-def attend_layer(processor, query, key, value, attention_mask=None):
-    """`attend` for a radial processor's own layer (its `schedule` and `layer_index`), opaque to torch.compile.
+# False: every layer's attention runs outside the compiled block graphs, as it did before the operators
+# (`radial_op`); for the A/B in bench/e2e.py (--attention_outside_graph), not a setting.
+ATTENTION_IN_GRAPH = True
 
-    Regional compilation (engine.models.regional_compile) compiles each transformer block; the attention
-    runs here, outside the graphs, for dense and radial alike. The processor is passed whole so that
-    compiled code never reads its layer index: a guard on it would recompile the graph for every block.
+
+def attend_layer(processor, query, key, value, attention_mask=None):
+    """`attend` for a radial processor's own layer, as one node of a torch.compile graph.
+
+    Regional compilation (engine.models.regional_compile) compiles each transformer block. Radial attention
+    is a custom operator (`radial_op`) and dense attention is SDPA, so neither breaks the block's graph. The
+    layer's choice for this step is `processor.radial_now`, which the schedule sets before each forward:
+    compiled code reads that flag, never the layer index, so its guards have two values (dense, radial),
+    not one per block. Context parallelism, SageAttention and the flex backend run outside the graph.
     """
+    schedule = processor.schedule
+    s = schedule.settings
+    if schedule.cp is not None or not ATTENTION_IN_GRAPH or s.dense_backend == "sage" or s.backend == "flex":
+        return _attend_outside_graph(processor, query, key, value, attention_mask)
+    if not processor.radial_now:
+        return dense_attention(query, key, value, attention_mask)
+    from . import radial_op
+
+    return radial_op.radial(query, key, value, num_frames=schedule.num_frames,
+                            tokens_per_frame=schedule.tokens_per_frame, decay_factor=s.decay_factor,
+                            block_size=s.block_size, sink=s.sink, backend=s.backend)
+
+
+@torch.compiler.disable
+def _attend_outside_graph(processor, query, key, value, attention_mask=None):
+    # the processor is passed whole: compiled code never reads its layer index (a guard on it would recompile
+    # the graph for every block)
     return attend(processor.schedule, processor.layer_index, query, key, value, attention_mask)
 
 
@@ -149,7 +172,7 @@ def install_radial_attention(transformer, settings: AttentionSettings, family=No
     if not layers:
         raise ValueError(f"model family '{family.name}' names no attention layer for radial processors in this model.")
     for layer in layers:
-        processors[layer.processor_name] = family.radial_processor(layer, schedule)
+        processors[layer.processor_name] = schedule.attach(family.radial_processor(layer, schedule))
     transformer.set_attn_processor(processors)
     handle = transformer.register_forward_pre_hook(_observe_hook(schedule), with_kwargs=True)
     setattr(transformer, _HOOK_ATTR, handle)

@@ -53,16 +53,50 @@ class AttentionSchedule:
     def __init__(self, settings: AttentionSettings, patch_size=(1, 2, 2)):
         self.settings = settings
         self.patch_size = tuple(patch_size)
-        self.training = False  # in training every step counts as "late": dense_timesteps do not apply
-        self.force_dense = False  # e.g. the base-length pass of length-extension training
+        self._processors: list = []  # attached radial processors: their `radial_now` follows this schedule
+        self._training = False
+        self._force_dense = False
         self.cp = None  # Ulysses context parallelism (context_parallel.ContextParallel) while it is on
         self.reset()
+
+    @property
+    def training(self) -> bool:
+        """In training every step counts as "late": dense_timesteps do not apply."""
+        return self._training
+
+    @training.setter
+    def training(self, on: bool) -> None:
+        self._training = bool(on)
+        self._refresh()
+
+    @property
+    def force_dense(self) -> bool:
+        """Every layer dense, e.g. the base-length pass of length-extension training."""
+        return self._force_dense
+
+    @force_dense.setter
+    def force_dense(self, on: bool) -> None:
+        self._force_dense = bool(on)
+        self._refresh()
+
+    def attach(self, processor):
+        """Keep `processor.radial_now` (its layer's choice now) up to date; returns the processor.
+
+        Compiled blocks read that flag instead of the layer index (processor.attend_layer says why)."""
+        self._processors.append(processor)
+        processor.radial_now = self.use_radial(processor.layer_index)
+        return processor
+
+    def _refresh(self) -> None:
+        for p in self._processors:
+            p.radial_now = self.use_radial(p.layer_index)
 
     def reset(self) -> None:
         self.step = -1
         self._last_timestep: float | None = None
         self.num_frames = 0
         self.tokens_per_frame = 0
+        self._refresh()
 
     def observe(self, timestep: torch.Tensor, latent_shape) -> None:
         """Called before each transformer forward with its timestep and latent input shape."""
@@ -75,6 +109,7 @@ class AttentionSchedule:
         pt, ph, pw = self.patch_size
         self.num_frames = latent_shape[2] // pt
         self.tokens_per_frame = (latent_shape[3] // ph) * (latent_shape[4] // pw)
+        self._refresh()
 
     def use_radial(self, layer_index: int) -> bool:
         s = self.settings

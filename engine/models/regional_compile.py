@@ -1,14 +1,13 @@
-"""Regional compilation: `torch.compile` on each repeated transformer block, the attention left outside.
+"""Regional compilation: `torch.compile` on each repeated transformer block, attention included.
 
 The blocks are the classes a diffusers transformer lists in `_repeated_blocks` (what diffusers'
-`compile_repeated_blocks` compiles). Every instance of a class runs the same compiled
-code: the radial processors hand attention to `attend_layer` / `attend_joint_layer`, which
-torch.compile does not trace, so neither the layer index nor the dense-or-radial choice of a layer
-and step enters a graph (no recompilation per block or per step). Each block's graph therefore breaks
-at its attention call in a radial run. The dense pattern (`pattern="dense"`: the family's stock
-processors) has no such break: its attention is traced into the block's one graph. So a dense baseline
-gets at least the compiled work a radial run gets, and the speed-up ratio errs against radial, never for
-it.
+`compile_repeated_blocks` compiles). Every instance of a class runs the same compiled code. The radial
+processors' attention is a node of the block's graph, as the stock processors' SDPA is: radial attention
+is a custom operator (`engine.attention.radial_op`), and the layer's dense-or-radial choice for the step
+is a flag the schedule sets before each forward (`processor.radial_now`). So a block class has two
+graph variants (dense, radial), never one per block or per step, and no graph break: the dense baseline
+and a radial run get the same compiled work around their attention. Context parallelism, SageAttention
+and the flex backend keep their attention outside the graphs (one break per block).
 
 The first call at a new shape compiles (seconds to a minute per block class); later calls reuse it.
 `set_block_compilation(transformer, False)` returns the blocks to eager mode. Compilation is a

@@ -63,7 +63,7 @@ def test_merged_attention_equals_the_masked_reference_forward_and_backward(backe
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
     dense = torch.nn.functional.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-        attn_mask=joint._key_mask_full(SV, km, 2, 7, "cpu")[:, None, None]).transpose(1, 2)
+        attn_mask=joint.key_mask_full(SV, km, 2, 7, "cpu")[:, None, None]).transpose(1, 2)
     assert not torch.allclose(out, dense, atol=1e-3)  # the radial part is really sparse
 
 
@@ -153,7 +153,7 @@ def test_backward_keeps_what_dense_attention_keeps_and_no_float32_copies():
     km = torch.ones(1, 8, dtype=torch.bool)
     km[0, 5:] = False
     ours = _saved_bytes(lambda: joint.joint_attention(q, k, v, num_video=SV, key_mask=km, backend="reference", **GEOM))
-    full = joint._key_mask_full(SV, km, 1, 8, "cpu")[:, None, None]
+    full = joint.key_mask_full(SV, km, 1, 8, "cpu")[:, None, None]
     dense = _saved_bytes(lambda: torch.nn.functional.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=full))
     out_bytes = q.numel() * q.element_size()

@@ -29,17 +29,17 @@ def test_dense_pattern_and_all_dense_radial_processors_reproduce_stock_diffusers
 
 
 def test_schedule_honours_dense_layers_and_dense_timesteps_with_guidance(tiny_pipe, monkeypatch):
-    from engine.attention import backends
+    from engine.attention import radial_op
 
     calls = []
-    real = backends.radial_attention
+    real = radial_op.radial
 
     def spy(q, k, v, **kw):
         sched = installed_schedule(tiny_pipe.transformer)
         calls.append((sched.step, kw["num_frames"], kw["tokens_per_frame"], kw["block_size"]))
         return real(q, k, v, **kw)
 
-    monkeypatch.setattr(backends, "radial_attention", spy)
+    monkeypatch.setattr(radial_op, "radial", spy)
     n_layers = tiny_pipe.transformer.config.num_layers
     settings = AttentionSettings(pattern="radial", dense_layers=1, dense_timesteps=2, block_size=16, decay_factor=1.0)
     install_radial_attention(tiny_pipe.transformer, settings)

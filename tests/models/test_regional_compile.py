@@ -2,8 +2,9 @@
 
 The CPU runs torch.compile's "aot_eager" backend: the same Dynamo capture and AOT autograd as on the
 GPU, without Inductor's code generation (its numerics are PyTorch's to check; the GPU bench compares
-the compiled and eager outputs). Dynamo is set to raise on any recompilation, so one compiled graph
-set must serve every block, dense and radial layers, and every step.
+the compiled and eager outputs). Dynamo is set to raise past two graph variants per block class: one for
+the layers and steps that are dense, one for the radial ones (`processor.radial_now`), never one per
+block or per step.
 """
 
 import pytest
@@ -20,13 +21,17 @@ from engine.presets import load_preset
 
 from tests.memory.test_memory_options import _inputs, _tiny_with_lora
 
+ENGINE_RECOMPILE_LIMIT = regional_compile.RECOMPILE_LIMIT
+
 
 @pytest.fixture
 def no_recompiles(monkeypatch):
-    """aot_eager, a clean Dynamo cache, and an error on any recompilation (a guard that differs per block or step)."""
+    """aot_eager, a clean Dynamo cache, and an error past the two variants (dense, radial) of a block's graph,
+    i.e. on a guard that differs per block or per step."""
     monkeypatch.setattr(regional_compile, "BACKEND", "aot_eager")
+    monkeypatch.setattr(regional_compile, "RECOMPILE_LIMIT", 2)  # what set_block_compilation raises the limit to
     torch._dynamo.reset()
-    with torch._dynamo.config.patch(error_on_recompile=True):
+    with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True):
         yield
     torch._dynamo.reset()
 
@@ -61,12 +66,15 @@ def test_compiled_wan_blocks_give_the_eager_output_with_one_graph_set_for_every_
     assert all(torch.equal(a, b) for a, b in zip(eager, _steps(transformer, latents, text)))
 
 
-def test_the_dense_pattern_traces_its_attention_into_the_block_graph_and_radial_breaks_only_there(tiny_preset,
-                                                                                                     no_recompiles):
-    # What regional_compile's docstring and docs/BENCHMARKS.md run 28 say: a compiled dense baseline has no graph
-    # break (its stock attention is inside the one block graph); a radial run breaks each block at attend_layer.
+def test_radial_attention_is_traced_into_the_block_graph_like_the_dense_pattern(tiny_preset, no_recompiles,
+                                                                                 monkeypatch):
+    # No graph break in either pattern: the dense baseline's stock attention and the radial operator are both
+    # nodes of the block's graph (radial: one graph for the dense first layer, one for the radial others).
+    # With the attention outside the graphs (processor.ATTENTION_IN_GRAPH off: the old path, the bench's A/B)
+    # each block breaks there.
     from torch._dynamo.utils import counters
 
+    from engine.attention import processor
     from engine.attention.processor import remove_radial_attention
     from engine.models.wan import build_tiny_pipeline
 
@@ -75,19 +83,20 @@ def test_the_dense_pattern_traces_its_attention_into_the_block_graph_and_radial_
     latents, _, text = _inputs()
     set_block_compilation(transformer, True)
     seen = {}
-    for pattern in ("dense", "radial"):
+    for pattern in ("dense", "radial", "outside"):
         torch._dynamo.reset()
         counters.clear()
+        monkeypatch.setattr(processor, "ATTENTION_IN_GRAPH", pattern != "outside")
         if pattern == "dense":
             remove_radial_attention(transformer, fam)
         else:
             _radial(transformer, fam, dense_timesteps=0)
         _steps(transformer, latents, text, timesteps=(700.0,))
-        breaks = dict(counters["graph_break"])
-        seen[pattern] = (counters["stats"]["unique_graphs"], breaks)
+        seen[pattern] = (counters["stats"]["unique_graphs"], dict(counters["graph_break"]))
     assert seen["dense"] == (1, {})
-    graphs, breaks = seen["radial"]
-    assert graphs > 1 and breaks and all("attend_layer" in reason for reason in breaks)
+    assert seen["radial"] == (2, {})
+    graphs, breaks = seen["outside"]
+    assert graphs > 2 and breaks and all("_attend_outside_graph" in reason for reason in breaks)
 
 
 def test_a_layer_index_read_inside_the_graph_would_recompile_per_block(tiny_preset, no_recompiles, monkeypatch):
@@ -102,7 +111,7 @@ def test_a_layer_index_read_inside_the_graph_would_recompile_per_block(tiny_pres
     _radial(transformer, family(tiny_preset))
     set_block_compilation(transformer, True)
     latents, _, text = _inputs()
-    with pytest.raises(Exception, match="layer_index"):
+    with torch._dynamo.config.patch(error_on_recompile=True), pytest.raises(Exception, match="layer_index"):
         _steps(transformer, latents, text)
 
 
@@ -128,7 +137,7 @@ def test_compiled_lora_training_with_checkpointing_gives_the_eager_gradients(tin
 
 def test_compiled_hunyuan_joint_attention_blocks_give_the_eager_output(no_recompiles):
     """Double and single blocks share diffusers' Attention.forward at their own shapes: one graph set per block
-    class (and the text refiner's), never one per block (2 + 2 here)."""
+    class (and the text refiner's), each with a dense and a radial variant, never one per block."""
     from engine.models import get_pipeline
     from tests.models.test_hunyuan import TINY, _inputs as hunyuan_inputs
 
@@ -141,7 +150,7 @@ def test_compiled_hunyuan_joint_attention_blocks_give_the_eager_output(no_recomp
         with torch.no_grad():
             eager = [fam.forward(transformer, x, torch.tensor([t]), text) for t in (900.0, 500.0)]
             assert set_block_compilation(transformer, True) >= 4  # double and single blocks (and text refiner)
-            with torch._dynamo.config.patch(error_on_recompile=False, recompile_limit=3,
+            with torch._dynamo.config.patch(error_on_recompile=False, recompile_limit=4,
                                             fail_on_recompile_limit_hit=True):
                 compiled = [fam.forward(transformer, x, torch.tensor([t]), text) for t in (900.0, 500.0)]
     finally:  # the pipeline is the shared cached one
@@ -180,7 +189,7 @@ def test_a_model_without_repeated_blocks_and_refused_combinations_say_what_to_ch
     assert not (tmp_path / "run").exists()
 
 
-def test_a_training_run_with_compile_blocks_gives_the_eager_runs_losses(tmp_path, no_recompiles):
+def test_a_training_run_with_compile_blocks_gives_the_eager_runs_losses(tmp_path, no_recompiles, monkeypatch):
     """The config field reaches the trainer: the same losses, and the run's config records it. Its graph sets
     (two lengths, training and validation, the first block or the others) stay within the engine's limit."""
     import json
@@ -188,6 +197,7 @@ def test_a_training_run_with_compile_blocks_gives_the_eager_runs_losses(tmp_path
     from engine.data.dataset import create_synthetic_dataset
     from engine.workers.trainer import train
 
+    monkeypatch.setattr(regional_compile, "RECOMPILE_LIMIT", ENGINE_RECOMPILE_LIMIT)
     data = tmp_path / "data"
     create_synthetic_dataset(data, 2, preset="tiny-wan", seed=0)
     losses = {}

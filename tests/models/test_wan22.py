@@ -92,11 +92,11 @@ def test_every_layer_dense_equals_the_stock_model_bit_for_bit(name):
 
 
 def test_a14b_radial_runs_on_both_experts_with_one_schedule(a14b, monkeypatch):
-    from engine.attention import backends
+    from engine.attention import radial_op
 
     preset, fam, pipe = a14b
     calls = []
-    real = backends.radial_attention
+    real = radial_op.radial
 
     def spy(q, k, v, **kw):
         calls.append(kw["block_size"])
@@ -105,7 +105,7 @@ def test_a14b_radial_runs_on_both_experts_with_one_schedule(a14b, monkeypatch):
     used = []
     for expert in fam.transformers(pipe):
         expert.register_forward_pre_hook(lambda m, a, k, e=expert: used.append(e), with_kwargs=True)
-    monkeypatch.setattr(backends, "radial_attention", spy)
+    monkeypatch.setattr(radial_op, "radial", spy)
     settings = AttentionSettings(pattern="radial", dense_layers=1, dense_timesteps=2, block_size=16)
     schedule = install_radial_attention(fam.denoiser(pipe), settings, fam)
     try:
@@ -273,7 +273,7 @@ def test_ti2v_frame_rule_sizes_and_token_layout():
 
 
 def test_ti2v_vae_forward_and_radial_mask_follow_the_layout(ti2v, monkeypatch):
-    from engine.attention import backends
+    from engine.attention import radial_op
 
     preset, fam, pipe = ti2v
     assert pipe.vae.config.z_dim == 48 and pipe.config.expand_timesteps
@@ -287,8 +287,8 @@ def test_ti2v_vae_forward_and_radial_mask_follow_the_layout(ti2v, monkeypatch):
     stock = _run(pipe.transformer, x, torch.full((1, seq), 700.0), text)
     assert torch.equal(fam.forward(pipe.transformer, x, torch.tensor([700.0]), type("T", (), {"sequence": text})()), stock)
     seen = []
-    real = backends.radial_attention
-    monkeypatch.setattr(backends, "radial_attention", lambda q, k, v, **kw: (seen.append((q.shape[1], kw["num_frames"],
+    real = radial_op.radial
+    monkeypatch.setattr(radial_op, "radial", lambda q, k, v, **kw: (seen.append((q.shape[1], kw["num_frames"],
                                                                                           kw["tokens_per_frame"])), real(q, k, v, **kw))[1])
     install_radial_attention(pipe.transformer, AttentionSettings(pattern="radial", dense_layers=0, dense_timesteps=0,
                                                                  block_size=16), fam)
