@@ -6,8 +6,9 @@
 #   bash bench/gpu_compile_session.sh tta      # one TTA clip at the preset's 256 px: compiled, then eager
 #   bash bench/gpu_compile_session.sh profile  # compiled train and sample with --profile: kernel time by category
 #   bash bench/gpu_compile_session.sh fp8      # compiled sample with the fp8 radial forward, then with bf16 (baseline)
-#   GRAPH_CASE=train bash bench/gpu_compile_session.sh graph  # compiled, attention in the block graphs (custom
-#                                              # operators), then outside them (--attention_outside_graph): A/B
+#   bash bench/gpu_compile_session.sh graph train:in tta:in train:out   # compiled runs in this order, attention
+#                                              # in the block graphs (in: the custom operators) or outside them
+#                                              # (out: --attention_outside_graph): the A/B of the operators
 set -uo pipefail
 # Logs go to files under $OUT: a run cut off at its time limit still brings back what it printed.
 source bench/gpu_setup.sh
@@ -37,14 +38,15 @@ if [ "$CASE" = fp8 ]; then  # the same compiled sampling rows, radial on backend
   exit 0
 fi
 if [ "$CASE" = graph ]; then
-  G=${GRAPH_CASE:-train}
-  mkdir -p $OUT/outside
-  PYTHONUNBUFFERED=1 python3 bench/e2e.py $G "${COMMON[@]}" "${BUILD[@]}" --compile_blocks --out $OUT/compiled \
-    > $OUT/in_graph.log 2>&1
-  tail -12 $OUT/in_graph.log
-  PYTHONUNBUFFERED=1 python3 bench/e2e.py $G "${COMMON[@]}" --compile_blocks --attention_outside_graph \
-    --out $OUT/outside > $OUT/outside.log 2>&1
-  tail -12 $OUT/outside.log
+  shift
+  for run in "$@"; do  # case:in or case:out
+    c=${run%%:*}; where=${run##*:}; extra=(); [ "$where" = out ] && extra=(--attention_outside_graph)
+    mkdir -p $OUT/$where
+    PYTHONUNBUFFERED=1 python3 bench/e2e.py $c "${COMMON[@]}" "${BUILD[@]}" --compile_blocks "${extra[@]}" \
+      --out $OUT/$where > $OUT/${c}_$where.log 2>&1
+    BUILD=()
+    echo "== $run"; tail -8 $OUT/${c}_$where.log
+  done
   exit 0
 fi
 PYTHONUNBUFFERED=1 python3 bench/e2e.py $CASE "${COMMON[@]}" "${BUILD[@]}" --compile_blocks --out $OUT/compiled \
