@@ -212,9 +212,9 @@ def _default_priority():
 
 
 class RadialCounter:
-    """Counts radial attention forwards: proof that a row really ran radial layers. Those in a block graph run
-    engine.attention.radial_op._forward (inside the operator, so also when compiled); those outside the
-    graphs (context parallelism, flex, --attention_outside_graph) run backends.radial_attention."""
+    """Counts radial attention forwards: proof that a row really ran radial layers. Every backend but flex
+    runs engine.attention.radial_op._forward (inside the operator, so also when compiled), in a block graph
+    or outside (context parallelism, --attention_outside_graph); flex runs backends.radial_attention."""
 
     def __init__(self):
         self.calls = 0

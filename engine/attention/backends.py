@@ -254,14 +254,27 @@ def radial_attention_lse(
     return _masked_attention_lse(q, k, v, _token_mask(geom, dev))
 
 
+def _cpu_sdpa_lse(q, k, v, token_mask=None):
+    """(out, lse) from the CPU flash kernel behind F.scaled_dot_product_attention: the very sums of the SDPA
+    path (an einsum's order depends on where the operands lie in memory, and a tiny random model turns that
+    1e-7 into visible pixels, e.g. between one process and FSDP's gathered weights). It takes an additive mask."""
+    bias = None if token_mask is None else torch.zeros(token_mask.shape, dtype=q.dtype).masked_fill(
+        ~token_mask, float("-inf"))
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), 0.0, False, attn_mask=bias)
+    return out.transpose(1, 2), lse.float()
+
+
 class _PyTorchPart:
     """The radial (or, without a mask, dense) part in chunked float32 PyTorch: `RadialKernelPart`'s interface."""
 
     def __init__(self, token_mask):
+        self.token_mask = token_mask
         self.mask = None if token_mask is None else chunked.token_mask_fn(token_mask)
 
     def forward(self, q, k, v, out=None):
-        o, lse = chunked.attention_forward(q, k, v, self.mask)
+        o, lse = (_cpu_sdpa_lse(q, k, v, self.token_mask) if q.device.type == "cpu"
+                  else chunked.attention_forward(q, k, v, self.mask))
         if out is None:
             return o, lse
         out.copy_(o)

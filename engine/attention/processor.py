@@ -86,11 +86,7 @@ def attend_layer(processor, query, key, value, attention_mask=None):
         return _attend_outside_graph(processor, query, key, value, attention_mask)
     if not processor.radial_now:
         return dense_attention(query, key, value, attention_mask)
-    from . import radial_op
-
-    return radial_op.radial(query, key, value, num_frames=schedule.num_frames,
-                            tokens_per_frame=schedule.tokens_per_frame, decay_factor=s.decay_factor,
-                            block_size=s.block_size, sink=s.sink, backend=s.backend)
+    return _radial(schedule, query, key, value)
 
 
 @torch.compiler.disable
@@ -101,15 +97,20 @@ def _attend_outside_graph(processor, query, key, value, attention_mask=None):
 
 
 def _attend(schedule: AttentionSchedule, layer_index: int, query, key, value, attention_mask=None):
-    from . import backends
-
     if schedule.use_radial(layer_index):
-        s = schedule.settings
-        return backends.radial_attention(
-            query, key, value, num_frames=schedule.num_frames, tokens_per_frame=schedule.tokens_per_frame,
-            decay_factor=s.decay_factor, block_size=s.block_size, sink=s.sink, backend=s.backend,
-        )
+        return _radial(schedule, query, key, value)
     return dense_attention(query, key, value, attention_mask, schedule.settings.dense_backend)
+
+
+def _radial(schedule: AttentionSchedule, query, key, value):
+    """Radial attention with the schedule's geometry: the custom operator, in or outside a graph, so that every
+    path (compiled, eager, context parallel) computes the same sums; flex (no LSE) has its own call."""
+    from . import backends, radial_op
+
+    s = schedule.settings
+    attention = backends.radial_attention if s.backend == "flex" else radial_op.radial
+    return attention(query, key, value, num_frames=schedule.num_frames, tokens_per_frame=schedule.tokens_per_frame,
+                     decay_factor=s.decay_factor, block_size=s.block_size, sink=s.sink, backend=s.backend)
 
 
 def tag_family(transformer, family) -> None:
