@@ -128,3 +128,23 @@ def test_processor_flags_follow_the_schedule_for_every_layer_and_step(tiny_prese
     assert flags() == [False, True, True, True]
     schedule.reset()
     assert flags() == [False, True, True, True]
+
+
+def test_the_cpu_reference_part_gives_sdpas_own_output_whatever_the_operands_strides():
+    """The reference part on the CPU runs SDPA's flash kernel: bit-equal to the masked SDPA the dense path
+    and the earlier reference used, also for operands that are views (einsum's order would follow strides),
+    with an LSE that matches the float32 log-sum-exp of the masked scores."""
+    from engine.attention import chunked
+
+    q, k, v = _qkv(grad=False)
+    mask = backends._token_mask(backends._geometry(6, 16, 16, 1.0, True), "cpu")
+    sdpa = torch.nn.functional.scaled_dot_product_attention(
+        *(t.transpose(1, 2) for t in (q, k, v)), attn_mask=mask).transpose(1, 2)
+    part = backends.radial_part(**GEOM, backend="reference")
+    views = [torch.cat([t, t], dim=-1)[..., :16] for t in (q, k, v)]  # same values, other strides
+    for operands in ((q, k, v), views):
+        out, lse = part.forward(*operands)
+        assert torch.equal(out, sdpa)
+    ref_out, ref_lse = chunked.attention_forward(q, k, v, chunked.token_mask_fn(mask))
+    assert torch.allclose(lse, ref_lse, atol=1e-5) and torch.allclose(out, ref_out, atol=1e-5)
+    assert not torch.allclose(out, radial_op.radial(q, k, v, **GEOM, backend="dense"), atol=1e-3)  # the mask bites
