@@ -266,7 +266,8 @@ def _cpu_sdpa_lse(q, k, v, token_mask=None):
 
 
 class _PyTorchPart:
-    """The radial (or, without a mask, dense) part in chunked float32 PyTorch: `RadialKernelPart`'s interface."""
+    """The radial (or, without a mask, dense) part in PyTorch, `RadialKernelPart`'s interface: the forward on
+    SDPA's CPU kernel on a CPU, else in chunked float32; the backward in chunked float32."""
 
     def __init__(self, token_mask):
         self.token_mask = token_mask
