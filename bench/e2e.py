@@ -817,6 +817,9 @@ def train_step(clock: Clock, fam, transformer, schedule, batch, config, params, 
 # ---------------------------------------------------------------------------- case: tta
 
 
+PROFILE_TTA_STEPS = 10  # --profile: adaptation steps in the profiled clip (enough to dwarf its one-time work)
+
+
 def case_tta(ctx: Context) -> dict:
     """engine.workers.tta.run_tta on a synthetic clip at the preset's TTA size: baseline continuation, a fresh LoRA
     tuned on the 33 conditioning frames, the continuation with it; per-part times. The engine's TTA runs dense
@@ -873,6 +876,26 @@ def case_tta(ctx: Context) -> dict:
                                      sample_steps=n_sample, lpips=args.lpips, compile_blocks=args.compile_blocks)
             return result, start, clock.mark()
 
+    def profile_adaptation(pattern: str) -> dict:
+        """One more clip, untimed (PROFILE_TTA_STEPS adaptation steps, 1 sampling step): its `adapt` call under
+        the profiler. That call includes its end-of-adaptation snapshot (one 1-step sample and its write)."""
+        profiles, real_adapt = {}, tta_mod.adapt
+
+        def adapt(*a, **kw):
+            out = []
+            profiles["adapt"] = profiled(ctx, lambda: out.append(real_adapt(*a, **kw)))
+            if not out:
+                raise RuntimeError(profiles["adapt"]["error"])
+            return out[0]
+
+        try:
+            with Patch() as patch:
+                patch.set(tta_mod, "adapt", adapt)
+                run(pattern, min(PROFILE_TTA_STEPS, tta_steps), 1, f"tta-profile-{pattern}")
+        except Exception as error:  # noqa: BLE001 - the timed rows are saved; the profile records its fault
+            profiles.setdefault("adapt", {"error": f"{type(error).__name__}: {error}"[:300]})
+        return profiles["adapt"]
+
     try:
         with Patch() as patch, sdpa_ctx, RadialCounter() as counter:
             spans(patch, clock, record, tta_mod.VideoSession, "generate", "generate")
@@ -910,6 +933,9 @@ def case_tta(ctx: Context) -> dict:
                 rows.append(row)
                 print(f"tta: {brief(row, 'clip_s', 'baseline_s', 'adapt_s', 'continuation_s', 'write_s')}", flush=True)
                 ctx.save("tta", data)
+                if args.profile:
+                    data.setdefault("profiles", {})[f"{pattern} adaptation"] = profile_adaptation(pattern)
+                    ctx.save("tta", data)
     finally:
         remove_radial_attention(transformer, fam)
     by = {r["pattern"]: r for r in rows if "clip_s" in r}
@@ -1072,7 +1098,8 @@ def parse_args(argv=None):
                         "attention call outside the block graphs (engine.attention.processor.ATTENTION_IN_GRAPH "
                         "off), the path before the custom operators; for their A/B")
     parser.add_argument("--profile", action="store_true", help="sample and train: after the rows at the last frame "
-                        "count, one untimed call per pattern under torch.profiler; kernel time per category")
+                        "count, one untimed call per pattern under torch.profiler; tta: one short clip's adaptation "
+                        "per pattern; kernel time per category")
     args = parser.parse_args(argv)
     args.argv = None if argv is None else list(argv)
     if args.case == "all":  # full-scale defaults for what was not given

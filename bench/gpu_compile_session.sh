@@ -5,6 +5,7 @@
 #   bash bench/gpu_compile_session.sh sample   # generate_video at 321 frames, 3 steps projected to 50: same
 #   bash bench/gpu_compile_session.sh tta      # one TTA clip at the preset's 256 px: compiled, then eager
 #   bash bench/gpu_compile_session.sh profile  # compiled train and sample with --profile: kernel time by category
+#   PROFILE_CASES=tta bash bench/gpu_compile_session.sh profile   # compiled TTA: each pattern's adaptation profiled
 #   bash bench/gpu_compile_session.sh fp8      # compiled sample with the fp8 radial forward, then with bf16 (baseline)
 #   bash bench/gpu_compile_session.sh graph train:in tta:in train:out   # compiled runs in this order, attention
 #                                              # in the block graphs (in: the custom operators) or outside them

@@ -80,3 +80,19 @@ def test_e2e_profile_adds_one_profile_per_pattern_and_leaves_the_rows_alone(tmp_
         text = printed.getvalue()
         assert f"### {case}: kernel time by category" in text
         assert text.count("\n| dense | ") == 1 and text.count("\n| radial | ") == 1
+
+
+def test_e2e_tta_profile_adds_each_patterns_adaptation_and_leaves_the_rows_alone(tmp_path):
+    e2e = _e2e()
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        e2e.main(["tta", "--preset", "tiny-wan", "--device", "cpu", "--warmup", "none", "--tta_steps", "2",
+                  "--sample_steps", "2", "--profile", "--out", str(tmp_path), "--work_dir", str(tmp_path / "work")])
+    data = json.loads((tmp_path / "e2e_tta.json").read_text())
+    assert [r["pattern"] for r in data["rows"]] == ["dense", "radial"] and all("clip_s" in r for r in data["rows"])
+    assert sorted(data["profiles"]) == ["dense adaptation", "radial adaptation"]
+    for name, p in data["profiles"].items():
+        assert "error" not in p, (name, p)
+        assert p["kernel_s"] > 0 and p["categories"]["matmul"]["s"] > 0, (name, p)
+    text = printed.getvalue()
+    assert "### tta: kernel time by category" in text and text.count("\n| radial adaptation | ") == 1
