@@ -254,12 +254,17 @@ def radial_attention_lse(
     return _masked_attention_lse(q, k, v, _token_mask(geom, dev))
 
 
-def _cpu_sdpa_lse(q, k, v, token_mask=None):
+@functools.lru_cache(maxsize=4)
+def _cpu_additive_mask(geom: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """`_token_mask` as the additive bias the CPU flash kernel takes (0 or -inf, in the queries' dtype)."""
+    mask = _token_mask(geom, "cpu")
+    return torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, float("-inf"))
+
+
+def _cpu_sdpa_lse(q, k, v, bias=None):
     """(out, lse) from the CPU flash kernel behind F.scaled_dot_product_attention: the very sums of the SDPA
     path (an einsum's order depends on where the operands lie in memory, and a tiny random model turns that
-    1e-7 into visible pixels, e.g. between one process and FSDP's gathered weights). It takes an additive mask."""
-    bias = None if token_mask is None else torch.zeros(token_mask.shape, dtype=q.dtype).masked_fill(
-        ~token_mask, float("-inf"))
+    1e-7 into visible pixels, e.g. between one process and FSDP's gathered weights)."""
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), 0.0, False, attn_mask=bias)
     return out.transpose(1, 2), lse.float()
@@ -269,13 +274,15 @@ class _PyTorchPart:
     """The radial (or, without a mask, dense) part in PyTorch, `RadialKernelPart`'s interface: the forward on
     SDPA's CPU kernel on a CPU, else in chunked float32; the backward in chunked float32."""
 
-    def __init__(self, token_mask):
-        self.token_mask = token_mask
-        self.mask = None if token_mask is None else chunked.token_mask_fn(token_mask)
+    def __init__(self, geom: tuple | None, device: str):
+        self.geom = geom  # None: dense
+        self.mask = None if geom is None else chunked.token_mask_fn(_token_mask(geom, device))
 
     def forward(self, q, k, v, out=None):
-        o, lse = (_cpu_sdpa_lse(q, k, v, self.token_mask) if q.device.type == "cpu"
-                  else chunked.attention_forward(q, k, v, self.mask))
+        if q.device.type == "cpu":
+            o, lse = _cpu_sdpa_lse(q, k, v, None if self.geom is None else _cpu_additive_mask(self.geom, q.dtype))
+        else:
+            o, lse = chunked.attention_forward(q, k, v, self.mask)
         if out is None:
             return o, lse
         out.copy_(o)
@@ -309,10 +316,10 @@ def radial_part(*, num_frames: int, tokens_per_frame: int, decay_factor: float =
     device = torch.device(device)
     backend = part_backend(backend, device)
     if backend == "dense":
-        return _PyTorchPart(None)
+        return _PyTorchPart(None, str(device))
     geom = _geometry(num_frames, tokens_per_frame, block_size, decay_factor, sink)
     if backend == "reference":
-        return _PyTorchPart(_token_mask(geom, str(device)))
+        return _PyTorchPart(geom, str(device))
     if backend == "triton_fp8":
         from .triton_radial_fp8 import RadialFp8Part, fp8_usable
 
