@@ -20,6 +20,10 @@ full 60-block model composed from the measured per-block times (`block_scaling.c
     python3 bench/hunyuan_e2e.py --frames 129 --train_frames 129  # the short rows only
     python3 bench/hunyuan_e2e.py --frames 513 --train_frames 513 --double_blocks 1 --single_blocks 2 \
         --reps 1 --warmup_frames 33 --skip_checks
+
+`--source hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-720p_t2v` builds HunyuanVideo 1.5 instead (54 double
+blocks, 2048 wide, Qwen2.5-VL 1000 text tokens with 64 valid, ByT5 256 with none; 720p is 3600 tokens per latent
+frame too): its 4x is 481 frames (121 latent), so e.g. `--frames 121,481 --double_blocks 6`.
 """
 
 from __future__ import annotations
@@ -34,11 +38,14 @@ from pathlib import Path
 import torch
 from block_scaling import compose  # bench/, the script's folder
 from cuda_timing import event_median_ms, prime_radial_geometry, row_warmup
+from family_inputs import latent_channels, text_embeds
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SOURCE = "hunyuanvideo-community/HunyuanVideo"
-TEXT_TOKENS, VALID_TEXT = 256, 64
+# official_configs source -> family: HunyuanVideo and HunyuanVideo 1.5 (54 double-stream blocks, 2048 wide, VAE 16x,
+# patch 1: 3600 tokens per 720p latent frame as well)
+FAMILIES = {SOURCE: "hunyuan", "hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-720p_t2v": "hunyuan15"}
 
 
 def cuda_time(fn, reps: int, warmup=True) -> float:
@@ -90,6 +97,7 @@ def joint_kernel_check() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    parser.add_argument("--source", default=SOURCE, choices=sorted(FAMILIES), help="the official config to build")
     parser.add_argument("--frames", default="129,513", help="pixel frames of the forward rows")
     parser.add_argument("--train_frames", default="129", help="pixel frames of the LoRA-step rows ('' for none)")
     parser.add_argument("--height", type=int, default=720)
@@ -102,7 +110,7 @@ def main() -> None:
                              "(compiles the kernels cheaply before a long row); 0: no warm-up")
     parser.add_argument("--skip_checks", action="store_true", help="skip the correctness checks at 33 frames")
     args = parser.parse_args()
-    from diffusers import HunyuanVideoTransformer3DModel
+    import diffusers
 
     from engine.attention.processor import (
         install_radial_attention,
@@ -111,43 +119,44 @@ def main() -> None:
     )
     from engine.attention.schedule import AttentionSettings
     from engine.lora import add_lora
-    from engine.models.hunyuan import FAMILY
+    from engine.models import family_named
     from engine.models.official_configs import official_config
 
-    cfg = official_config(SOURCE)
-    full_layers = cfg["num_layers"] + cfg["num_single_layers"]
+    FAMILY = family_named(FAMILIES[args.source])
+    cfg = official_config(args.source)
+    full_layers = cfg["num_layers"] + cfg.get("num_single_layers", 0)
     if args.double_blocks is not None:
         cfg["num_layers"] = args.double_blocks
     if args.single_blocks is not None:
+        if "num_single_layers" not in cfg:
+            parser.error(f"{args.source} has no single-stream blocks: leave --single_blocks out")
         cfg["num_single_layers"] = args.single_blocks
-    layers = cfg["num_layers"] + cfg["num_single_layers"]
+    singles = cfg.get("num_single_layers", 0)
+    layers = cfg["num_layers"] + singles
     reduced = layers < full_layers
     dev = torch.device("cuda")
     torch.manual_seed(0)
     t0 = time.time()
     torch.set_default_dtype(torch.bfloat16)  # build in bf16: no 52 GB float32 copy first
     with dev:
-        model = HunyuanVideoTransformer3DModel(**cfg).eval()
+        model = getattr(diffusers, FAMILY.transformer_class)(**cfg).eval()
     torch.set_default_dtype(torch.float32)
     tag_family(model, FAMILY)  # built here, not by the family's loader
-    print(f"built HunyuanVideo transformer ({cfg['num_layers']} double + {cfg['num_single_layers']} single blocks) "
+    print(f"built {args.source} transformer ({cfg['num_layers']} double + {singles} single blocks) "
           f"in {time.time() - t0:.1f} s; {torch.cuda.get_device_name()}", flush=True)
     radial = AttentionSettings(pattern="radial", dense_layers=0 if reduced else 2, dense_timesteps=2, decay_factor=1.0,
                                block_size=128, backend="triton")
-    text = torch.randn(1, TEXT_TOKENS, cfg["text_embed_dim"], device=dev, dtype=torch.bfloat16)
-    mask = torch.zeros(1, TEXT_TOKENS, device=dev, dtype=torch.bfloat16)
-    mask[:, :VALID_TEXT] = 1
-    pooled = torch.randn(1, cfg["pooled_projection_dim"], device=dev, dtype=torch.bfloat16)
+    text = text_embeds(FAMILY.name, cfg, dev)  # 64 valid text tokens, the rest padding
     t = torch.tensor([700.0], device=dev)
-    guidance = torch.tensor([6000.0], device=dev, dtype=torch.bfloat16)
-    lh, lw = args.height // 8, args.width // 8
+    layout = FAMILY.token_layout(1, args.height, args.width)
+    tokens_per_frame = layout.num_tokens
 
-    def forward(latents):
-        return model(hidden_states=latents, timestep=t, encoder_hidden_states=text, encoder_attention_mask=mask,
-                     pooled_projections=pooled, guidance=guidance, return_dict=False)[0]
+    def forward(latents):  # the family's own call: embedded guidance 6.0 (HunyuanVideo), condition channels (1.5)
+        return FAMILY.forward(model, latents, t, text)
 
     def latents_for(frames):
-        return torch.randn(1, cfg["in_channels"], FAMILY.latent_frames(frames), lh, lw, device=dev, dtype=torch.bfloat16)
+        return torch.randn(1, latent_channels(cfg), FAMILY.latent_frames(frames), layout.latent_height,
+                           layout.latent_width, device=dev, dtype=torch.bfloat16)
 
     # ---- correctness at 33 frames (9 latent frames)
     checks = {}
@@ -172,14 +181,14 @@ def main() -> None:
     checks.update(joint_kernel_check())
     print("joint kernel check:", json.dumps(checks), flush=True)
     for frames in sorted({int(f) for f in (args.frames + "," + args.train_frames).split(",") if f}):
-        prime_radial_geometry(FAMILY.latent_frames(frames), (lh // 2) * (lw // 2), radial, sink=False)
+        prime_radial_geometry(FAMILY.latent_frames(frames), tokens_per_frame, radial, sink=False)
 
     # ---- forward rows
     results = {}
     for frames in [int(f) for f in args.frames.split(",") if f]:
         latents = latents_for(frames)
         row = results.setdefault(frames, {"frames": frames, "latent_frames": latents.shape[2],
-                                          "tokens": latents.shape[2] * (lh // 2) * (lw // 2)})
+                                          "tokens": latents.shape[2] * tokens_per_frame})
         with torch.no_grad():
             remove_radial_attention(model)
             measured(row, "fwd_dense", lambda: forward(latents), args.reps, warmup(forward, latents))
@@ -196,10 +205,11 @@ def main() -> None:
                 p.data = p.data.float()
         model.enable_gradient_checkpointing()
         model.train()
+    last_block = f"single_transformer_blocks.{singles - 1}" if singles else f"transformer_blocks.{cfg['num_layers'] - 1}"
     for frames in train_frames:
         latents = latents_for(frames)
         row = results.setdefault(frames, {"frames": frames, "latent_frames": latents.shape[2],
-                                          "tokens": latents.shape[2] * (lh // 2) * (lw // 2)})
+                                          "tokens": latents.shape[2] * tokens_per_frame})
 
         def step_on(x):
             model.zero_grad(set_to_none=True)
@@ -216,7 +226,7 @@ def main() -> None:
             else:
                 install_radial_attention(model, settings).training = True
             measured(row, f"train_{name}", step, max(1, args.reps - 1), warmup(step_on, latents))
-        grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n and f"single_transformer_blocks.{cfg['num_single_layers'] - 1}.attn.to_q" in n]
+        grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n and f"{last_block}.attn.to_q" in n]
         checks[f"lora_grads_finite_nonzero_{frames}"] = bool(
             grads and all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads))
         print(json.dumps(row), flush=True)
@@ -230,10 +240,10 @@ def main() -> None:
                     r[f"{kind}_full_composed_dense_ms"], r[f"{kind}_full_composed_radial_ms"] = compose(
                         r[f"{kind}_dense_ms"], r[f"{kind}_radial_ms"], measured_layers=layers, full_layers=full_layers,
                         dense_layers=2)
-    stem = "hunyuan_e2e" + (f"_D{cfg['num_layers']}S{cfg['num_single_layers']}" if reduced else "")
+    stem = f"{FAMILY.name}_e2e" + (f"_D{cfg['num_layers']}S{singles}" if reduced else "")
     (Path(args.out) / f"{stem}.json").write_text(json.dumps({
         "checks": checks, "height": args.height, "width": args.width, "double_blocks": cfg["num_layers"],
-        "single_blocks": cfg["num_single_layers"], "results": rows}, indent=2))
+        "single_blocks": singles, "source": args.source, "results": rows}, indent=2))
 
     def cell(r, name, unit="ms"):
         if r.get(name) == "oom":

@@ -1,13 +1,14 @@
 """Peak GPU memory and step time of one length-extension training step, per memory option (GPU).
 
-Random weights at the official Wan2.1 configs (no download), bf16 base, rank-64 LoRA in fp32 on the
-preset's target modules, AdamW, bf16 autocast, gradient checkpointing, radial attention on the
+Random weights at the official configs (no download): Wan2.1 1.3B and 14B, and HunyuanVideo (`hunyuan`, 720p,
+whole models only; its prompt embeddings as bench/family_inputs.py shapes them), bf16 base, rank-64 LoRA in
+fp32 on the preset's target modules, AdamW, bf16 autocast, gradient checkpointing, radial attention on the
 Triton kernel, the project's own `length_extension_losses` (base pass dense, then the extended
 pass, each with its backward), then the optimizer step: what `train` does per micro-step.
 Memory is `torch.cuda.max_memory_allocated` over the step.
 
 Two parts:
-  fit   the 14B and 1.3B widths with 1 and 2 blocks at each token count: per-block kept memory and
+  fit   the 14B and 1.3B widths (Wan only) with 1 and 2 blocks at each token count: per-block kept memory and
         the one-block recompute peak, per option (the numbers the memory plan is fitted to);
   full  whole models at the recipes' sizes, per option (what the plan is checked against).
 Options, joined by "+": offload (offload_activations), fp8 (fp8_base), chunkN (ffn_chunks=N), swapN (block_swap=N:
@@ -17,6 +18,7 @@ fit is recorded as OOM. Results go to $OUT/train_memory.json after every run; a 
 
     python3 bench/train_memory.py --out $OUT --fit_layers 1 --fit_options none \\
         --full "14b:none@121,14b:fp8+offload+chunk8@161,14b:fp8+offload+chunk8@121"
+    python3 bench/train_memory.py --out $OUT --fit "" --base 17 --full "hunyuan:none@33,hunyuan:none@65"
 """
 
 from __future__ import annotations
@@ -33,11 +35,23 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.models.official_configs import OFFICIAL  # noqa: E402
+from family_inputs import latent_channels, text_embeds  # noqa: E402  (bench/, the script's folder)
 
-PRESET = {"1.3b": "wan2.1-t2v-1.3b", "14b": "wan2.1-t2v-14b"}
-DIMS = {"1.3b": OFFICIAL["Wan-AI/Wan2.1-T2V-1.3B-Diffusers"], "14b": OFFICIAL["Wan-AI/Wan2.1-T2V-14B-Diffusers"]}
-SIZE = {"1.3b": (480, 832), "14b": (768, 1280)}
+# model key -> (family, preset, official config source, height, width)
+MODELS = {
+    "1.3b": ("wan", "wan2.1-t2v-1.3b", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", 480, 832),
+    "14b": ("wan", "wan2.1-t2v-14b", "Wan-AI/Wan2.1-T2V-14B-Diffusers", 768, 1280),
+    "hunyuan": ("hunyuan", "hunyuanvideo", "hunyuanvideo-community/HunyuanVideo", 720, 1280),
+}
+PRESET = {k: m[1] for k, m in MODELS.items()}
+DIMS = {k: OFFICIAL[m[2]] for k, m in MODELS.items()}
+SIZE = {k: (m[3], m[4]) for k, m in MODELS.items()}
 OPTIONS = ("none", "offload", "chunk8", "fp8", "fp8+offload+chunk8")  # fp8 last: it cannot be undone on a model
+
+
+def full_layers(size: str) -> int:
+    cfg = DIMS[size]
+    return int(cfg["num_layers"]) + int(cfg.get("num_single_layers", 0))
 
 
 def gib(n: float) -> float:
@@ -50,7 +64,7 @@ class Bench:
         from engine.models import family_named
 
         self.out = out
-        self.fam = family_named("wan")
+        self.family_named = family_named
         self.config_from_preset = config_from_preset
         self.rows: list[dict] = []
 
@@ -60,17 +74,29 @@ class Bench:
                                                                 "rows": self.rows}, indent=2))
 
     def build(self, size: str, layers: int):
-        from diffusers import WanTransformer3DModel
+        """The model at `layers` blocks (the fit's 1- and 2-block models exist for the Wan family only)."""
+        import diffusers
 
         from engine.attention.processor import tag_family
         from engine.lora import add_lora
 
+        fam = self.family_named(MODELS[size][0])
+        cfg = dict(DIMS[size])
+        if layers != full_layers(size):
+            if "num_single_layers" in cfg:
+                raise ValueError(f"{size}: the block fit builds Wan models only; pass --fit ''")
+            cfg["num_layers"] = layers
         torch.manual_seed(0)
-        with torch.device("cuda"):
-            model = WanTransformer3DModel(**{**DIMS[size], "num_layers": layers}).to(torch.bfloat16)
-        tag_family(model, self.fam)
+        torch.set_default_dtype(torch.bfloat16)  # built in bf16: no float32 copy of a 13-14B model first
+        try:
+            with torch.device("cuda"):
+                model = getattr(diffusers, fam.transformer_class)(**cfg)
+        finally:
+            torch.set_default_dtype(torch.float32)
+        tag_family(model, fam)
         config = self.config_from_preset(PRESET[size], data_dir="-", output_dir="-")
-        params = add_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, config.target_modules, seed=0)
+        params = add_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout,
+                          config.target_modules or list(fam.lora_targets), seed=0)
         for p in params:
             p.data = p.data.float()
         return model.train(), params, config
@@ -99,9 +125,12 @@ class Bench:
         from engine.memory.chunking import chunk_feed_forward
         from engine.memory.fp8 import store_base_in_fp8
         from engine.memory.offload import enable_activation_offload
-        from engine.models import TextEmbeds
         from engine.workers.trainer import length_extension_losses
 
+        from engine.models.regional_compile import repeated_blocks
+
+        fam = self.family_named(MODELS[size][0])
+        blocks = len(repeated_blocks(model))
         parts = options.split("+")
         if getattr(model, "_bench_fsdp", False) and "fsdp" not in parts:
             raise ValueError(f"{options}: FSDP cannot be undone on this model; list fsdp runs last")
@@ -118,21 +147,24 @@ class Bench:
         swap = enable_block_swap(model, next((int(p[4:]) for p in parts if p.startswith("swap")), 0))
         # The fit's 1-2 block models are all radial (that also warms the kernel at each shape); whole models keep
         # the recipe's dense layers.
-        full = len(model.blocks) == DIMS[size]["num_layers"]
+        full = blocks == full_layers(size)
         settings = AttentionSettings(pattern=config.pattern, dense_layers=config.dense_layers if full else 0,
                                      dense_timesteps=config.dense_timesteps, decay_factor=config.decay_factor,
                                      block_size=config.block_size, backend="triton")
-        schedule = install_radial_attention(model, settings, self.fam)
+        schedule = install_radial_attention(model, settings, fam)
         schedule.training = True
         if "fsdp" in parts and not getattr(model, "_bench_fsdp", False):
             self.shard(model)
         params = getattr(model, "_bench_params", params)
         h, w = SIZE[size]
-        lf_base, lf_ext = self.fam.latent_frames(base), self.fam.latent_frames(extended)
+        lf_base, lf_ext = fam.latent_frames(base), fam.latent_frames(extended)
+        layout = fam.token_layout(extended, h, w)
+        tokens_ext, tokens_base = layout.num_tokens, fam.token_layout(base, h, w).num_tokens
         gen = torch.Generator(device="cuda").manual_seed(0)
-        latents = torch.randn(1, 16, lf_ext, h // 8, w // 8, device="cuda", dtype=torch.bfloat16, generator=gen)
+        shape = (1, latent_channels(DIMS[size]), lf_ext, layout.latent_height, layout.latent_width)
+        latents = torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=gen)
         noise = torch.randn(latents.shape, device="cuda", dtype=torch.bfloat16, generator=gen)
-        embeds = TextEmbeds(torch.randn(1, 512, 4096, device="cuda", dtype=torch.bfloat16, generator=gen))
+        embeds = text_embeds(fam.name, DIMS[size], "cuda", gen)
         sigmas = torch.tensor([0.7])
         optimizer = torch.optim.AdamW(params, lr=1e-5)
         cfg = self.config_from_preset(PRESET[size], data_dir="-", output_dir="-", base_num_frames=base,
@@ -140,21 +172,21 @@ class Bench:
         reserve_s = None
         if offload is not None:  # steady state: the slabs a first step allocates (timed separately)
             t_reserve = time.perf_counter()
-            tokens = lf_ext * (h // 16) * (w // 16)
-            offload.pool.reserve(len(model.blocks), tokens * DIMS[size]["num_attention_heads"] * 128 * 2)
+            width = DIMS[size]["num_attention_heads"] * DIMS[size]["attention_head_dim"]
+            offload.pool.reserve(blocks, tokens_ext * width * 2)
             reserve_s = time.perf_counter() - t_reserve
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         start_alloc = torch.cuda.memory_allocated()
-        row = {"size": size, "layers": len(model.blocks), "options": options, "base": base, "extended": extended,
-               "tokens_extended": lf_ext * (h // 16) * (w // 16), "tokens_base": lf_base * (h // 16) * (w // 16),
+        row = {"size": size, "layers": blocks, "options": options, "base": base, "extended": extended,
+               "tokens_extended": tokens_ext, "tokens_base": tokens_base,
                "static_gib": gib(start_alloc), "reserve_seconds": reserve_s}
         t0 = time.perf_counter()
         try:
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                losses = length_extension_losses(self.fam, model, schedule, latents, embeds, noise, sigmas, lf_base,
+                losses = length_extension_losses(fam, model, schedule, latents, embeds, noise, sigmas, lf_base,
                                                  cfg, backward=lambda loss, sync: loss.backward())
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -214,7 +246,7 @@ def main() -> None:
         by_size.setdefault(size, []).append((options, int(extended)))
     for size, runs in by_size.items():
         t0 = time.perf_counter()
-        model, params, config = bench.build(size, DIMS[size]["num_layers"])
+        model, params, config = bench.build(size, full_layers(size))
         print(f"built {size} in {time.perf_counter() - t0:.0f} s", flush=True)
         for options, extended in runs:  # in the order given (fp8 runs last: fp8 cannot be undone)
             bench.step(model, params, config, options, args.base, extended, size)

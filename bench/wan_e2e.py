@@ -11,7 +11,8 @@ frame). In one run:
 Prints a table last; writes JSON to --out.
 
 Other models of the Wan architecture through `--config` (a source in engine/models/official_configs.py,
-e.g. one Wan2.2-T2V-A14B expert at 720p with its preset's block size 64). `--layers N` builds only the
+e.g. one Wan2.2-T2V-A14B expert at 720p with its preset's block size 64, or TI2V-5B with its 16x VAE and
+per-token timesteps). `--layers N` builds only the
 first N blocks, so long rows fit a short device lease: the radial rows then run every block radial
 (`dense_layers=0`), and the table adds the full model composed from the measured per-block times
 (`block_scaling.compose`: the preset's dense layers at the dense per-block time, the rest radial).
@@ -21,6 +22,7 @@ first N blocks, so long rows fit a short device lease: the radial rows then run 
         --block_size 64 --frames 21 --reps 1
     python3 bench/wan_e2e.py --config Wan-AI/Wan2.2-T2V-A14B-Diffusers --height 720 --width 1280 \
         --block_size 64 --frames 81 --layers 4 --reps 1 --warmup_frames 5 --skip_checks
+    python3 bench/wan_e2e.py --config Wan-AI/Wan2.2-TI2V-5B-Diffusers --height 704 --width 1280 --frames 31,121
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from cuda_timing import event_median_ms, prime_radial_geometry, row_warmup
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# official_configs sources of another family than Wan2.1's (token layout and forward)
+FAMILIES = {"Wan-AI/Wan2.2-TI2V-5B-Diffusers": "wan22_ti2v"}
 WAN_1_3B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
                 text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
                 qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
@@ -79,8 +83,10 @@ def main() -> None:
     from engine.attention.schedule import AttentionSettings
     from engine.attention.processor import tag_family
     from engine.lora import add_lora
+    from engine.models import TextEmbeds, family_named
     from engine.models.official_configs import official_config
-    from engine.models.wan import FAMILY
+
+    FAMILY = family_named(FAMILIES.get(args.config, "wan"))
 
     cfg = dict(WAN_1_3B) if args.config is None else official_config(args.config)
     full_layers = cfg["num_layers"]
@@ -100,14 +106,15 @@ def main() -> None:
           f"{torch.cuda.get_device_name()}", flush=True)
     radial = AttentionSettings(pattern="radial", dense_layers=0 if reduced else args.dense_layers, dense_timesteps=2,
                                decay_factor=args.decay, block_size=args.block_size, backend="triton")
-    lh, lw = args.height // 16, args.width // 16  # tokens per latent row / column (VAE 8x, patch 2)
+    layout = FAMILY.token_layout(1, args.height, args.width)  # VAE 8x (16x on TI2V-5B), patch 2
+    lh, lw = layout.latent_height // 2, layout.latent_width // 2  # tokens per latent row / column
     channels = cfg["in_channels"]
-    text = torch.randn(1, 512, 4096, device=dev, dtype=torch.bfloat16)
+    text = TextEmbeds(torch.randn(1, 512, 4096, device=dev, dtype=torch.bfloat16))
     t = torch.tensor([700.0], device=dev)
     checks = {}
 
-    def forward(latents):
-        return model(hidden_states=latents, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+    def forward(latents):  # the family's call: per-token timesteps on TI2V-5B, as its pipeline passes them
+        return FAMILY.forward(model, latents, t, text)
 
     # ---- correctness at 21 latent frames
     if not args.skip_checks:
