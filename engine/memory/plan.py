@@ -71,8 +71,9 @@ class Estimate:
 
 @lru_cache(maxsize=8)
 def _parameter_counts(transformer_class: str, config_json: str, targets: tuple[str, ...], rank: int) -> tuple:
-    """(all base parameters, those fp8 storage would cast, LoRA parameters, and per block the frozen weights block
-    swap moves and those of them fp8 storage casts), counted on the meta device."""
+    """(all base parameters, those fp8 storage would cast, LoRA parameters, and for each block in forward order the
+    frozen weights block swap moves and those of them fp8 storage casts), counted on the meta device. Blocks differ
+    in size in some families (HunyuanVideo's double-stream blocks hold twice a single-stream block's weights)."""
     import json
 
     import diffusers
@@ -93,16 +94,18 @@ def _parameter_counts(transformer_class: str, config_json: str, targets: tuple[s
             cast += sum(p.numel() for p in module.parameters(recurse=False))
         if kind == "Linear" and any(name == t or name.endswith("." + t) for t in targets):
             lora += rank * (module.in_features + module.out_features)
-    first = block_modules(model, "block_swap")[0]
-    prefix = next(n for n, m in model.named_modules() if m is first)
-    moved = moved_cast = 0
-    for name, module in first.named_modules():
-        if isinstance(module, _MOVABLE):
-            n = sum(p.numel() for p in module.parameters(recurse=False))
-            moved += n
-            if not any(re.search(pat, f"{prefix}.{name}") for pat in skip):
-                moved_cast += n
-    return total, cast, lora, moved, moved_cast
+    prefixes = {id(m): n for n, m in model.named_modules()}
+    blocks = []
+    for block in block_modules(model, "block_swap"):
+        moved = moved_cast = 0
+        for name, module in block.named_modules():
+            if isinstance(module, _MOVABLE):
+                n = sum(p.numel() for p in module.parameters(recurse=False))
+                moved += n
+                if not any(re.search(pat, f"{prefixes[id(block)]}.{name}") for pat in skip):
+                    moved_cast += n
+        blocks.append((moved, moved_cast))
+    return total, cast, lora, tuple(blocks)
 
 
 def _context(config, preset: dict):
@@ -121,14 +124,14 @@ def _context(config, preset: dict):
     tokens = fam.token_layout(config.extended_num_frames, config.height, config.width).num_tokens * config.batch_size
     # A two-expert model keeps both on the GPU and trains a LoRA on those named; a step runs one of them.
     loaded, trained = fam.expert_counts(config.lora_experts)
-    total, cast, lora, moved, moved_cast = counts
-    return profile, (total * loaded, cast * loaded, lora * trained, moved, moved_cast), tokens, (loaded, trained)
+    total, cast, lora, blocks = counts
+    return profile, (total * loaded, cast * loaded, lora * trained, blocks), tokens, (loaded, trained)
 
 
 def estimate(config, preset: dict, fp8_base: bool, offload_activations: bool, ffn_chunks: int,
              processes: int = 1, block_swap: int = 0) -> Estimate:
     """The predicted peak of one training step of `config` with these options, per GPU of `processes`."""
-    profile, (total, cast, lora, moved, moved_cast), tokens, (loaded, _) = _context(config, preset)
+    profile, (total, cast, lora, blocks), tokens, (loaded, _) = _context(config, preset)
     tokens = tokens / max(1, int(config.context_parallel))
     shards = max(1, int(processes)) if config.fsdp else 1
     block_input = tokens * profile.width * 2
@@ -144,14 +147,17 @@ def estimate(config, preset: dict, fp8_base: bool, offload_activations: bool, ff
     }
     if config.fsdp:  # measured at one process too: +0.3 GiB (1.3B), +1.8 GiB (14B), docs/BENCHMARKS.md run 19
         parts["gathered_blocks"] = 2 * (total * 2 + lora * 4) / (profile.layers * loaded) / GIB
-    block_bytes = moved * 2 - (moved_cast if fp8_base else 0)  # one block's swappable weights as stored
+    # the first `block_swap` blocks' swappable weights as stored (a two-expert model's trained experts in turn);
+    # the largest two of them may be on the GPU at once
+    swapped = [moved * 2 - (moved_cast if fp8_base else 0)
+               for moved, moved_cast in (blocks[i % len(blocks)] for i in range(block_swap))]
     if block_swap:
-        parts["weights"] -= (block_swap - min(block_swap, IN_FLIGHT_SWAPPED)) * block_bytes / GIB
+        parts["weights"] -= (sum(swapped) - sum(sorted(swapped)[-IN_FLIGHT_SWAPPED:])) / GIB
     from .offload import SLAB_ROUND  # the pool's slabs: one per block, rounded up
 
     slab = -(-block_input // SLAB_ROUND) * SLAB_ROUND
     host = profile.layers * slab / GIB if offload_activations else 0.0  # per process
-    host += block_swap * block_bytes / GIB
+    host += sum(swapped) / GIB
     return Estimate(fp8_base, offload_activations, ffn_chunks, sum(parts.values()), host, parts, block_swap)
 
 

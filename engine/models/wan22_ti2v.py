@@ -1,8 +1,8 @@
 """Wan2.2 TI2V-5B: one Wan transformer on the Wan2.2 VAE (48 latent channels, 16x spatial compression).
 
 The VAE patchifies 2x2 before its 8x convolutional downsampling (`patch_size` 2, `scale_factor_spatial` 16),
-and the transformer patches 2x2 on top: sizes are multiples of 32, a 1280x704 frame is 40x22 latents and
-20x11 tokens. Time is compressed 4x like Wan2.1 (latent frames 1 + (n - 1) // 4). The pipeline runs with
+and the transformer patches 2x2 on top: sizes are multiples of 32, a 1280x704 frame is 80x44 latents and
+40x22 tokens. Time is compressed 4x like Wan2.1 (latent frames 1 + (n - 1) // 4). The pipeline runs with
 `expand_timesteps=True`: one timestep per token ([B, seq_len]), which is also how the model takes a clean
 first frame (its image-to-video mode), so `forward` passes per-token timesteps as the pipeline does and
 continuation defaults to a clean prefix at timestep 0 ("per_token").

@@ -60,6 +60,26 @@ def test_tta_lowers_its_training_loss_and_leaves_the_base_untouched(clips):
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_a_failure_inside_adapt_still_takes_the_lora_off_the_cached_pipeline(clips):
+    """A fault mid-adaptation (here a callback raising at step 2) must not leave the LoRA on the shared transformer:
+    the next video would start from it."""
+    session = _session("tiny-wan", clips["a"])
+    transformer = session.pipe.transformer
+    before = _weights(transformer)
+
+    def fail_at_two(info):
+        if info["step"] == 2:
+            raise RuntimeError("callback fault")
+
+    with pytest.raises(RuntimeError, match="callback fault"):
+        adapt(session, AdaptSettings(rank=4, lr=1e-2, steps=5, seed=0), on_step=fail_at_two)
+    assert not getattr(transformer, "peft_config", None)
+    assert not any("lora" in name for name, _ in transformer.named_modules())
+    after = _weights(transformer)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert not transformer.training
+
+
 @pytest.mark.parametrize("preset_name", ["tiny-skyreels-df", "tiny-wan-vace"])
 def test_continuation_objective_trains_on_each_backbone(clips, preset_name):
     session = _session(preset_name, clips["a"])
