@@ -11,9 +11,11 @@ When a swapped block gives its weights back:
   - without gradients (sampling, validation) and in the first forward of a training step: after its
     forward (gradient checkpointing saves only the block's inputs, so nothing holds the weights);
   - in the backward, where checkpointing recomputes the block: only once the gradient of the block's
-    input exists, i.e. its backward is over. Nested checkpoints inside the block (ffn_chunks) recompute
-    during that backward and read the weights then; a block whose input needs no gradient (the first)
-    gives them back when the backward ends.
+    input exists, i.e. its backward is over, or once the block before it starts its recompute (autograd
+    has run every node of the later block by then). Nested checkpoints inside the block (ffn_chunks)
+    recompute during that backward and read the weights then; a layer that runs while its block's
+    weights are on the host (a nested checkpoint in a block that is not checkpointed itself) loads
+    them again; a block whose input needs no gradient (the first) gives them back when the backward ends.
 So at most two swapped blocks are on the GPU at once: the one running and the one being copied in.
 
 Why not diffusers' group offloading (`apply_group_offloading`): it moves every parameter of a group,
@@ -101,6 +103,9 @@ class BlockSwap:
             self._handles.append(block.register_forward_pre_hook(self._before(i)))
             if i in self.swapped:
                 self._handles.append(block.register_forward_hook(self._after(i)))
+                for m in block.modules():  # a nested recompute calls these without the block (see _reload)
+                    if isinstance(m, _MOVABLE) and any(not p.requires_grad for p in m.parameters(recurse=False)):
+                        self._handles.append(m.register_forward_pre_hook(self._reload(i)))
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -161,6 +166,14 @@ class BlockSwap:
                 self._callback_queued = True
                 torch.autograd.Variable._execution_engine.queue_callback(self._release_all)
             if i in self.swapped:
+                if backward:
+                    # A recompute starts here, so every later block's recompute is over (autograd runs their
+                    # nodes first) and what their backward still reads of the weights it holds as saved tensors.
+                    # The gradient hook alone is late where a block takes two inputs from the one before
+                    # (HunyuanVideo's video and text streams): it fires only at the node making args[0].
+                    for j in self.loaded():
+                        if j != i:
+                            self.swapped[j].release()
                 self._ready(self.swapped[i])
                 if torch.is_grad_enabled() and not backward and args and torch.is_tensor(args[0]) \
                         and args[0].requires_grad:
@@ -168,6 +181,19 @@ class BlockSwap:
                     # gradient exists; it recomputes (and needs the weights) up to then.
                     args[0].register_hook(self._released_by_gradient(i))
             self._prefetch_after(i, -1 if backward else 1)
+        return hook
+
+    def _reload(self, i: int):
+        def hook(module, args):
+            # A layer of block i runs while its weights are on the host: a nested checkpoint (ffn_chunks) in a
+            # block that is not itself checkpointed (HunyuanVideo's text refiner) recomputes in the backward
+            # without calling the block. Load them; they go when the backward ends.
+            s = self.swapped[i]
+            if s.buffer is None:
+                if _in_backward() and not self._callback_queued:
+                    self._callback_queued = True
+                    torch.autograd.Variable._execution_engine.queue_callback(self._release_all)
+                self._ready(s)
         return hook
 
     def _after(self, i: int):

@@ -13,7 +13,9 @@ differs.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -267,9 +269,47 @@ class ModelFamily:
         """Transformer blocks counted by `dense_layers`, or None when unknown without loading."""
         return None
 
+    def _transformer_config(self, preset: dict) -> dict | None:
+        """The transformer's config.json without loading the model: the tiny preset's, a local folder's, the HF
+        cache's for a Hub id, else the published one (official_configs); None when none is known."""
+        if preset["source"] == "tiny":
+            return dict(preset["tiny"]["transformer"])
+        folder = Path(os.path.expanduser(preset["source"]))
+        candidates = [folder / "transformer" / "config.json"]
+        if not folder.is_dir():  # a Hub id: the config may be in the HF cache already
+            try:
+                from huggingface_hub import try_to_load_from_cache
+
+                hit = try_to_load_from_cache(preset["source"], "transformer/config.json", revision=preset["revision"])
+                candidates = [Path(hit)] if isinstance(hit, str) else []
+            except Exception:  # noqa: BLE001 - unknown is an acceptable answer
+                candidates = []
+        for path in candidates:
+            try:
+                return json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+        from .official_configs import official_config
+
+        return official_config(preset["source"])  # not downloaded yet: the published config
+
+    # The memory plan's per-token fit ({"bytes_per_token_width", "bytes_per_token_ffn", "inflight_blocks"}, see
+    # MemoryProfile) and what it was fitted to; None: this family's memory use has not been measured.
+    MEMORY_FIT: dict | None = None
+    MEMORY_MEASURED: str = ""
+
+    def ffn_width(self, cfg: dict) -> int:
+        """The feed-forward's hidden width in a transformer config."""
+        raise NotImplementedError
+
     def memory_profile(self, preset: dict) -> MemoryProfile | None:
         """What the memory plan needs (None: this family's memory use has not been measured)."""
-        return None
+        cfg = self._transformer_config(preset) if self.MEMORY_FIT else None
+        if not cfg:
+            return None
+        return MemoryProfile(transformer_class=self.transformer_class, transformer_config=cfg,
+                             width=self.model_width(preset), ffn_width=self.ffn_width(cfg),
+                             layers=self.num_layers(preset), measured=self.MEMORY_MEASURED, **self.MEMORY_FIT)
 
     def offload_encoders(self, pipe) -> None:
         """Move what training on cached latents does not need (VAE, text encoders) to the CPU."""

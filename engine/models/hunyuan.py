@@ -242,12 +242,9 @@ class HunyuanVideoFamily(ModelFamily):
             return f"tiny:{tiny_model_dir(preset['tiny'], self.name).name}"
         return super().model_identity(preset)
 
-    def _transformer_config(self, preset: dict) -> dict | None:
-        if preset["source"] == "tiny":
-            return dict(preset["tiny"]["transformer"])
-        from .official_configs import official_config
-
-        return official_config(preset["source"])  # the published config (a local folder: unknown until loaded)
+    def ffn_width(self, cfg: dict) -> int:  # double blocks' FeedForward and single blocks' proj_mlp alike
+        return int(int(cfg.get("num_attention_heads", 24)) * int(cfg.get("attention_head_dim", 128))
+                   * float(cfg.get("mlp_ratio", 4.0)))
 
     def model_width(self, preset: dict) -> int | None:
         cfg = self._transformer_config(preset)

@@ -192,6 +192,7 @@ class HunyuanVideo15Family(HunyuanVideoFamily):
     card_tags = ("hunyuanvideo", "hunyuanvideo-1.5")
     pipeline_class = "HunyuanVideo15Pipeline"
     transformer_class = "HunyuanVideo15Transformer3DModel"
+    MEMORY_FIT = None  # another architecture than HunyuanVideo's fit: not measured yet
 
     # -- loading
     def build_tiny_pipeline(self, tiny: dict):

@@ -23,7 +23,7 @@ import torch
 from ..attention.processor import attend_layer, tag_family
 from ..errors import ModelLoadError
 from ..paths import cache_dir
-from .base import (AttentionLayer, Capabilities, ContinuationMode, MemoryProfile, ModelFamily, TextEmbeds,
+from .base import (AttentionLayer, Capabilities, ContinuationMode, ModelFamily, TextEmbeds,
                    step_callback)
 
 NAME = "wan"
@@ -251,41 +251,14 @@ class WanFamily(ModelFamily):
             return f"tiny:{hashlib.sha256(config.encode()).hexdigest()[:16]}"
         return super().model_identity(preset)
 
-    def _transformer_config(self, preset: dict) -> dict | None:
-        if preset["source"] == "tiny":
-            return dict(preset["tiny"]["transformer"])
-        folder = Path(os.path.expanduser(preset["source"]))
-        candidates = [folder / "transformer" / "config.json"]
-        if not folder.is_dir():  # a Hub id: the config may be in the HF cache already
-            try:
-                from huggingface_hub import try_to_load_from_cache
-
-                hit = try_to_load_from_cache(preset["source"], "transformer/config.json", revision=preset["revision"])
-                candidates = [Path(hit)] if isinstance(hit, str) else []
-            except Exception:  # noqa: BLE001 - unknown is an acceptable answer
-                candidates = []
-        for path in candidates:
-            try:
-                return json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-        from .official_configs import official_config
-
-        return official_config(preset["source"])  # not downloaded yet: the published config
-
     # One block's recompute peak per token and the offload overlap, fitted to the H200 whole-model rows of
     # docs/bench_runs/run17_train_memory.json (Wan2.1 14B at 69 -> 121 and 1.3B at 69 -> 161, no options);
     # docs/memory.md shows how close the fit comes on every other row.
     MEMORY_FIT = {"bytes_per_token_width": 62.2, "bytes_per_token_ffn": 3.73, "inflight_blocks": 5.0}
+    MEMORY_MEASURED = "Wan2.1 1.3B and 14B on an H200, 2026-12-02 (BENCHMARKS run 17)"
 
-    def memory_profile(self, preset: dict) -> MemoryProfile | None:
-        cfg = self._transformer_config(preset)
-        if not cfg:
-            return None
-        return MemoryProfile(transformer_class=self.transformer_class, transformer_config=cfg,
-                             width=int(cfg["num_attention_heads"]) * int(cfg["attention_head_dim"]),
-                             ffn_width=int(cfg["ffn_dim"]), layers=int(cfg["num_layers"]),
-                             measured="Wan2.1 1.3B and 14B on an H200, 2026-12-02 (BENCHMARKS run 17)", **self.MEMORY_FIT)
+    def ffn_width(self, cfg: dict) -> int:
+        return int(cfg["ffn_dim"])
 
     def model_width(self, preset: dict) -> int | None:
         cfg = self._transformer_config(preset)

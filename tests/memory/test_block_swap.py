@@ -179,3 +179,60 @@ def test_prefetching_stays_within_one_experts_blocks():
             assert swap.loaded() == [], name  # nothing left loaded for a block that did not run
     finally:
         swap.remove()
+
+
+@pytest.mark.parametrize("ffn_chunks", [1, 2])
+def test_hunyuanvideo_blocks_of_both_kinds_and_its_embedders_swap_and_train_as_without(ffn_chunks):
+    """HunyuanVideo lists its patch embedder and text refiner as blocks too (diffusers' _no_split_modules), ahead
+    of 2 double- and 2 single-stream blocks of other sizes; the refiner's attention carries LoRA (its to_q/...)."""
+    from engine.lora import add_lora
+    from engine.models import TextEmbeds, family_named
+    from engine.presets import load_preset
+
+    fam = family_named("hunyuan")
+    tiny = load_preset("tiny-hunyuanvideo")["tiny"]
+
+    def build():
+        torch.manual_seed(0)
+        model = fam.build_tiny_pipeline(tiny).transformer
+        add_lora(model, 4, 4, 0.0, list(fam.lora_targets), seed=0)
+        with torch.no_grad():
+            gen = torch.Generator().manual_seed(1)
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+        model.enable_gradient_checkpointing()
+        chunk_feed_forward(model, ffn_chunks)  # the double blocks' FeedForwards, nested checkpoints
+        return model.train()
+
+    gen = torch.Generator().manual_seed(5)
+    latents = torch.randn(1, 16, 3, 8, 8, generator=gen)
+    cfg = build().config
+    text = TextEmbeds(torch.randn(1, 12, cfg.text_embed_dim, generator=gen),
+                      torch.randn(1, cfg.pooled_projection_dim, generator=gen), torch.tensor([[1] * 7 + [0] * 5]))
+
+    def steps(model, swap=None):
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        losses = []
+        for _ in range(2):
+            loss = fam.forward(model, latents, torch.tensor([600.0]), text).square().mean()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            if swap is not None:
+                assert swap.loaded() == []
+        return losses, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    expected_losses, expected = steps(build())
+    model = build()
+    swap = enable_block_swap(model, 6)  # every block: the two embedders, 2 double, 2 single
+    kinds = [type(b).__name__ for b in swap.blocks]
+    assert kinds[:2] == ["HunyuanVideoPatchEmbed", "HunyuanVideoTokenRefiner"] and len(kinds) == 6
+    watch = _Watch(swap)
+    losses, got = steps(model, swap)
+    assert losses == expected_losses
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+    assert watch.uses > 0 and watch.from_host == []
+    assert watch.most_loaded <= 2
