@@ -58,9 +58,13 @@ def test_a_real_profile_counts_each_operator_once():
     assert p["kernel_s"] == pytest.approx(sum(c["s"] for c in p["categories"].values()))
     mm = next(k for k in p["top"] if k["name"] == "aten::mm")
     assert mm["calls"] == 3 and mm["category"] == "matmul"
+    # the wall time holds every operator's self time; the host list names the same operators
+    assert p["wall_s"] >= p["kernel_s"] > 0
+    host_mm = next(k for k in p["host_top"] if k["name"] == "aten::mm")
+    assert host_mm["calls"] == 3 and host_mm["s"] == pytest.approx(mm["s"])
     assert [k["s"] for k in p["top"]] == sorted((k["s"] for k in p["top"]), reverse=True)
     lines = kernel_profile.share_table([("matmuls", p), ("broken", {"error": "RuntimeError: no CUPTI"})])
-    assert lines[0].startswith("| call | kernel s | radial attention |") and len(lines) == 4
+    assert lines[0].startswith("| call | wall s | kernel s | radial attention |") and len(lines) == 4
     assert lines[3] == "| broken | profiler failed: RuntimeError: no CUPTI |"
 
 
