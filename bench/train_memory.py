@@ -127,10 +127,10 @@ class Bench:
         from engine.memory.offload import enable_activation_offload
         from engine.workers.trainer import length_extension_losses
 
-        from engine.models.regional_compile import repeated_blocks
-
         fam = self.family_named(MODELS[size][0])
-        blocks = len(repeated_blocks(model))
+        # the checkpointed transformer blocks (one attention layer each); run 30 counted diffusers' repeated blocks,
+        # which list HunyuanVideo's patch embedder and text refiner too (62)
+        blocks = len(fam.attention_layers(model))
         parts = options.split("+")
         if getattr(model, "_bench_fsdp", False) and "fsdp" not in parts:
             raise ValueError(f"{options}: FSDP cannot be undone on this model; list fsdp runs last")

@@ -242,6 +242,13 @@ class HunyuanVideoFamily(ModelFamily):
             return f"tiny:{tiny_model_dir(preset['tiny'], self.name).name}"
         return super().model_identity(preset)
 
+    # Fitted by bench/memory_fit.py to the whole-model rows of docs/bench_runs/run30_train_memory_hunyuan.json (33 ->
+    # 49 and 65 frames with no option, 65 with 8 feed-forward slices, 97 with offload). Slices do not lower the peak
+    # (the single-stream blocks' fused MLP is no FeedForward): the ffn term is ~0. With offload_activations the
+    # peak holds ~40 block inputs' worth more than the inputs in flight (Wan: under 1); not explained yet.
+    MEMORY_FIT = {"bytes_per_token_width": 71.45, "bytes_per_token_ffn": 0.01, "inflight_blocks": 40.5}
+    MEMORY_MEASURED = "HunyuanVideo (13B) on an H100, 2026-12-07 (BENCHMARKS run 30)"
+
     def ffn_width(self, cfg: dict) -> int:  # double blocks' FeedForward and single blocks' proj_mlp alike
         return int(int(cfg.get("num_attention_heads", 24)) * int(cfg.get("attention_head_dim", 128))
                    * float(cfg.get("mlp_ratio", 4.0)))

@@ -184,3 +184,41 @@ def test_a_two_expert_model_counts_both_experts_and_swaps_the_blocks_of_those_tr
     _config("wan2.2-t2v-a14b", block_swap=80)
     with pytest.raises(ConfigError, match=r"'block_swap'=41: the trained model has 40 blocks"):
         _config("wan2.2-t2v-a14b", lora_experts="low", validation_timesteps=[0.5], block_swap=41)
+
+
+def test_hunyuanvideo_has_a_measured_plan_that_reproduces_its_rows_and_explains_the_out_of_memory():
+    """Run 30 (H100, whole 13B model): four rows fitted (two no-option lengths, 8 slices, offload), and the
+    preset's 129-frame length with offload + 8 slices ran out of memory on the 80 GB card."""
+    rows = json.loads((RUNS / "run30_train_memory_hunyuan.json").read_text())["rows"]
+    measured = [r for r in rows if not r.get("oom")]
+    assert len(measured) == 4
+    for r in measured:
+        config = _config("hunyuanvideo", base_num_frames=r["base"], extended_num_frames=r["extended"])
+        e = estimate(config, config.preset_dict(), *_options(r["options"]))
+        assert -0.02 <= e.peak_gib / r["peak_gib"] - 1 <= 0.08, (r, e.peak_gib)
+    oom = next(r for r in rows if r.get("oom"))
+    config = _config("hunyuanvideo", base_num_frames=oom["base"], extended_num_frames=oom["extended"])
+    assert estimate(config, config.preset_dict(), *_options(oom["options"])).peak_gib > 76  # an 80 GB card's budget
+    # The preset's recipe (65 -> 129) on an 80 GB card: offload, slices and a few swapped blocks; HunyuanVideo 1.5
+    # (another architecture) is still unmeasured and refused.
+    recipe = _config("hunyuanvideo")
+    _, chosen = plan(recipe, recipe.preset_dict(), 76)
+    assert chosen.offload_activations and 0 < chosen.block_swap < 60 and chosen.peak_gib <= 76
+    with pytest.raises(InputError, match="no memory plan for model family 'hunyuan15'"):
+        plan(_config("hunyuanvideo-1.5"), _config("hunyuanvideo-1.5").preset_dict(), 76)
+
+
+def test_block_swap_counts_each_hunyuanvideo_blocks_own_weights():
+    """Its first blocks are the patch embedder (0.2M parameters) and the text refiner (309M), then 20 double-stream
+    (340M each) and 40 single-stream blocks (142M): the host gets each swapped block's weights, the GPU keeps
+    the largest two."""
+    config = _config("hunyuanvideo")
+    none = estimate(config, config.preset_dict(), False, False, 1)
+    two = estimate(config, config.preset_dict(), False, False, 1, block_swap=2)
+    assert two.peak_gib == pytest.approx(none.peak_gib)  # both swapped blocks may be on the GPU at once
+    doubles = estimate(config, config.preset_dict(), False, False, 1, block_swap=22)
+    singles = estimate(config, config.preset_dict(), False, False, 1, block_swap=62 - 40 + 10)
+    double_gib = (doubles.host_gib - two.host_gib) / 20
+    single_gib = (singles.host_gib - doubles.host_gib) / 10
+    assert 0.6 < double_gib < 0.66 and 0.25 < single_gib < 0.28  # bf16: 340M and 142M parameters, less norms
+    assert none.parts["weights"] - doubles.parts["weights"] == pytest.approx(doubles.host_gib - 2 * double_gib)
