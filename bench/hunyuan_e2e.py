@@ -109,6 +109,10 @@ def main() -> None:
                         help="warm up each timed row at this many pixel frames instead of the row's own length "
                              "(compiles the kernels cheaply before a long row); 0: no warm-up")
     parser.add_argument("--skip_checks", action="store_true", help="skip the correctness checks at 33 frames")
+    parser.add_argument("--dense_baseline", choices=("stock", "ours"), default=None,
+                        help="dense rows on the stock diffusers processors or on ours with every layer dense (default: "
+                             "stock for HunyuanVideo, ours for 1.5, whose stock processor builds an N x N pair mask "
+                             "that does not fit at 720p: run 30)")
     args = parser.parse_args()
     import diffusers
 
@@ -146,6 +150,14 @@ def main() -> None:
           f"in {time.time() - t0:.1f} s; {torch.cuda.get_device_name()}", flush=True)
     radial = AttentionSettings(pattern="radial", dense_layers=0 if reduced else 2, dense_timesteps=2, decay_factor=1.0,
                                block_size=128, backend="triton")
+    baseline = args.dense_baseline or ("ours" if FAMILY.name == "hunyuan15" else "stock")
+
+    def dense_attention():  # the dense rows' processors
+        if baseline == "stock":
+            remove_radial_attention(model)
+        else:  # the radial processors with every layer dense: SDPA with a key mask, as the radial rows' text parts
+            install_radial_attention(model, AttentionSettings(pattern="radial", dense_layers=layers))
+
     text = text_embeds(FAMILY.name, cfg, dev)  # 64 valid text tokens, the rest padding
     t = torch.tensor([700.0], device=dev)
     layout = FAMILY.token_layout(1, args.height, args.width)
@@ -190,7 +202,7 @@ def main() -> None:
         row = results.setdefault(frames, {"frames": frames, "latent_frames": latents.shape[2],
                                           "tokens": latents.shape[2] * tokens_per_frame})
         with torch.no_grad():
-            remove_radial_attention(model)
+            dense_attention()
             measured(row, "fwd_dense", lambda: forward(latents), args.reps, warmup(forward, latents))
             install_radial_attention(model, radial).training = True
             measured(row, "fwd_radial", lambda: forward(latents), args.reps, warmup(forward, latents))
@@ -222,7 +234,7 @@ def main() -> None:
 
         for name, settings in (("dense", None), ("radial", radial)):
             if settings is None:
-                remove_radial_attention(model)
+                dense_attention()
             else:
                 install_radial_attention(model, settings).training = True
             measured(row, f"train_{name}", step, max(1, args.reps - 1), warmup(step_on, latents))
@@ -243,7 +255,7 @@ def main() -> None:
     stem = f"{FAMILY.name}_e2e" + (f"_D{cfg['num_layers']}S{singles}" if reduced else "")
     (Path(args.out) / f"{stem}.json").write_text(json.dumps({
         "checks": checks, "height": args.height, "width": args.width, "double_blocks": cfg["num_layers"],
-        "single_blocks": singles, "source": args.source, "results": rows}, indent=2))
+        "single_blocks": singles, "source": args.source, "dense_baseline": baseline, "results": rows}, indent=2))
 
     def cell(r, name, unit="ms"):
         if r.get(name) == "oom":
