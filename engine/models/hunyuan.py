@@ -245,7 +245,9 @@ class HunyuanVideoFamily(ModelFamily):
     # Fitted by bench/memory_fit.py to the whole-model rows of docs/bench_runs/run30_train_memory_hunyuan.json (33 ->
     # 49 and 65 frames with no option, 65 with 8 feed-forward slices, 97 with offload). Slices do not lower the peak
     # (the single-stream blocks' fused MLP is no FeedForward): the ffn term is ~0. With offload_activations the
-    # peak holds ~40 block inputs' worth more than the inputs in flight (Wan: under 1); not explained yet.
+    # peak held ~40 block inputs' worth more than the inputs in flight (Wan: under 1): each single-stream block's
+    # small text view kept its whole output alive. engine/memory/offload.py now compacts such views; until that
+    # is measured on a GPU the fit keeps the measured 40.5, which over-predicts (the safe side).
     MEMORY_FIT = {"bytes_per_token_width": 71.45, "bytes_per_token_ffn": 0.01, "inflight_blocks": 40.5}
     MEMORY_MEASURED = "HunyuanVideo (13B) on an H100, 2026-12-07 (BENCHMARKS run 30)"
 

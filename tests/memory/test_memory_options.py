@@ -142,3 +142,62 @@ def test_token_chunked_feed_forwards_give_the_same_outputs_and_gradients(tiny_pr
     assert type(model.blocks[0].ffn).__name__ == "TokenChunkedFeedForward"
     chunk_feed_forward(model, 1)
     assert type(model.blocks[0].ffn).__name__ == "FeedForward"
+
+
+def test_offload_keeps_no_large_tensor_alive_through_a_small_view_of_it():
+    """HunyuanVideo's single-stream blocks hand the text tokens on as a view of their whole [video | text] output;
+    a saved view under the offload threshold must not keep that output on the device (run 30 measured ~40 block
+    inputs' worth held back on the GPU). Gradients stay those of plain checkpointing."""
+    from engine.lora import add_lora
+    from engine.models import TextEmbeds, family_named
+    from engine.presets import load_preset
+
+    fam = family_named("hunyuan")
+    tiny = load_preset("tiny-hunyuanvideo")["tiny"]
+
+    def build():
+        torch.manual_seed(0)
+        model = fam.build_tiny_pipeline(tiny).transformer
+        add_lora(model, 4, 4, 0.0, list(fam.lora_targets), seed=0)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.fill_(0.01)
+        return model.train()
+
+    gen = torch.Generator().manual_seed(5)
+    latents = torch.randn(1, 16, 3, 8, 8, generator=gen)  # 48 video tokens
+    cfg = build().config
+    text = TextEmbeds(torch.randn(1, 12, cfg.text_embed_dim, generator=gen),
+                      torch.randn(1, cfg.pooled_projection_dim, generator=gen), torch.tensor([[1] * 7 + [0] * 5]))
+    width = cfg.num_attention_heads * cfg.attention_head_dim
+
+    def grads(model):
+        fam.forward(model, latents, torch.tensor([600.0]), text).square().mean().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    reference = build()
+    reference.enable_gradient_checkpointing()
+    expected = grads(reference)
+
+    model = build()
+    video_bytes, text_bytes = 48 * width * 4, 12 * width * 4  # float32 on the CPU
+    offload = ActivationOffload(PinnedPool(pin=False), min_bytes=video_bytes, offloadable=lambda t: True)
+    kept = []
+    real_pack = offload.pack
+
+    def pack(t):
+        packed = real_pack(t)
+        if isinstance(packed, torch.Tensor):
+            kept.append((packed.untyped_storage().nbytes(), packed.numel() * packed.element_size()))
+        return packed
+
+    offload.pack = pack
+    enable_activation_offload(model, offload)
+    got = grads(model)
+    for name in expected:
+        assert torch.allclose(got[name], expected[name], rtol=1e-5, atol=1e-7), name
+    assert offload.offloaded_bytes >= 4 * video_bytes  # the video inputs went out
+    small_text_views = [k for k in kept if k[1] == text_bytes]
+    assert small_text_views  # the text inputs stayed (under the threshold) ...
+    assert all(storage < video_bytes + own for storage, own in kept)  # ... each in a storage of its own size
