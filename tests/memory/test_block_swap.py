@@ -13,7 +13,7 @@ from engine.memory.block_swap import BlockSwap, enable_block_swap
 from engine.memory.chunking import chunk_feed_forward
 from engine.memory.offload import ActivationOffload, PinnedPool, enable_activation_offload
 
-from tests.memory.test_memory_options import _inputs, _tiny_with_lora
+from tests.memory.test_memory_options import _inputs, _tiny_hunyuan_with_lora, _tiny_with_lora
 
 
 def _in(t: torch.Tensor, buf: torch.Tensor) -> bool:
@@ -185,37 +185,19 @@ def test_prefetching_stays_within_one_experts_blocks():
 def test_hunyuanvideo_blocks_of_both_kinds_and_its_embedders_swap_and_train_as_without(ffn_chunks):
     """HunyuanVideo lists its patch embedder and text refiner as blocks too (diffusers' _no_split_modules), ahead
     of 2 double- and 2 single-stream blocks of other sizes; the refiner's attention carries LoRA (its to_q/...)."""
-    from engine.lora import add_lora
-    from engine.models import TextEmbeds, family_named
-    from engine.presets import load_preset
-
-    fam = family_named("hunyuan")
-    tiny = load_preset("tiny-hunyuanvideo")["tiny"]
+    _, build_plain, forward, _ = _tiny_hunyuan_with_lora()
 
     def build():
-        torch.manual_seed(0)
-        model = fam.build_tiny_pipeline(tiny).transformer
-        add_lora(model, 4, 4, 0.0, list(fam.lora_targets), seed=0)
-        with torch.no_grad():
-            gen = torch.Generator().manual_seed(1)
-            for name, p in model.named_parameters():
-                if "lora_B" in name:
-                    p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+        model = build_plain()
         model.enable_gradient_checkpointing()
         chunk_feed_forward(model, ffn_chunks)  # the double blocks' FeedForwards, nested checkpoints
-        return model.train()
-
-    gen = torch.Generator().manual_seed(5)
-    latents = torch.randn(1, 16, 3, 8, 8, generator=gen)
-    cfg = build().config
-    text = TextEmbeds(torch.randn(1, 12, cfg.text_embed_dim, generator=gen),
-                      torch.randn(1, cfg.pooled_projection_dim, generator=gen), torch.tensor([[1] * 7 + [0] * 5]))
+        return model
 
     def steps(model, swap=None):
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
         losses = []
         for _ in range(2):
-            loss = fam.forward(model, latents, torch.tensor([600.0]), text).square().mean()
+            loss = forward(model).square().mean()
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

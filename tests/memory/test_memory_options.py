@@ -144,10 +144,9 @@ def test_token_chunked_feed_forwards_give_the_same_outputs_and_gradients(tiny_pr
     assert type(model.blocks[0].ffn).__name__ == "FeedForward"
 
 
-def test_offload_keeps_no_large_tensor_alive_through_a_small_view_of_it():
-    """HunyuanVideo's single-stream blocks hand the text tokens on as a view of their whole [video | text] output;
-    a saved view under the offload threshold must not keep that output on the device (run 30 measured ~40 block
-    inputs' worth held back on the GPU). Gradients stay those of plain checkpointing."""
+def _tiny_hunyuan_with_lora():
+    """(tiny HunyuanVideo with LoRA on its targets and B != 0, a builder of more of the same, its inputs): 48 video
+    tokens, 12 text tokens of which 7 valid. The same seed gives the same weights each call."""
     from engine.lora import add_lora
     from engine.models import TextEmbeds, family_named
     from engine.presets import load_preset
@@ -160,20 +159,33 @@ def test_offload_keeps_no_large_tensor_alive_through_a_small_view_of_it():
         model = fam.build_tiny_pipeline(tiny).transformer
         add_lora(model, 4, 4, 0.0, list(fam.lora_targets), seed=0)
         with torch.no_grad():
+            gen = torch.Generator().manual_seed(1)
             for name, p in model.named_parameters():
                 if "lora_B" in name:
-                    p.fill_(0.01)
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
         return model.train()
 
     gen = torch.Generator().manual_seed(5)
-    latents = torch.randn(1, 16, 3, 8, 8, generator=gen)  # 48 video tokens
+    latents = torch.randn(1, 16, 3, 8, 8, generator=gen)
     cfg = build().config
     text = TextEmbeds(torch.randn(1, 12, cfg.text_embed_dim, generator=gen),
                       torch.randn(1, cfg.pooled_projection_dim, generator=gen), torch.tensor([[1] * 7 + [0] * 5]))
+
+    def forward(model):
+        return fam.forward(model, latents, torch.tensor([600.0]), text)
+
+    return fam, build, forward, cfg
+
+
+def test_offload_keeps_no_large_tensor_alive_through_a_small_view_of_it():
+    """HunyuanVideo's single-stream blocks hand the text tokens on as a view of their whole [video | text] output;
+    a saved view under the offload threshold must not keep that output on the device (run 30 measured ~40 block
+    inputs' worth held back on the GPU). Gradients stay those of plain checkpointing."""
+    _, build, forward, cfg = _tiny_hunyuan_with_lora()
     width = cfg.num_attention_heads * cfg.attention_head_dim
 
     def grads(model):
-        fam.forward(model, latents, torch.tensor([600.0]), text).square().mean().backward()
+        forward(model).square().mean().backward()
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
     reference = build()
