@@ -37,7 +37,10 @@ def cmd_plan(args) -> int:
     if budget is None:
         return 0
     if chosen is None:
-        print(f"nothing fits {budget:g} GiB: lower extended_num_frames, height/width or lora_rank, or use a bigger GPU.")
+        hint = "" if args.processes > 1 else (", spread the step over several GPUs (--processes N with "
+                                              "--context_parallel N or --fsdp true)")
+        print(f"nothing fits {budget:g} GiB: lower extended_num_frames, height/width or lora_rank{hint}, or use a "
+              "bigger GPU.")
         return 1
     flags = chosen.flags()
     print(f"the plan for {budget:g} GiB (exact options before fp8): {chosen.label()} ({chosen.peak_gib:.1f} GiB); train with {flags}, "

@@ -133,7 +133,15 @@ def test_plan_cli_prints_every_combination_and_the_choice(capsys):
     assert "offload_activations + ffn_chunks 8 + block_swap 16 (75.7 GiB)" in out
     assert "--fp8_base false --offload_activations true --ffn_chunks 8 --block_swap 16" in out
     assert main(["plan", "--preset", "wan2.1-t2v-14b", "--gpu_memory_gb", "40"]) == 1
-    assert "nothing fits 40 GiB" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "nothing fits 40 GiB" in out and "--processes N with --context_parallel N or --fsdp true" in out
+    # HunyuanVideo at 4x fits no single GPU; over 4 with context parallelism the plan finds options for 76 GiB
+    assert main(["plan", "--preset", "hunyuanvideo-4x", "--gpu_memory_gb", "76"]) == 1
+    capsys.readouterr()
+    assert main(["plan", "--preset", "hunyuanvideo-4x", "--gpu_memory_gb", "76", "--context_parallel", "4",
+                 "--processes", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "4 processes, context_parallel 4" in out and "the plan for 76 GiB" in out
 
 
 def test_train_with_gpu_memory_gb_runs_with_the_plans_options(tmp_path):
