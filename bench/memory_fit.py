@@ -9,7 +9,7 @@ so the parts that do not depend on them come from the plan itself (`estimate` wi
   inflight                    from the offload_activations row without slices.
 Every row is then predicted with the fitted coefficients and the error printed.
 
-    python3 bench/memory_fit.py docs/bench_runs/run30_hunyuan_memory.json --model hunyuan
+    python3 bench/memory_fit.py docs/bench_runs/run30_train_memory_hunyuan.json --model hunyuan
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train_memory import MODELS, SIZE, full_layers  # noqa: E402  (bench/, the script's folder)
 
-GIB = 2**30
 
 
 def _options(label: str) -> tuple[bool, bool, int]:
@@ -58,7 +57,7 @@ def fit(rows: list[dict], model: str) -> tuple[dict, list[tuple]]:
         per_a = _parts(fam, config, {**zero, "bytes_per_token_width": 1.0}, options)["recompute"]
         per_b = _parts(fam, config, {**zero, "bytes_per_token_ffn": 1.0}, options)["recompute"]
         per_inflight = _parts(fam, config, {**zero, "inflight_blocks": 1.0}, options)["saved_inputs"]
-        fixed = sum(v for k, v in base.items())  # weights, LoRA state, saved inputs without offload
+        fixed = sum(base.values())  # weights, LoRA state, saved inputs without offload
         terms.append((r, config, options, fixed, per_a, per_b, per_inflight))
 
     plain = [t for t in terms if t[2] == (False, False, 1)]
@@ -79,16 +78,20 @@ def fit(rows: list[dict], model: str) -> tuple[dict, list[tuple]]:
     return result, predicted
 
 
+def whole_model_rows(data: dict, model: str) -> list[dict]:
+    """The rows a fit reads: `model`'s whole models that ran, without block swap or FSDP (run 30 counted
+    HunyuanVideo's patch embedder and text refiner as blocks: 62)."""
+    return [r for r in data["rows"] if r["size"] == model and r["layers"] >= full_layers(model)
+            and not r.get("oom") and "swap" not in r["options"] and "fsdp" not in r["options"]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("rows", help="a train_memory.json")
     parser.add_argument("--model", default="hunyuan", choices=sorted(MODELS))
     args = parser.parse_args()
     data = json.loads(Path(args.rows).read_text())
-    # whole models (run 30 counted HunyuanVideo's patch embedder and text refiner as blocks: 62)
-    rows = [r for r in data["rows"] if r["size"] == args.model and r["layers"] >= full_layers(args.model)
-            and not r.get("oom") and "swap" not in r["options"] and "fsdp" not in r["options"]]
-    result, predicted = fit(rows, args.model)
+    result, predicted = fit(whole_model_rows(data, args.model), args.model)
     print(f"{data.get('device', '?')}: MEMORY_FIT = {json.dumps(result)}")
     print("| frames | options | measured GiB | predicted GiB | error |")
     print("|---|---|---|---|---|")
