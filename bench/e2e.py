@@ -315,15 +315,22 @@ def build_random_model(configs: dict, model_dir: Path, device: str, dtype: torch
 
     t0 = time.perf_counter()
     tiny = {k: v for k, v in configs.items() if k != "embedding_vocab"}
-    with torch.device(device):
-        parts = build_tiny_parts(tiny, lambda cfg: WanTransformer3DModel(**cfg))
-        vocab = configs.get("embedding_vocab")
-        encoder = parts["text_encoder"]
-        if vocab and vocab != encoder.config.vocab_size:  # the real embedding size; ids stay below the tokenizer's
-            encoder.set_input_embeddings(torch.nn.Embedding(vocab, encoder.config.d_model))
-            encoder.config.vocab_size = vocab
+    # Initialised at the saved dtype: a 14B transformer in float32 (56 GB) and its bf16 copy do not fit one GPU.
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            parts = build_tiny_parts(tiny, lambda cfg: WanTransformer3DModel(**cfg))
+            vocab = configs.get("embedding_vocab")
+            encoder = parts["text_encoder"]
+            if vocab and vocab != encoder.config.vocab_size:  # the real embedding size; ids stay below the tokenizer's
+                encoder.set_input_embeddings(torch.nn.Embedding(vocab, encoder.config.d_model))
+                encoder.config.vocab_size = vocab
+    finally:
+        torch.set_default_dtype(previous)
     parts["transformer"].to(dtype)
     encoder.to(dtype)
+    parts["vae"].float()
     pipe = WanPipeline(**parts)
     built_s = time.perf_counter() - t0
     model_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -404,7 +411,8 @@ class Context:
                 "transformers": transformers.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "argv": sys.argv[1:] if self.args.argv is None else self.args.argv,
                 "timing": "CUDA events" if self.cuda else "wall clock (time.perf_counter)",
-                "attention_in_graph": not self.args.attention_outside_graph}
+                "attention_in_graph": not self.args.attention_outside_graph,
+                "compile_mode": self.args.compile_mode}
 
     def save(self, case: str, data: dict) -> Path:
         data = {"case": case, "env": self.env(), "model": self.model, **data}
@@ -1097,6 +1105,9 @@ def parse_args(argv=None):
     parser.add_argument("--attention_outside_graph", action="store_true", help="with --compile_blocks: every "
                         "attention call outside the block graphs (engine.attention.processor.ATTENTION_IN_GRAPH "
                         "off), the path before the custom operators; for their A/B")
+    parser.add_argument("--compile_mode", default=None, choices=("default", "reduce-overhead", "max-autotune",
+                        "max-autotune-no-cudagraphs"), help="with --compile_blocks: torch.compile's mode for the blocks "
+                        "(engine.models.regional_compile.MODE; reduce-overhead: CUDA graphs)")
     parser.add_argument("--profile", action="store_true", help="sample and train: after the rows at the last frame "
                         "count, one untimed call per pattern under torch.profiler; tta: one short clip's adaptation "
                         "per pattern; kernel time per category")
@@ -1130,6 +1141,10 @@ def main(argv=None) -> dict:
         from engine.attention import processor
 
         processor.ATTENTION_IN_GRAPH = False
+    if args.compile_mode not in (None, "default"):
+        from engine.models import regional_compile
+
+        regional_compile.MODE = args.compile_mode
     ctx = Context(args)
     cases = list(CASES) if args.case == "all" else [args.case]
     print(f"{json.dumps(ctx.env())}", flush=True)

@@ -7,6 +7,8 @@
 #   bash bench/gpu_compile_session.sh profile  # compiled train and sample with --profile: kernel time by category
 #   PROFILE_CASES=tta bash bench/gpu_compile_session.sh profile   # compiled TTA: each pattern's adaptation profiled
 #   bash bench/gpu_compile_session.sh fp8      # compiled sample with the fp8 radial forward, then with bf16 (baseline)
+#   bash bench/gpu_compile_session.sh cudagraph   # TTA clip compiled (default mode), then compiled with CUDA graphs
+#                                              # (--compile_mode reduce-overhead)
 #   bash bench/gpu_compile_session.sh graph train:in tta:in train:out   # compiled runs in this order, attention
 #                                              # in the block graphs (in: the custom operators) or outside them
 #                                              # (out: --attention_outside_graph): the A/B of the operators
@@ -36,6 +38,16 @@ if [ "$CASE" = fp8 ]; then  # the same compiled sampling rows, radial on backend
   tail -8 $OUT/fp8.log
   PYTHONUNBUFFERED=1 python3 bench/e2e.py sample "${COMMON[@]}" --compile_blocks --out $OUT/compiled > $OUT/compiled.log 2>&1
   tail -8 $OUT/compiled.log
+  exit 0
+fi
+if [ "$CASE" = cudagraph ]; then
+  mkdir -p $OUT/cudagraph
+  PYTHONUNBUFFERED=1 python3 bench/e2e.py tta "${COMMON[@]}" "${BUILD[@]}" --compile_blocks --out $OUT/compiled \
+    > $OUT/compiled.log 2>&1
+  tail -12 $OUT/compiled.log
+  PYTHONUNBUFFERED=1 python3 bench/e2e.py tta "${COMMON[@]}" --compile_blocks --compile_mode reduce-overhead \
+    --out $OUT/cudagraph > $OUT/cudagraph.log 2>&1
+  tail -12 $OUT/cudagraph.log
   exit 0
 fi
 if [ "$CASE" = graph ]; then

@@ -9,6 +9,9 @@
 #   PART=more bash bench/gpu_families_session.sh     Wan2.2 TI2V-5B at 121 frames (31 latent, whole model) and 4x
 #       (481, 121 latent, 6 of 30 blocks); HunyuanVideo 1.5 at 121 frames (6 of 54 blocks) and 4x (481, 2 blocks),
 #       its dense rows on our processors (the stock one's N x N mask does not fit); SKIP_TI2V=1: the 1.5 rows only
+#   PART=textparts bash bench/gpu_families_session.sh   joint attention's text parts on the fused flash kernels vs
+#       float32 chunks (bench/joint_text_parts.py, one HunyuanVideo 1.5 layer at 121 frames), the 1.5 rows at 121
+#       frames again (6 of 54 blocks), and the radial operators' host time per call (bench/radial_host_overhead.py)
 set -o pipefail
 source bench/gpu_setup.sh
 export PYTHONUNBUFFERED=1
@@ -17,6 +20,13 @@ if [ "${PART:-}" = memory ]; then
   timeout 560 python3 train_memory.py --out "$OUT" --fit "" --base 33 \
     --full "hunyuan:none@49,hunyuan:none@65,hunyuan:chunk8@65,hunyuan:offload@97,hunyuan:offload+chunk8@129" \
     2>&1 | tee "$OUT/hunyuan_memory.log"
+  exit 0
+fi
+if [ "${PART:-}" = textparts ]; then
+  python3 joint_text_parts.py --out "$OUT" 2>&1 | tee "$OUT/joint_text_parts.log"
+  python3 radial_host_overhead.py 2>&1 | tee "$OUT/radial_host_overhead.log"
+  python3 hunyuan_e2e.py --out "$OUT" --source hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-720p_t2v \
+    --frames 121 --train_frames 121 --double_blocks 6 --reps 1 2>&1 | tee "$OUT/hv15_121.log"
   exit 0
 fi
 if [ "${PART:-}" = more ]; then

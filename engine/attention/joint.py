@@ -12,7 +12,8 @@ video->video part; the rest stays dense:
 The video rows are two attentions merged exactly by their log-sum-exps:
 ``out = e^(lse_a - lse) out_a + e^(lse_b - lse) out_b`` with ``lse = logaddexp(lse_a, lse_b)``, where
 (a) is radial video->video (`backends.radial_part`: the Triton kernel) and (b) dense video->text
-(`chunked`: float32 PyTorch over the short key set). The whole sequence is one operator with its own
+(`dense_parts`: a fused flash kernel over the valid text keys, or float32 PyTorch chunks where that kernel
+does not apply). The whole sequence is one operator with its own
 backward (`radial_op.joint`, which torch.compile keeps in the block graph): it keeps only q, k, v, the
 output and the rows' merged LSEs, and its backward gives
 each part the merged output and LSE (as ring attention does), so no gradient flows through an LSE and no
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from . import backends, radial_op
-from .radial_op import key_mask_full
+from .dense_parts import key_mask_full
 
 
 def joint_attention(q, k, v, *, num_video: int, key_mask=None, num_frames: int, tokens_per_frame: int,

@@ -16,14 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from . import backends
-from .chunked import attention_backward, attention_forward, key_mask_fn
-
-
-def key_mask_full(num_video: int, key_mask, batch: int, num_text: int, device):
-    """The valid keys of the whole [video | text] sequence, [B, N] bool: every video key, `key_mask`'s text keys."""
-    text = torch.ones(batch, num_text, dtype=torch.bool, device=device) if key_mask is None else key_mask.bool()
-    return torch.cat([torch.ones(batch, num_video, dtype=torch.bool, device=device), text.to(device)], dim=1)
+from . import backends, dense_parts
 
 
 def _part(q, num_frames, tokens_per_frame, decay_factor, block_size, sink, backend):
@@ -89,14 +82,10 @@ def _joint_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torc
                backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(out, the video rows' merged LSE [B, H, nv], the text rows' LSE [B, H, L]): see engine.attention.joint."""
     nv = num_video
-    B, N = q.shape[:2]
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     geometry = (num_frames, tokens_per_frame, decay_factor, block_size, sink, backend)
     _, lse_radial = _forward(q[:, :nv], k[:, :nv], v[:, :nv], geometry, out=out[:, :nv])
-    _, lse_video = attention_forward(q[:, :nv], k[:, nv:], v[:, nv:], key_mask_fn(key_mask),
-                                     merge_into=(out[:, :nv], lse_radial))
-    all_keys = key_mask_fn(key_mask_full(nv, key_mask, B, N - nv, q.device))
-    out[:, nv:], lse_text = attention_forward(q[:, nv:], k, v, all_keys)
+    lse_video, lse_text = dense_parts.text_parts_forward(q, k, v, key_mask, nv, out, lse_radial)
     return out, lse_video.contiguous(), lse_text.contiguous()
 
 
@@ -114,21 +103,13 @@ def _joint_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Te
                backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each part's gradient share, given the merged output and LSEs (as ring attention does)."""
     nv = num_video
-    B, N = q.shape[:2]
     dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))  # dk, dv: one stride
-    dk[:, nv:] = 0
-    dv[:, nv:] = 0
     video = slice(0, nv)
-    part = _part(q, num_frames, tokens_per_frame, decay_factor, block_size, sink, backend)
-    # video rows: the radial part writes its share, the text keys' share is added
-    part.backward(dout[:, video], q[:, video], k[:, video], v[:, video], out[:, video], lse_video,
-                  dq[:, video], dk[:, video], dv[:, video])
-    attention_backward(dout[:, video], q[:, video], k[:, nv:], v[:, nv:], out[:, video], lse_video,
-                       key_mask_fn(key_mask), dq[:, video], dk[:, nv:], dv[:, nv:])
-    # text rows over every valid key
-    dq[:, nv:] = 0
-    attention_backward(dout[:, nv:], q[:, nv:], k, v, out[:, nv:], lse_text,
-                       key_mask_fn(key_mask_full(nv, key_mask, B, N - nv, q.device)), dq[:, nv:], dk, dv)
+    # video rows over video keys: the radial part writes its share; the dense parts add theirs
+    _part(q, num_frames, tokens_per_frame, decay_factor, block_size, sink, backend).backward(
+        dout[:, video], q[:, video], k[:, video], v[:, video], out[:, video], lse_video,
+        dq[:, video], dk[:, video], dv[:, video])
+    dense_parts.text_parts_backward(dout, q, k, v, out, lse_video, lse_text, key_mask, nv, dq, dk, dv)
     return dq, dk, dv
 
 

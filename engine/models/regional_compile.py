@@ -23,6 +23,9 @@ import torch
 from ..errors import ConfigError
 
 BACKEND = "inductor"
+# torch.compile's mode when none is given: None is inductor's default. "reduce-overhead" (CUDA graphs) is for a
+# benchmark's A/B (bench/e2e.py --compile_mode), not a setting yet: short host-bound steps such as TTA's.
+MODE = None
 # Static shapes compile one graph set per (shape, grad mode, input needing a gradient or not): a training run
 # has two lengths x training / validation x the first block or the others, times its aspect-ratio buckets.
 # Past Dynamo's default limit (8) the blocks would fall back to eager without a word, so it is raised.
@@ -60,7 +63,7 @@ def set_block_compilation(module, on: bool, *, backend: str | None = None, mode:
         if not on:
             block._compiled_call_impl = None  # what nn.Module.compile set: __call__ runs eager again
         elif getattr(block, "_compiled_call_impl", None) is None:
-            block.compile(backend=backend or BACKEND, mode=mode, dynamic=False)
+            block.compile(backend=backend or BACKEND, mode=mode or MODE, dynamic=False)
     return len(blocks)
 
 

@@ -11,7 +11,7 @@ os.environ["TRITON_INTERPRET"] = "1"  # before triton or the kernel module is im
 import pytest
 import torch
 
-from engine.attention import backends, joint
+from engine.attention import backends, dense_parts, joint
 from engine.attention.triton_radial import (
     HAS_TRITON,
     radial_attention_triton,
@@ -24,6 +24,13 @@ needs_triton = pytest.mark.skipif(not HAS_TRITON or os.environ.get("TRITON_INTER
 # 6 frames of 16 tokens, block 16: the radial mask drops far frame pairs (it differs from dense)
 GEOM = dict(num_frames=6, tokens_per_frame=16, block_size=16, decay_factor=1.0, sink=False)
 SV = 6 * 16
+
+
+@pytest.fixture(params=["fused", "chunked"], autouse=True)
+def text_parts(request, monkeypatch):
+    """Every test runs with the text parts on the fused flash kernel (the CPU one here) and in float32 chunks."""
+    monkeypatch.setattr(dense_parts, "FUSED", request.param == "fused")
+    return request.param
 
 
 def _qkv(B=2, L=7, H=2, D=16, seed=0, dtype=torch.float32):
@@ -118,8 +125,11 @@ def test_bad_shapes_are_refused_with_the_numbers():
 
 
 @pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
-def test_many_small_chunks_along_either_sequence_give_the_same_attention(backend, monkeypatch):
+def test_many_small_chunks_along_either_sequence_give_the_same_attention(backend, monkeypatch, text_parts):
     from engine.attention import chunked
+
+    if text_parts == "fused":
+        pytest.skip("chunk sizes bound the float32 path only")
 
     q, k, v = _qkv()
     km = _mask()
@@ -163,8 +173,11 @@ def test_backward_keeps_what_dense_attention_keeps_and_no_float32_copies():
     assert ours <= dense + lse_bytes, (ours, dense)
 
 
-def test_fewer_video_than_text_tokens_and_key_chunked_rows_merge_exactly(monkeypatch):
+def test_fewer_video_than_text_tokens_and_key_chunked_rows_merge_exactly(monkeypatch, text_parts):
     from engine.attention import chunked
+
+    if text_parts == "fused":
+        monkeypatch.setattr(dense_parts, "_spans", lambda total, per: [slice(i, i + 1) for i in range(total)])
 
     # one frame of 4 video tokens and 7 text tokens: the video rows' text part runs in key chunks too
     geom = dict(num_frames=1, tokens_per_frame=4, block_size=4, decay_factor=1.0, sink=False)
@@ -177,6 +190,29 @@ def test_fewer_video_than_text_tokens_and_key_chunked_rows_merge_exactly(monkeyp
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     for ours, theirs in zip(_grads(out, (q, k, v)), _grads(ref, (q, k, v))):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_text_parts_run_no_float32_chunk_and_drop_padded_keys(monkeypatch, text_parts):
+    if text_parts == "chunked":
+        pytest.skip("the fused path's own test")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the float32 chunked path ran")
+
+    monkeypatch.setattr(dense_parts, "attention_forward", refuse)
+    monkeypatch.setattr(dense_parts, "attention_backward", refuse)
+    seen = []
+    plain = dense_parts.attention_lse
+    monkeypatch.setattr(dense_parts, "attention_lse", lambda q, k, v: seen.append(k.shape[1]) or plain(q, k, v))
+    q, k, v = _qkv()
+    km = _mask()  # sample 0: 3 of 7 text keys valid; sample 1: all 7
+    out = joint.joint_attention(q, k, v, num_video=SV, key_mask=km, backend="reference", **GEOM)
+    ref = joint.joint_attention_reference(q, k, v, num_video=SV, key_mask=km, **GEOM)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for ours, theirs in zip(_grads(out, (q, k, v)), _grads(ref, (q, k, v))):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    # per sample: text rows over the video keys, then the valid text keys for the video rows and the text rows
+    assert seen == [SV, 3, 3, SV, 7, 7]
 
 
 @needs_triton
