@@ -71,6 +71,16 @@ def merge_into(out, lse, o_b, lse_b) -> None:
         lse[:, :, c] = l
 
 
+# Rows (or keys) of one fused call over the long video side: bounds its gradient temporaries (flash's float32
+# dq accumulator, the video keys' dk and dv) to a few hundred MiB at 2048-wide attention.
+SPAN_ELEMS = 1 << 26
+
+
+def _long_spans(total: int, q) -> list[slice]:
+    step = max(1, SPAN_ELEMS // max(1, q.shape[0] * q.shape[2] * q.shape[3]))
+    return [slice(i, min(total, i + step)) for i in range(0, total, step)]
+
+
 def _groups(key_mask, batch: int):
     """(batch slice, valid text key indices or None for all) per group of rows sharing their text keys."""
     if key_mask is None:
@@ -95,7 +105,9 @@ def text_parts_forward(q, k, v, key_mask, nv: int, out, lse_radial):
         out[sl, nv:] = o_t
         lse_text[sl] = l_t
         if kt.shape[1]:
-            merge_into(out[sl, :nv], lse_video[sl], *attention_lse(q[sl, :nv], kt, vt))
+            for c in _long_spans(nv, q):  # video rows in spans: bounded temporaries
+                rows = slice(c.start, c.stop)
+                merge_into(out[sl, rows], lse_video[sl, :, rows], *attention_lse(q[sl, rows], kt, vt))
             merge_into(out[sl, nv:], lse_text[sl], *attention_lse(q[sl, nv:], kt, vt))
     return lse_video, lse_text
 
@@ -109,22 +121,35 @@ def text_parts_backward(do, q, k, v, out, lse_video, lse_text, key_mask, nv: int
     dv[:, nv:] = 0
     for sl, idx in _groups(key_mask, q.shape[0]):
         kt, vt = _text_keys(k, sl, nv, idx), _text_keys(v, sl, nv, idx)
-        text, video = (do[sl, nv:], q[sl, nv:]), (do[sl, :nv], q[sl, :nv])
-        dq_t, dk_v, dv_v = attention_lse_backward(*text, k[sl, :nv], v[sl, :nv], out[sl, nv:], lse_text[sl])
-        dk[sl, :nv] += dk_v
-        dv[sl, :nv] += dv_v
+        text = (do[sl, nv:], q[sl, nv:])
+        dq_t = torch.zeros_like(q[sl, nv:], dtype=torch.float32)
+        for c in _long_spans(nv, q):  # video keys in spans: their dk, dv temporaries stay bounded
+            keys = slice(c.start, c.stop)
+            dq_c, dk_c, dv_c = attention_lse_backward(*text, k[sl, keys], v[sl, keys], out[sl, nv:], lse_text[sl])
+            dq_t += dq_c
+            dk[sl, keys] += dk_c
+            dv[sl, keys] += dv_c
+            del dq_c, dk_c, dv_c
         if kt.shape[1]:
-            dq_v, dk_t, dv_t = attention_lse_backward(*video, kt, vt, out[sl, :nv], lse_video[sl])
-            dq[sl, :nv] += dq_v
-            dq_t2, dk_t2, dv_t2 = attention_lse_backward(*text, kt, vt, out[sl, nv:], lse_text[sl])
-            dq_t = dq_t + dq_t2
-            dk_t, dv_t = dk_t + dk_t2, dv_t + dv_t2
+            dk_t = torch.zeros_like(kt, dtype=torch.float32)
+            dv_t = torch.zeros_like(vt, dtype=torch.float32)
+            for c in _long_spans(nv, q):  # video rows in spans
+                rows = slice(c.start, c.stop)
+                dq_c, dk_c, dv_c = attention_lse_backward(do[sl, rows], q[sl, rows], kt, vt, out[sl, rows],
+                                                          lse_video[sl, :, rows])
+                dq[sl, rows] += dq_c
+                dk_t += dk_c
+                dv_t += dv_c
+                del dq_c, dk_c, dv_c
+            dq_c, dk_c, dv_c = attention_lse_backward(*text, kt, vt, out[sl, nv:], lse_text[sl])
+            dq_t += dq_c
+            dk_t, dv_t = (dk_t + dk_c).to(dk.dtype), (dv_t + dv_c).to(dv.dtype)
             if idx is None:
                 dk[sl, nv:], dv[sl, nv:] = dk_t, dv_t
             else:
                 dk[sl, nv:].index_copy_(1, idx, dk_t)
                 dv[sl, nv:].index_copy_(1, idx, dv_t)
-        dq[sl, nv:] = dq_t
+        dq[sl, nv:] = dq_t.to(dq.dtype)
 
 
 def key_mask_full(num_video: int, key_mask, batch: int, num_text: int, device):

@@ -192,9 +192,12 @@ def test_fewer_video_than_text_tokens_and_key_chunked_rows_merge_exactly(monkeyp
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
-def test_fused_text_parts_run_no_float32_chunk_and_drop_padded_keys(monkeypatch, text_parts):
+@pytest.mark.parametrize("span_rows", [None, 16])
+def test_fused_text_parts_run_no_float32_chunk_and_drop_padded_keys(monkeypatch, text_parts, span_rows):
     if text_parts == "chunked":
         pytest.skip("the fused path's own test")
+    if span_rows:  # the long video side in spans of 16 rows / keys: 6 fused calls where there was one
+        monkeypatch.setattr(dense_parts, "SPAN_ELEMS", span_rows * 2 * 2 * 16)
 
     def refuse(*args, **kwargs):
         raise AssertionError("the float32 chunked path ran")
@@ -211,8 +214,10 @@ def test_fused_text_parts_run_no_float32_chunk_and_drop_padded_keys(monkeypatch,
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     for ours, theirs in zip(_grads(out, (q, k, v)), _grads(ref, (q, k, v))):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
-    # per sample: text rows over the video keys, then the valid text keys for the video rows and the text rows
-    assert seen == [SV, 3, 3, SV, 7, 7]
+    # per sample: text rows over the video keys, then the valid text keys for the video rows (in spans) and the
+    # text rows
+    spans = SV // span_rows if span_rows else 1
+    assert seen == [SV, *[3] * spans, 3, SV, *[7] * spans, 7]
 
 
 @needs_triton
