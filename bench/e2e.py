@@ -1107,7 +1107,8 @@ def parse_args(argv=None):
                         "off), the path before the custom operators; for their A/B")
     parser.add_argument("--compile_mode", default=None, choices=("default", "reduce-overhead", "max-autotune",
                         "max-autotune-no-cudagraphs"), help="with --compile_blocks: torch.compile's mode for the blocks "
-                        "(engine.models.regional_compile.MODE; reduce-overhead: CUDA graphs)")
+                        "(engine.models.regional_compile.MODE; reduce-overhead: CUDA graphs, which fail on per-block graphs: "
+                        "docs/BENCHMARKS.md run 31)")
     parser.add_argument("--profile", action="store_true", help="sample and train: after the rows at the last frame "
                         "count, one untimed call per pattern under torch.profiler; tta: one short clip's adaptation "
                         "per pattern; kernel time per category")

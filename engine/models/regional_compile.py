@@ -23,8 +23,9 @@ import torch
 from ..errors import ConfigError
 
 BACKEND = "inductor"
-# torch.compile's mode when none is given: None is inductor's default. "reduce-overhead" (CUDA graphs) is for a
-# benchmark's A/B (bench/e2e.py --compile_mode), not a setting yet: short host-bound steps such as TTA's.
+# torch.compile's mode when none is given: None is inductor's default. Other modes are for a benchmark's A/B
+# (bench/e2e.py --compile_mode), not a setting: "reduce-overhead" (CUDA graphs) fails on per-block graphs, since
+# each block's call starts a new graph iteration that overwrites the previous block's output (run 31).
 MODE = None
 # Static shapes compile one graph set per (shape, grad mode, input needing a gradient or not): a training run
 # has two lengths x training / validation x the first block or the others, times its aspect-ratio buckets.
