@@ -11,7 +11,8 @@
 #       its dense rows on our processors (the stock one's N x N mask does not fit); SKIP_TI2V=1: the 1.5 rows only
 #   PART=textparts bash bench/gpu_families_session.sh   joint attention's text parts on the fused flash kernels vs
 #       float32 chunks (bench/joint_text_parts.py, one HunyuanVideo 1.5 layer at 121 frames), the 1.5 rows at 121
-#       frames again (6 of 54 blocks), and the radial operators' host time per call (bench/radial_host_overhead.py)
+#       frames again (6 of 54 blocks), and the radial operators' host time per call (bench/radial_host_overhead.py);
+#       WITH_HV=1: HunyuanVideo's 129-frame rows too (2 double + 4 single blocks; its 64 valid text keys of 256)
 set -o pipefail
 source bench/gpu_setup.sh
 export PYTHONUNBUFFERED=1
@@ -27,6 +28,8 @@ if [ "${PART:-}" = textparts ]; then
   python3 radial_host_overhead.py 2>&1 | tee "$OUT/radial_host_overhead.log"
   python3 hunyuan_e2e.py --out "$OUT" --source hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-720p_t2v \
     --frames 121 --train_frames 121 --double_blocks 6 --reps 1 2>&1 | tee "$OUT/hv15_121.log"
+  [ "${WITH_HV:-}" = 1 ] && python3 hunyuan_e2e.py --out "$OUT" --frames 129 --train_frames 129 --double_blocks 2 \
+    --single_blocks 4 --reps 1 2>&1 | tee "$OUT/hunyuan_129.log"
   exit 0
 fi
 if [ "${PART:-}" = more ]; then
