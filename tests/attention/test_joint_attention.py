@@ -26,9 +26,9 @@ GEOM = dict(num_frames=6, tokens_per_frame=16, block_size=16, decay_factor=1.0, 
 SV = 6 * 16
 
 
-@pytest.fixture(params=["fused", "chunked"], autouse=True)
+@pytest.fixture(params=["fused", "chunked"])
 def text_parts(request, monkeypatch):
-    """Every test runs with the text parts on the fused flash kernel (the CPU one here) and in float32 chunks."""
+    """The test runs with the text parts on the fused flash kernel (the CPU one here) and in float32 chunks."""
     monkeypatch.setattr(dense_parts, "FUSED", request.param == "fused")
     return request.param
 
@@ -60,7 +60,7 @@ def test_the_reference_pattern_is_radial_among_video_and_dense_elsewhere():
 
 
 @pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
-def test_merged_attention_equals_the_masked_reference_forward_and_backward(backend):
+def test_merged_attention_equals_the_masked_reference_forward_and_backward(backend, text_parts):
     q, k, v = _qkv()
     km = _mask()
     ref = joint.joint_attention_reference(q, k, v, num_video=SV, key_mask=km, **GEOM)
@@ -92,7 +92,7 @@ def test_kernel_lse_and_its_gradient_match_pytorch():
     assert torch.equal(plain, out)
 
 
-def test_no_valid_text_key_and_no_text_at_all():
+def test_no_valid_text_key_and_no_text_at_all(text_parts):
     q, k, v = _qkv(B=1)
     none = torch.zeros(1, 7, dtype=torch.bool)  # e.g. an all-padding (zeroed) prompt
     out = joint.joint_attention(q, k, v, num_video=SV, key_mask=none, backend="reference", **GEOM)
@@ -105,7 +105,7 @@ def test_no_valid_text_key_and_no_text_at_all():
     assert video_only.shape == qv.shape
 
 
-def test_half_precision_merge_stays_close():
+def test_half_precision_merge_stays_close(text_parts):
     q, k, v = (t.detach().to(torch.bfloat16) for t in _qkv())
     out = joint.joint_attention(q, k, v, num_video=SV, key_mask=_mask(), backend="reference", **GEOM)
     ref = joint.joint_attention_reference(q.float(), k.float(), v.float(), num_video=SV, key_mask=_mask(), **GEOM)
@@ -125,11 +125,10 @@ def test_bad_shapes_are_refused_with_the_numbers():
 
 
 @pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
-def test_many_small_chunks_along_either_sequence_give_the_same_attention(backend, monkeypatch, text_parts):
+def test_many_small_chunks_along_either_sequence_give_the_same_attention(backend, monkeypatch):
     from engine.attention import chunked
 
-    if text_parts == "fused":
-        pytest.skip("chunk sizes bound the float32 path only")
+    monkeypatch.setattr(dense_parts, "FUSED", False)  # chunk sizes bound the float32 path only
 
     q, k, v = _qkv()
     km = _mask()
@@ -157,7 +156,7 @@ def _saved_bytes(fn):
     return sum(seen.values())
 
 
-def test_backward_keeps_what_dense_attention_keeps_and_no_float32_copies():
+def test_backward_keeps_what_dense_attention_keeps_and_no_float32_copies(text_parts):
     # bf16 inputs: the old merge kept float32 copies of both parts' outputs (4x the output's bytes)
     q, k, v = (t.detach().to(torch.bfloat16).requires_grad_() for t in _qkv(B=1, L=8, H=2, D=16))
     km = torch.ones(1, 8, dtype=torch.bool)
@@ -193,9 +192,8 @@ def test_fewer_video_than_text_tokens_and_key_chunked_rows_merge_exactly(monkeyp
 
 
 @pytest.mark.parametrize("span_rows", [None, 16])
-def test_fused_text_parts_run_no_float32_chunk_and_drop_padded_keys(monkeypatch, text_parts, span_rows):
-    if text_parts == "chunked":
-        pytest.skip("the fused path's own test")
+def test_fused_text_parts_run_no_float32_chunk_and_drop_padded_keys(monkeypatch, span_rows):
+    assert dense_parts.FUSED  # the default
     if span_rows:  # the long video side in spans of 16 rows / keys: 6 fused calls where there was one
         monkeypatch.setattr(dense_parts, "SPAN_ELEMS", span_rows * 2 * 2 * 16)
 

@@ -142,10 +142,11 @@ def test_random_model_folder_loads_through_the_preset(tmp_path):
     assert all(r["mp4_s"] < r["total_s"] for r in data["rows"])
 
 
-def test_a_bf16_random_model_is_initialised_in_bf16_and_keeps_a_float32_vae(tmp_path):
+def test_a_bf16_random_model_is_initialised_in_bf16_and_keeps_a_float32_vae(tmp_path, monkeypatch):
     """Built at the saved dtype (a 14B float32 init beside its bf16 copy would not fit one GPU); the default
     dtype is the caller's again after, also when the build fails."""
     from diffusers import WanTransformer3DModel
+    from safetensors import safe_open
 
     from engine.presets import load_preset
 
@@ -157,28 +158,19 @@ def test_a_bf16_random_model_is_initialised_in_bf16_and_keeps_a_float32_vae(tmp_
         seen.append(torch.get_default_dtype())
         real_init(self, *args, **kwargs)
 
-    WanTransformer3DModel.__init__ = spy
-    try:
-        e2e.build_random_model(configs, tmp_path / "bf16", "cpu", torch.bfloat16)
-    finally:
-        WanTransformer3DModel.__init__ = real_init
+    monkeypatch.setattr(WanTransformer3DModel, "__init__", spy)
+    e2e.build_random_model(configs, tmp_path / "bf16", "cpu", torch.bfloat16)
     assert seen == [torch.bfloat16] and torch.get_default_dtype() == torch.float32
-    from safetensors import safe_open
-
-    with safe_open(str(next((tmp_path / "bf16" / "vae").glob("*.safetensors"))), "pt") as f:
-        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
-    with safe_open(str(next((tmp_path / "bf16" / "transformer").glob("*.safetensors"))), "pt") as f:
-        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    for part, dtype in (("vae", torch.float32), ("transformer", torch.bfloat16)):
+        with safe_open(str(next((tmp_path / "bf16" / part).glob("*.safetensors"))), "pt") as f:
+            assert {f.get_tensor(k).dtype for k in f.keys()} == {dtype}, part
 
     def broken(self, *args, **kwargs):
         raise RuntimeError("out of memory")
 
-    WanTransformer3DModel.__init__ = broken
-    try:
-        with pytest.raises(RuntimeError, match="out of memory"):
-            e2e.build_random_model(configs, tmp_path / "failed", "cpu", torch.bfloat16)
-    finally:
-        WanTransformer3DModel.__init__ = real_init
+    monkeypatch.setattr(WanTransformer3DModel, "__init__", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        e2e.build_random_model(configs, tmp_path / "failed", "cpu", torch.bfloat16)
     assert torch.get_default_dtype() == torch.float32 and not (tmp_path / "failed").exists()
 
 

@@ -185,7 +185,7 @@ def test_prefetching_stays_within_one_experts_blocks():
 def test_hunyuanvideo_blocks_of_both_kinds_and_its_embedders_swap_and_train_as_without(ffn_chunks):
     """HunyuanVideo lists its patch embedder and text refiner as blocks too (diffusers' _no_split_modules), ahead
     of 2 double- and 2 single-stream blocks of other sizes; the refiner's attention carries LoRA (its to_q/...)."""
-    _, build_plain, forward, _ = _tiny_hunyuan_with_lora()
+    build_plain, forward, _ = _tiny_hunyuan_with_lora()
 
     def build():
         model = build_plain()

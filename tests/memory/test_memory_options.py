@@ -145,8 +145,8 @@ def test_token_chunked_feed_forwards_give_the_same_outputs_and_gradients(tiny_pr
 
 
 def _tiny_hunyuan_with_lora():
-    """(tiny HunyuanVideo with LoRA on its targets and B != 0, a builder of more of the same, its inputs): 48 video
-    tokens, 12 text tokens of which 7 valid. The same seed gives the same weights each call."""
+    """(a builder of tiny HunyuanVideo with LoRA on its targets and B != 0, its forward on fixed inputs, its config):
+    48 video tokens, 12 text tokens of which 7 valid. Each build gives the same weights."""
     from engine.lora import add_lora
     from engine.models import TextEmbeds, family_named
     from engine.presets import load_preset
@@ -174,14 +174,14 @@ def _tiny_hunyuan_with_lora():
     def forward(model):
         return fam.forward(model, latents, torch.tensor([600.0]), text)
 
-    return fam, build, forward, cfg
+    return build, forward, cfg
 
 
 def test_offload_keeps_no_large_tensor_alive_through_a_small_view_of_it():
     """HunyuanVideo's single-stream blocks hand the text tokens on as a view of their whole [video | text] output;
     a saved view under the offload threshold must not keep that output on the device (run 30 measured ~40 block
     inputs' worth held back on the GPU). Gradients stay those of plain checkpointing."""
-    _, build, forward, cfg = _tiny_hunyuan_with_lora()
+    build, forward, cfg = _tiny_hunyuan_with_lora()
     width = cfg.num_attention_heads * cfg.attention_head_dim
 
     def grads(model):

@@ -142,6 +142,11 @@ def test_plan_cli_prints_every_combination_and_the_choice(capsys):
                  "--processes", "4"]) == 0
     out = capsys.readouterr().out
     assert "4 processes, context_parallel 4" in out and "the plan for 76 GiB" in out
+    # already over several GPUs: no hint to spread the step
+    assert main(["plan", "--preset", "hunyuanvideo-4x", "--gpu_memory_gb", "20", "--context_parallel", "4",
+                 "--processes", "4"]) == 1
+    out = capsys.readouterr().out
+    assert "nothing fits 20 GiB" in out and "--processes N" not in out
 
 
 def test_train_with_gpu_memory_gb_runs_with_the_plans_options(tmp_path):
