@@ -301,8 +301,8 @@ def random_model_configs(source: str) -> dict:
 def build_random_model(configs: dict, model_dir: Path, device: str, dtype: torch.dtype) -> dict:
     """Save a random-weight Wan pipeline (engine.models.wan.build_tiny_parts at `configs`) into `model_dir`.
 
-    Built on `device` (fast init, no float32 copy of 7B parameters on the host), transformer and text encoder cast
-    to `dtype`, the VAE kept float32 (the engine loads it so). A folder that already holds a model is reused.
+    Built on `device` (fast init, no float32 copy of 7B parameters on the host), transformer and text encoder at
+    `dtype`, the VAE in float32 (the engine loads it so). A folder that already holds a model is reused.
     """
     model_dir = Path(model_dir)
     if (model_dir / "model_index.json").is_file():
@@ -328,9 +328,7 @@ def build_random_model(configs: dict, model_dir: Path, device: str, dtype: torch
                 encoder.config.vocab_size = vocab
     finally:
         torch.set_default_dtype(previous)
-    parts["transformer"].to(dtype)
-    encoder.to(dtype)
-    parts["vae"].float()
+    parts["vae"].float()  # the engine loads the VAE in float32
     pipe = WanPipeline(**parts)
     built_s = time.perf_counter() - t0
     model_dir.parent.mkdir(parents=True, exist_ok=True)

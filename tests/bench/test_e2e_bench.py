@@ -161,7 +161,7 @@ def test_a_bf16_random_model_is_initialised_in_bf16_and_keeps_a_float32_vae(tmp_
     monkeypatch.setattr(WanTransformer3DModel, "__init__", spy)
     e2e.build_random_model(configs, tmp_path / "bf16", "cpu", torch.bfloat16)
     assert seen == [torch.bfloat16] and torch.get_default_dtype() == torch.float32
-    for part, dtype in (("vae", torch.float32), ("transformer", torch.bfloat16)):
+    for part, dtype in (("vae", torch.float32), ("transformer", torch.bfloat16), ("text_encoder", torch.bfloat16)):
         with safe_open(str(next((tmp_path / "bf16" / part).glob("*.safetensors"))), "pt") as f:
             assert {f.get_tensor(k).dtype for k in f.keys()} == {dtype}, part
 
