@@ -96,15 +96,19 @@ def median(values):
 
 
 def project_steps(step_s: list[float], kinds: list[str], fixed_s: float, target_steps: int,
-                  dense_timesteps: int) -> dict:
+                  dense_timesteps: int, borrowed: dict | None = None) -> dict:
     """Whole-call seconds projected to `target_steps` sampling steps from the measured ones.
 
     `kinds[i]` says what measured step i was: "dense" (dense pattern: every step the same), "dense_timestep" (radial
     pattern, i < dense_timesteps: dense attention) or "radial". Each kind's median time is multiplied by the number
     of steps of that kind in a `target_steps` run; `fixed_s` (text encoding, VAE decode, everything but the steps)
-    is added once. ValueError when a kind the target run needs was not measured.
+    is added once. `borrowed` gives per-step seconds of kinds this run did not measure (`--radial_steps_only`: the
+    dense-timestep step from the dense row, which runs the same dense attention). ValueError when a kind the target
+    run needs was neither measured nor borrowed.
     """
     per = {kind: median([t for t, k in zip(step_s, kinds) if k == kind]) for kind in set(kinds)}
+    for kind, seconds in (borrowed or {}).items():
+        per.setdefault(kind, seconds)
     if "radial" in kinds or "dense_timestep" in kinds:
         first = min(dense_timesteps, target_steps)
         counts = {"dense_timestep": first, "radial": target_steps - first}
@@ -116,8 +120,12 @@ def project_steps(step_s: list[float], kinds: list[str], fixed_s: float, target_
         raise ValueError(f"no measured step of kind {missing}: measure more steps than dense_timesteps "
                          f"({dense_timesteps}) to project a radial run")
     denoise = sum(per[k] * n for k, n in counts.items())
-    return {"label": "projection", "steps": target_steps, "total_s": fixed_s + denoise, "denoise_s": denoise,
-            "fixed_s": fixed_s, "per_step_s": {k: per[k] for k in counts}, "counts": counts}
+    result = {"label": "projection", "steps": target_steps, "total_s": fixed_s + denoise, "denoise_s": denoise,
+              "fixed_s": fixed_s, "per_step_s": {k: per[k] for k in counts}, "counts": counts}
+    used = sorted(k for k in counts if k in (borrowed or {}) and k not in kinds)
+    if used:
+        result["borrowed"] = used
+    return result
 
 
 def peak_gib(cuda: bool):
@@ -478,6 +486,9 @@ def profiled(ctx: Context, fn) -> dict:
 
 
 def warm_now(ctx: Context, index: int) -> bool:
+    """Whether the full-shape warm-up (one dense and one radial forward) runs before this frame count's rows; "small"
+    keeps only the 2-latent-frame pipeline calls (kernels compiled, encoder and VAE warm), for shapes where one
+    dense forward takes minutes."""
     return ctx.args.warmup == "each" or (ctx.args.warmup == "first" and index == 0)
 
 
@@ -506,7 +517,7 @@ def case_sample(ctx: Context) -> dict:
                      fam.token_layout(largest, height, width).num_tokens, backward=False)
     sdpa_ctx = sdpa.context()  # made now: it may add a note to the record
     print(f"sample: SDPA {json.dumps(sdpa.to_dict())}", flush=True)
-    if args.project_steps and steps <= settings.dense_timesteps:
+    if args.project_steps and steps <= settings.dense_timesteps and not args.radial_steps_only:
         print(f"sample: {steps} measured steps <= dense_timesteps ({settings.dense_timesteps}): no radial step is "
               "measured, so the radial row cannot be projected", flush=True)
     rows, comparisons = [], []
@@ -565,15 +576,22 @@ def case_sample(ctx: Context) -> dict:
                     row = {"frames": frames, "latent_frames": layout.latent_frames, "tokens": layout.num_tokens,
                            "pattern": pattern, "steps": steps, "sdpa_backend": sdpa.chosen}
                     graphs = compiled_graphs()
+                    # --radial_steps_only: the radial row measures radial steps only; its dense timesteps are
+                    # projected at the dense row's step time (the same dense attention)
+                    only_radial = args.radial_steps_only and pattern == "radial"
                     try:
-                        result, start, end = call(frames, pattern, steps)
+                        result, start, end = call(frames, pattern, steps, {"dense_timesteps": 0} if only_radial else None)
                     except torch.OutOfMemoryError:
                         row.update(oom=True, peak_gib=peak_gib(ctx.cuda))
                         rows.append(row)
                         ctx.save("sample", data)
                         continue
+                    borrowed = None
+                    if only_radial and "dense" in by_pattern:
+                        borrowed = {"dense_timestep": median(by_pattern["dense"][0]["step_s"])}
                     row.update(sample_row(ctx, result, start, end, record, step_marks, first_call, pattern, steps,
-                                          settings, layers, passes))
+                                          settings, layers, passes, measured_dense_timesteps=0 if only_radial else None,
+                                          borrowed=borrowed))
                     row["radial_calls"] = counter.calls
                     row["graphs_compiled_in_row"] = compiled_graphs() - graphs  # 0: the warm-up compiled them all
                     row["peak_gib"] = peak_gib(ctx.cuda)
@@ -613,16 +631,20 @@ def compiled_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-def sample_row(ctx, result, start, end, record, step_marks, first_call, pattern, steps, settings, layers, passes):
+def sample_row(ctx, result, start, end, record, step_marks, first_call, pattern, steps, settings, layers, passes,
+               measured_dense_timesteps=None, borrowed=None):
+    """One row's times and projection. `measured_dense_timesteps`: the dense timesteps the measured call ran (0 with
+    --radial_steps_only; default the settings'); the projection always uses the settings' own."""
     clock = ctx.clock
+    ran_dense = settings.dense_timesteps if measured_dense_timesteps is None else measured_dense_timesteps
     total_s = clock.seconds(start, end)
     text_s, decode_s, mp4_s = (total(clock, record, k) for k in ("text", "decode", "mp4"))
     starts = first_call[:1] + step_marks[:-1]
     step_s = [clock.seconds(a, b) for a, b in zip(starts, step_marks)]
     denoise_s = clock.seconds(first_call[0], step_marks[-1]) if step_marks else 0.0
-    dense_steps = steps if pattern == "dense" else min(settings.dense_timesteps, steps)
+    dense_steps = steps if pattern == "dense" else min(ran_dense, steps)
     kinds = ["dense"] * steps if pattern == "dense" else \
-        ["dense_timestep" if i < settings.dense_timesteps else "radial" for i in range(steps)]
+        ["dense_timestep" if i < ran_dense else "radial" for i in range(steps)]
     radial_layers = max(0, layers - settings.dense_layers)
     row = {"total_s": total_s, "generate_s": result.seconds, "text_encode_s": text_s, "denoise_s": denoise_s,
            "vae_decode_s": decode_s, "mp4_s": mp4_s, "other_s": total_s - text_s - denoise_s - decode_s - mp4_s,
@@ -632,7 +654,7 @@ def sample_row(ctx, result, start, end, record, step_marks, first_call, pattern,
     target = ctx.args.project_steps
     if target and steps < target and len(step_s) == steps:
         try:
-            proj = project_steps(step_s, kinds, total_s - sum(step_s), target, settings.dense_timesteps)
+            proj = project_steps(step_s, kinds, total_s - sum(step_s), target, settings.dense_timesteps, borrowed)
             proj["shares"] = shares(proj["total_s"], text_s, proj["denoise_s"], decode_s)
             row["projection"] = proj
         except ValueError as err:
@@ -1089,9 +1111,12 @@ def parse_args(argv=None):
     parser.add_argument("--sdpa", default="auto", choices=("auto", "default", "cudnn", "flash", "efficient"),
                         help="dense SDPA backend: auto picks the fastest on a warm-up; default leaves PyTorch's order")
     parser.add_argument("--sdpa_reps", type=int, default=2)
-    parser.add_argument("--warmup", choices=("each", "first", "none"), default="each",
-                        help="sample/train: warm-up before every frame count's rows, only the first's, or none; "
-                             "tta: a 2-step run_tta per pattern unless none")
+    parser.add_argument("--warmup", choices=("each", "first", "small", "none"), default="each",
+                        help="sample/train: warm-up before every frame count's rows, only the first's, only the "
+                             "small-shape pipeline calls (sample), or none; tta: a 2-step run_tta per pattern unless none")
+    parser.add_argument("--radial_steps_only", action="store_true", help="sample: the radial row measures radial "
+                        "steps only (dense_timesteps 0 in that call); its projection counts the preset's dense "
+                        "timesteps at the dense row's measured step time (labelled 'borrowed')")
     parser.add_argument("--train_reps", type=int, default=1, help="measured training steps per row (median)")
     parser.add_argument("--tta_steps", type=int, default=None, help="TTA steps (default: the preset's tta.steps)")
     parser.add_argument("--sample_steps", type=int, default=None, help="TTA continuation sampling steps")

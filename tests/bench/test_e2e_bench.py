@@ -57,6 +57,33 @@ def test_projection_counts_dense_timestep_and_radial_steps_apart():
         e2e.project_steps([2.0, 2.0], ["dense_timestep"] * 2, 1.0, 50, 2)
 
 
+def test_projection_borrows_only_the_kinds_it_did_not_measure():
+    # --radial_steps_only: one radial step measured (1.0 s); the 2 dense timesteps at the dense row's 3.0 s
+    p = e2e.project_steps([1.0], ["radial"], 4.0, 50, 2, borrowed={"dense_timestep": 3.0})
+    assert p["counts"] == {"dense_timestep": 2, "radial": 48} and p["borrowed"] == ["dense_timestep"]
+    assert p["total_s"] == pytest.approx(4.0 + 2 * 3.0 + 48 * 1.0)
+    measured = e2e.project_steps([2.0, 2.2, 1.0], ["dense_timestep", "dense_timestep", "radial"], 10.0, 50, 2,
+                                 borrowed={"dense_timestep": 99.0})
+    assert "borrowed" not in measured and measured["per_step_s"]["dense_timestep"] == pytest.approx(2.1)
+
+
+def test_radial_steps_only_measures_radial_steps_and_projects_the_dense_timesteps_from_the_dense_row(tmp_path):
+    out = tmp_path / "out"
+    e2e.main(["sample", *TINY, "--frames", "9", "--steps", "1", "--project_steps", "4", "--warmup", "small",
+              "--radial_steps_only", "--no_mp4", "--out", str(out), "--work_dir", str(tmp_path / "work")])
+    data = _json(out, "sample")
+    rows = _by(data["rows"])
+    dense, radial = rows[(9, "dense")], rows[(9, "radial")]
+    assert radial["step_kinds"] == ["radial"] and radial["radial_calls"] == radial["expected_radial_calls"] == 1 * 3 * 2
+    proj = radial["projection"]
+    first = data["settings"]["radial"]["dense_timesteps"]  # the preset's, though the measured call ran none
+    assert first >= 1 and proj["borrowed"] == ["dense_timestep"]
+    assert proj["counts"] == {"dense_timestep": first, "radial": 4 - first}
+    assert proj["per_step_s"]["dense_timestep"] == pytest.approx(dense["step_s"][0])
+    assert proj["per_step_s"]["radial"] == pytest.approx(radial["step_s"][0])
+    assert "borrowed" not in dense["projection"]
+
+
 def test_sample_rows_time_the_generate_call_and_radial_really_ran(all_run):
     out, _ = all_run
     data = _json(out, "sample")
