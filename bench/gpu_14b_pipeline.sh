@@ -6,7 +6,7 @@
 #   FRAMES=81 bash bench/gpu_14b_pipeline.sh    (81 video frames = 21 latent)
 #   COMPILE=1 FRAMES=81 bash bench/gpu_14b_pipeline.sh   the same with regional compilation on both rows
 #   FRAMES=321 STEPS=1 WARMUP=small RADIAL_STEPS_ONLY=1 bash bench/gpu_14b_pipeline.sh
-#       81 latent frames in one 600 s call: one dense step is ~290 s, so each row measures one step, the full-shape
+#       81 latent frames in one 600 s call: one dense step is ~280 s, so each row measures one step, the full-shape
 #       warm-up forwards are skipped, and the radial row's 2 dense timesteps are projected at the dense row's step
 #       (bench/e2e.py --radial_steps_only; run 31 measured the two within 0.6% at 21 latent); SDPA=cudnn skips the
 #       backend pick (~1 min at this length) where the same session's 81-frame call picked it

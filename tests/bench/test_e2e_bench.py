@@ -65,9 +65,14 @@ def test_projection_borrows_only_the_kinds_it_did_not_measure():
     measured = e2e.project_steps([2.0, 2.2, 1.0], ["dense_timestep", "dense_timestep", "radial"], 10.0, 50, 2,
                                  borrowed={"dense_timestep": 99.0})
     assert "borrowed" not in measured and measured["per_step_s"]["dense_timestep"] == pytest.approx(2.1)
+    with pytest.raises(ValueError, match="dense_timestep"):  # no dense row to borrow from (it ran out of memory)
+        e2e.project_steps([1.0], ["radial"], 4.0, 50, 2)
 
 
-def test_radial_steps_only_measures_radial_steps_and_projects_the_dense_timesteps_from_the_dense_row(tmp_path):
+def test_radial_steps_only_measures_radial_steps_and_projects_the_dense_timesteps_from_the_dense_row(
+        tmp_path, monkeypatch):
+    full_shape_warmups = []
+    monkeypatch.setattr(e2e, "warm_transformer", lambda *a, **kw: full_shape_warmups.append(a))
     out = tmp_path / "out"
     e2e.main(["sample", *TINY, "--frames", "9", "--steps", "1", "--project_steps", "4", "--warmup", "small",
               "--radial_steps_only", "--no_mp4", "--out", str(out), "--work_dir", str(tmp_path / "work")])
@@ -82,6 +87,7 @@ def test_radial_steps_only_measures_radial_steps_and_projects_the_dense_timestep
     assert proj["per_step_s"]["dense_timestep"] == pytest.approx(dense["step_s"][0])
     assert proj["per_step_s"]["radial"] == pytest.approx(radial["step_s"][0])
     assert "borrowed" not in dense["projection"]
+    assert full_shape_warmups == []  # --warmup small: only the small pipeline calls warmed up
 
 
 def test_sample_rows_time_the_generate_call_and_radial_really_ran(all_run):
