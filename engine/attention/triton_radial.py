@@ -218,7 +218,7 @@ if HAS_TRITON:
         sob, sos, soh, sod,
         H, S, SL, qk_scale, ZERO,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr,
-        MASK_COLS: tl.constexpr,
+        MASK_COLS: tl.constexpr, PIPELINE: tl.constexpr,
     ):
         # Forward with Hopper warp specialisation (Triton's automatic WS, num_warps=4): a producer warp
         # group issues the TMA loads of Q/K/V through device-side descriptors, two consumer warp groups
@@ -248,20 +248,51 @@ if HAS_TRITON:
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
         acc = tl.full([BLOCK_M, HEAD_DIM], 0.0, dtype=tl.float32)
-        for it in tl.range(start, end, warp_specialize=True):
-            n0 = tl.load(row_idx + it) * BLOCK_N
-            k = k_desc.load([n0, 0])
-            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
-            if MASK_COLS:
-                qk = tl.where((n0 + offs_n)[None, :] < S, qk, float("-inf"))
-            m_new = tl.maximum(m_i, _row_max(qk, 1) * qk_scale)
-            p = tl.math.exp2(qk * qk_scale - m_new[:, None])
-            alpha = tl.math.exp2(m_i - m_new)
-            l_i = l_i * alpha + _row_sum(p, 1)
-            acc = acc * alpha[:, None]
-            v = v_desc.load([n0, 0])
-            acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
-            m_i = m_new
+        if PIPELINE:
+            # Software-pipelined by one tile: iteration j issues QK^T of key tile j and then PV of tile j-1
+            # (both asynchronous wgmma), waits for QK^T only, and runs tile j's softmax (exp2 on the SFU)
+            # while PV j-1 is on the tensor cores; the plain loop below runs the two strictly in turn.
+            # The WS pass accepts no dot before the loop, so the loop runs one extra iteration: it issues
+            # PV of the last tile and a QK^T of a clamped tile whose softmax is discarded (`live`); the
+            # first iteration's PV adds a zero P. p_prev stays fp32 across iterations: a bf16 carried dot
+            # operand makes Triton 3.6's WS pass assert.
+            last = tl.maximum(end - 1, start)
+            has = end > start
+            n_prev = tl.load(row_idx + start, mask=has, other=0) * BLOCK_N
+            p_prev = tl.full([BLOCK_M, BLOCK_N], 0.0, dtype=tl.float32)
+            for it in tl.range(start, end + 1, warp_specialize=True):
+                n0 = tl.load(row_idx + tl.minimum(it, last), mask=has, other=0) * BLOCK_N
+                k = k_desc.load([n0, 0])
+                qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+                v = v_desc.load([n_prev, 0])
+                acc = tl.dot(p_prev.to(v.dtype), v, acc, input_precision=DOT_PREC)
+                if MASK_COLS:
+                    qk = tl.where((n0 + offs_n)[None, :] < S, qk, float("-inf"))
+                live = it < end
+                m_new = tl.where(live, tl.maximum(m_i, _row_max(qk, 1) * qk_scale), m_i)
+                # the extra iteration: subtracting +inf gives p = 0, and alpha = 1 (no 0 * inf anywhere)
+                p = tl.math.exp2(qk * qk_scale - tl.where(live, m_new, float("inf"))[:, None])
+                alpha = tl.math.exp2(tl.where(live, m_i - m_new, 0.0))
+                l_i = l_i * alpha + _row_sum(p, 1)
+                acc = acc * alpha[:, None]
+                p_prev = p
+                m_i = m_new
+                n_prev = n0
+        else:
+            for it in tl.range(start, end, warp_specialize=True):
+                n0 = tl.load(row_idx + it) * BLOCK_N
+                k = k_desc.load([n0, 0])
+                qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+                if MASK_COLS:
+                    qk = tl.where((n0 + offs_n)[None, :] < S, qk, float("-inf"))
+                m_new = tl.maximum(m_i, _row_max(qk, 1) * qk_scale)
+                p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+                alpha = tl.math.exp2(m_i - m_new)
+                l_i = l_i * alpha + _row_sum(p, 1)
+                acc = acc * alpha[:, None]
+                v = v_desc.load([n0, 0])
+                acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PREC)
+                m_i = m_new
 
         empty = l_i == 0.0
         l_safe = tl.where(empty, 1.0, l_i)
@@ -665,7 +696,7 @@ def _fwd(q, k, v, plan: _Plan, sm_scale: float, out=None):
                 *_strides(q)[:3], *_strides(k)[:3], *_strides(v)[:3], *_strides(o),
                 H, S, SL, sm_scale * _LOG2E, 0,
                 HEAD_DIM=D, BLOCK_M=L.tile_m, BLOCK_N=L.tile_n, DOT_PREC=_dot_prec(q.dtype), MASK_COLS=mask_cols,
-                **_launch_kw(wcfg),
+                PIPELINE=bool(wcfg.get("PIPELINE", False)), **_launch_kw(wcfg),
             )
         return o, lse
     tl_ = plan.fwd

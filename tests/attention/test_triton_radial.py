@@ -63,12 +63,15 @@ def assert_close(got, want, rtol=1e-4, name=""):
     assert err < rtol and maxerr < 1e3 * rtol * want.abs().max().item() + 1e-6, f"{name}: rel err {err:.2e}"
 
 
-@pytest.fixture(params=[False, True], ids=["plain", "ws"])
+@pytest.fixture(params=["plain", "ws", "ws-pipelined"])
 def ws(request, monkeypatch):
     # plain kernels, or the warp-specialised forward / dK/dV / dQ kernels (which the interpreter runs
-    # as ordinary loops: this checks their indexing, descriptors and the handling of rows past S)
+    # as ordinary loops: this checks their indexing, descriptors and the handling of rows past S);
+    # ws-pipelined: the forward's software-pipelined loop (PIPELINE, one tile of lag between QK^T and PV)
+    use_ws = request.param != "plain"
     for key in ("fwd", "bwd_dkdv", "bwd_dq"):
-        monkeypatch.setitem(TR.CONFIGS, key, dict(TR.CONFIGS[key], WS=request.param))
+        monkeypatch.setitem(TR.CONFIGS, key, dict(TR.CONFIGS[key], WS=use_ws))
+    monkeypatch.setitem(TR.CONFIGS, "fwd_ws", dict(TR.CONFIGS["fwd_ws"], PIPELINE=request.param == "ws-pipelined"))
     used = []
     ws_kernels = {"_fwd_ws_kernel", "_bwd_dkdv_ws_kernel", "_bwd_dq_ws_kernel"}
     for name in ws_kernels:
@@ -76,7 +79,7 @@ def ws(request, monkeypatch):
         monkeypatch.setattr(TR, name, type("Spy", (), {"__getitem__": lambda self, g, k=kern, n=name: (
             used.append(n), k[g])[1]})())
     yield request.param
-    assert (set(used) == ws_kernels) == request.param
+    assert (set(used) == ws_kernels) == use_ws
 
 
 def check(B, S, H, D, bs, p, seed, dtype=torch.float32, rtol=1e-4, blk=None):
@@ -110,6 +113,31 @@ def test_diagonal_only_rows(ws):
     S, bs = 70, 16
     blk = torch.eye(-(-S // bs), dtype=torch.bool)
     check(1, S, 2, 32, bs, None, seed=1, blk=blk)
+
+
+def test_query_blocks_with_no_keys(ws):
+    # rows of blocks 1 and 3 keep no key block: output 0, dQ 0, and their keys get no gradient from them
+    # (the pipelined loop still runs its one extra iteration there and must add nothing)
+    S, bs, D = 70, 16, 32
+    gen = torch.Generator().manual_seed(4)
+    blk = random_block_mask(S, bs, 0.5, gen)
+    blk[1] = False
+    blk[3] = False
+    q, k, v, do = (torch.randn(1, S, 2, D, generator=gen) for _ in range(4))
+    out, dq, dk, dv = run_kernel(q, k, v, do, blk, bs)
+    for rows in (slice(16, 32), slice(48, 64)):
+        assert torch.equal(out[:, rows], torch.zeros_like(out[:, rows]))
+        assert torch.equal(dq[:, rows], torch.zeros_like(dq[:, rows]))
+    keep = torch.ones(S, dtype=torch.bool)
+    keep[16:32] = False
+    keep[48:64] = False
+    # SDPA needs a key in every row: give the empty rows all keys and a zero dO, so that they add
+    # nothing to dK / dV there either
+    want = reference(q, k, v, do * keep[None, :, None, None], blk | ~blk.any(1, keepdim=True), bs)
+    assert_close(out[:, keep], want[0][:, keep], 1e-4, "out")
+    assert_close(dq[:, keep], want[1][:, keep], 1e-4, "dq")
+    assert_close(dk, want[2], 1e-4, "dk")
+    assert_close(dv, want[3], 1e-4, "dv")
 
 
 def test_all_blocks_equals_dense_sdpa():
