@@ -96,7 +96,7 @@ if TR.HAS_TRITON:
         sob, sos, soh, sod,
         H, S, SP, SL, NQT, NKT, ZERO,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_COLS: tl.constexpr,
-        WS: tl.constexpr, FP8_MAX: tl.constexpr, PRE_ROUND: tl.constexpr, PIPELINE: tl.constexpr,
+        WS: tl.constexpr, FP8_MAX: tl.constexpr, PRE_ROUND: tl.constexpr,
     ):
         # The layout of triton_radial._fwd_ws_kernel (TMA descriptors, one plain loop, the tail-tile
         # launches apart with MASK_COLS); ZERO as there.
@@ -122,51 +122,22 @@ if TR.HAS_TRITON:
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
         acc = tl.full([BLOCK_M, HEAD_DIM], 0.0, dtype=tl.float32)
-        if PIPELINE:
-            # triton_radial._fwd_ws_kernel's PIPELINE loop (see there): QK^T of tile j, then PV of tile
-            # j-1, whose wgmma runs under tile j's softmax; one extra iteration finishes the last PV.
-            last = tl.maximum(end - 1, start)
-            has = end > start
-            nt_prev = tl.load(row_idx + start, mask=has, other=0)
-            sv_prev = 0.0
-            p_prev = tl.full([BLOCK_M, BLOCK_N], 0.0, dtype=tl.float32)
-            for it in tl.range(start, end + 1, warp_specialize=WS):
-                nt = tl.load(row_idx + tl.minimum(it, last), mask=has, other=0)
-                n0 = nt * BLOCK_N
-                k = k_desc.load([n0, 0])
-                s_qk = s_q * tl.load(sk_base + nt)
-                qk = tl.dot(q, tl.trans(k))
-                vt = v_desc.load([0, nt_prev * BLOCK_N])
-                pv = tl.dot(_to_e4m3(p_prev * FP8_MAX, PRE_ROUND), tl.trans(vt))
-                if MASK_COLS:
-                    qk = tl.where((n0 + offs_n)[None, :] < S, qk, float("-inf"))
-                live = it < end
-                m_new = tl.where(live, tl.maximum(m_i, TR._row_max(qk, 1) * s_qk), m_i)
-                p = tl.math.exp2(qk * s_qk - tl.where(live, m_new, float("inf"))[:, None])
-                alpha = tl.math.exp2(tl.where(live, m_i - m_new, 0.0))
-                l_i = l_i * alpha + TR._row_sum(p, 1)
-                acc = (acc + pv * sv_prev) * alpha[:, None]
-                p_prev = p
-                sv_prev = tl.load(sv_base + nt) / FP8_MAX
-                m_i = m_new
-                nt_prev = nt
-        else:
-            for it in tl.range(start, end, warp_specialize=WS):
-                nt = tl.load(row_idx + it)
-                n0 = nt * BLOCK_N
-                k = k_desc.load([n0, 0])
-                s_qk = s_q * tl.load(sk_base + nt)
-                qk = tl.dot(q, tl.trans(k))
-                if MASK_COLS:
-                    qk = tl.where((n0 + offs_n)[None, :] < S, qk, float("-inf"))
-                m_new = tl.maximum(m_i, TR._row_max(qk, 1) * s_qk)
-                p = tl.math.exp2(qk * s_qk - m_new[:, None])
-                alpha = tl.math.exp2(m_i - m_new)
-                l_i = l_i * alpha + TR._row_sum(p, 1)
-                vt = v_desc.load([0, n0])
-                pv = tl.dot(_to_e4m3(p * FP8_MAX, PRE_ROUND), tl.trans(vt))
-                acc = acc * alpha[:, None] + pv * (tl.load(sv_base + nt) / FP8_MAX)
-                m_i = m_new
+        for it in tl.range(start, end, warp_specialize=WS):
+            nt = tl.load(row_idx + it)
+            n0 = nt * BLOCK_N
+            k = k_desc.load([n0, 0])
+            s_qk = s_q * tl.load(sk_base + nt)
+            qk = tl.dot(q, tl.trans(k))
+            if MASK_COLS:
+                qk = tl.where((n0 + offs_n)[None, :] < S, qk, float("-inf"))
+            m_new = tl.maximum(m_i, TR._row_max(qk, 1) * s_qk)
+            p = tl.math.exp2(qk * s_qk - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+            l_i = l_i * alpha + TR._row_sum(p, 1)
+            vt = v_desc.load([0, n0])
+            pv = tl.dot(_to_e4m3(p * FP8_MAX, PRE_ROUND), tl.trans(vt))
+            acc = acc * alpha[:, None] + pv * (tl.load(sv_base + nt) / FP8_MAX)
+            m_i = m_new
 
         empty = l_i == 0.0
         l_safe = tl.where(empty, 1.0, l_i)
@@ -244,7 +215,7 @@ def _fwd_fp8(q, k, v, plan, sm_scale: float, out=None):
             *TR._strides(o),
             H, S, v8t.shape[-1], SL, sq.shape[1], sk.shape[1], 0,
             HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn, MASK_COLS=mask_cols, WS=ws, FP8_MAX=FP8_MAX,
-            PRE_ROUND=TR._interpreting(), PIPELINE=bool(cfg.get("PIPELINE", False)),
+            PRE_ROUND=TR._interpreting(),
             **TR._launch_kw(cfg),
         )
     return o, lse
