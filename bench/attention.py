@@ -20,7 +20,7 @@ pairs inside computed blocks (S^2 for dense); forward+backward = 3.5x forward
     PYTHONUNBUFFERED=1 python bench/attention.py --out $OUT
 
 Other modes: --explore (correctness + A/B timing of kernel variants, runs 4-5
-and 9), --fwd-ab (the forward kernels of FWD_AB: checks and A B A B times), --triton-fb-only (WS backward checks + Triton forward+backward times,
+and 9), --kernel-ab (v10 vs v11, KERNEL_AB: checks and A B A B times), --triton-fb-only (WS backward checks + Triton forward+backward times,
 run 8).
 """
 
@@ -472,23 +472,27 @@ def explore(results, out_dir, stop_s=480.0):
     return good, tab
 
 
-# The forward A/B of kernel v11 (--fwd-ab): the software-pipelined WS loop against v10's, both tail-split.
-FWD_AB = [
-    ("fwd ws v10", dict(fwd_ws=dict(TAIL_SPLIT=True, PIPELINE=False))),
-    ("fwd ws pipelined (v11)", dict(fwd_ws=dict(TAIL_SPLIT=True, PIPELINE=True))),
+# The A/B of kernel v11 (--kernel-ab) against v10: the forward's software-pipelined WS loop (PIPELINE) and the
+# backward passes' dP-before-exp order (DP_FIRST). Forward and backward are timed apart, so each part's flags
+# are judged on their own.
+KERNEL_AB = [
+    ("v10", dict(fwd_ws=dict(TAIL_SPLIT=True, PIPELINE=False), bwd_dkdv_ws=dict(DP_FIRST=False),
+                 bwd_dq_ws=dict(DP_FIRST=False))),
+    ("v11", dict(fwd_ws=dict(TAIL_SPLIT=True, PIPELINE=True), bwd_dkdv_ws=dict(DP_FIRST=True),
+                 bwd_dq_ws=dict(DP_FIRST=True))),
 ]
 
 
-def fwd_ab(results, out_dir, rounds=2):
-    """FWD_AB's forward kernels: random-mask checks against fp64 SDPA, one-head checks against the fp32
-    reference at two full-size shapes (NaN-poisoned outputs), each variant's full-width output against the
-    first's, then A B A B forward times with TFLOP/s on every row of the main table. Table printed last."""
+def kernel_ab(results, out_dir, rounds=2):
+    """KERNEL_AB's kernels: random-mask checks against fp64 SDPA, one-head checks against the fp32 reference
+    at two full-size shapes (NaN-poisoned outputs; each variant's output and grads also compared with the
+    first's), then A B A B forward and backward times with TFLOP/s on every row of the main table."""
     TR.POISON_OUTPUTS = True
     checks = []
-    for vname, cfg in FWD_AB:
+    for vname, cfg in KERNEL_AB:
         _set_variant(cfg)
         for dtype, Dh, bs, S, H in ((torch.float16, 64, 64, 1000, 3), (torch.bfloat16, 128, 128, 777, 2),
-                                    (torch.bfloat16, 128, 128, 2049, 2)):
+                                    (torch.bfloat16, 64, 128, 2049, 2)):
             e, finite = random_mask_check(dtype, Dh, bs, S, H)
             checks.append(dict(kind="small", variant=vname, S=S, D=Dh, dtype=str(dtype), err=e,
                                ok=e < 1e-2 and finite))
@@ -498,59 +502,71 @@ def fwd_ab(results, out_dir, rounds=2):
         blk = cached_block_mask(F_, T, block_size=BS, decay_factor=decay, device="cuda")
         q, k, v = make_qkv(S, H)
         do = torch.randn_like(q)
+        h0 = H // 2
         first = None
-        for vname, cfg in FWD_AB:
+        for vname, cfg in KERNEL_AB:
             _set_variant(cfg)
-            errs, _ = one_head_check(q, k, v, do, blk, T, F_, decay)
-            with torch.no_grad():
-                of = tri_fwd(q, k, v, T, F_, decay)
+            errs, o1 = one_head_check(q, k, v, do, blk, T, F_, decay)
+            qs, ks, vs = (t[:, :, h0:h0 + 1].detach().requires_grad_() for t in (q, k, v))
+            tri_fwd(qs, ks, vs, T, F_, decay).backward(do[:, :, h0:h0 + 1])
+            got = (o1, qs.grad, ks.grad, vs.grad)
             if first is None:
-                first = of
-            errs.update(vs_first=rel(of, first), bitwise_first=bool(torch.equal(of, first)))
+                first = got
+            errs.update(vs_first=max(rel(a, b) for a, b in zip(got, first)),
+                        bitwise_first=[bool(torch.equal(a, b)) for a, b in zip(got, first)])
             errs["ok"] = max(errs["out"], errs["dq"], errs["dk"], errs["dv"], errs["vs_first"]) < 1e-2
             checks.append(dict(kind="full", variant=vname, shape=f"{name} F={F_}", decay=decay, S=S, **errs))
             log(f"check {vname} {name} F={F_} decay={decay}: {json.dumps(errs)}")
-            del of
+            del qs, ks, vs, got, o1
         del q, k, v, do, first
         torch.cuda.empty_cache()
     TR.POISON_OUTPUTS = False
     good = all(c["ok"] for c in checks)
-    log("fwd A/B correctness", "PASS" if good else "FAIL")
-    results["fwd_ab_checks"] = checks
+    log("kernel A/B correctness", "PASS" if good else "FAIL")
+    results["kernel_ab_checks"] = checks
 
     rows = []
     scale = 1.0 / math.sqrt(D)
     for name, H, T, F_ in SHAPES:
         S = T * F_
         q, k, v = make_qkv(S, H)
+        do = torch.randn_like(q)
         for decay in DECAYS:
             blk = cached_block_mask(F_, T, block_size=BS, decay_factor=decay, device="cuda")
             fl = 4 * H * D * computed_pairs(blk.cpu(), BS, S)
-            for vname, cfg in FWD_AB * rounds:  # interleaved rounds: A B A B
+            for vname, cfg in KERNEL_AB * rounds:  # interleaved rounds: A B A B
                 _set_variant(cfg)
                 plan = TR._Plan(blk, BS, S, q.device, None)
-                ms = event_median(lambda: TR._fwd(q, k, v, plan, scale))
-                rows.append(dict(shape=f"{name} F={F_}", S=S, decay=decay, variant=vname, ms=ms,
-                                 tflops=fl / ms / 1e9))
-                log(f"time {vname} {name} F={F_} decay={decay}: {ms:.3f} ms {fl / ms / 1e9:.0f} TFLOP/s")
-        del q, k, v
+                f_ms = event_median(lambda: TR._fwd(q, k, v, plan, scale))
+                o, lse = TR._fwd(q, k, v, plan, scale)
+                b_ms = event_median(lambda: TR._bwd(do, q, k, v, o, lse, plan, scale))
+                del o, lse
+                rows.append(dict(shape=f"{name} F={F_}", S=S, decay=decay, variant=vname, fwd_ms=f_ms, bwd_ms=b_ms,
+                                 fwd_tflops=fl / f_ms / 1e9, fb_tflops=3.5 * fl / (f_ms + b_ms) / 1e9))
+                log(f"time {vname} {name} F={F_} decay={decay}: fwd {f_ms:.3f} ms ({fl / f_ms / 1e9:.0f} TF/s), "
+                    f"bwd {b_ms:.3f} ms, f+b {3.5 * fl / (f_ms + b_ms) / 1e9:.0f} TF/s")
+        del q, k, v, do
         torch.cuda.empty_cache()
     _set_variant()
-    results["fwd_ab_timing"] = rows
-    lines = ["| shape | decay | " + " | ".join(f"{v} ms (TF/s)" for v, _ in FWD_AB)
-             + " | " + " | ".join(f"{v} / first" for v, _ in FWD_AB[1:]) + " |",
-             "|" + "---|" * (2 + 2 * len(FWD_AB) - 1)]
+    results["kernel_ab_timing"] = rows
+    names = [v for v, _ in KERNEL_AB]
+    lines = ["| shape | decay | " + " | ".join(f"{v} fwd ms (TF/s)" for v in names) + " | "
+             + " | ".join(f"{v} bwd ms" for v in names) + " | " + " | ".join(f"{v} f+b TF/s" for v in names)
+             + " | fwd: first / last | bwd: first / last |",
+             "|" + "---|" * (4 + 3 * len(names))]
     for name, H, T, F_ in SHAPES:
         for decay in DECAYS:
             sub = [r for r in rows if r["shape"] == f"{name} F={F_}" and r["decay"] == decay]
-            mean = {v: sum(r["ms"] for r in sub if r["variant"] == v) / rounds for v, _ in FWD_AB}
-            tf = {v: sum(r["tflops"] for r in sub if r["variant"] == v) / rounds for v, _ in FWD_AB}
-            first = FWD_AB[0][0]
+            m = {(v, key): sum(r[key] for r in sub if r["variant"] == v) / rounds
+                 for v in names for key in ("fwd_ms", "bwd_ms", "fwd_tflops", "fb_tflops")}
+            a, z = names[0], names[-1]
             lines.append(f"| {name} F={F_} | {decay} | "
-                         + " | ".join(f"{mean[v]:.2f} ({tf[v]:.0f})" for v, _ in FWD_AB) + " | "
-                         + " | ".join(f"{mean[first] / mean[v]:.3f}x" for v, _ in FWD_AB[1:]) + " |")
+                         + " | ".join(f"{m[v, 'fwd_ms']:.2f} ({m[v, 'fwd_tflops']:.0f})" for v in names) + " | "
+                         + " | ".join(f"{m[v, 'bwd_ms']:.2f}" for v in names) + " | "
+                         + " | ".join(f"{m[v, 'fb_tflops']:.0f}" for v in names) + " | "
+                         + f"{m[a, 'fwd_ms'] / m[z, 'fwd_ms']:.3f}x | {m[a, 'bwd_ms'] / m[z, 'bwd_ms']:.3f}x |")
     tab = "\n".join(lines)
-    with open(os.path.join(out_dir, "fwd_ab_table.md"), "w") as f:
+    with open(os.path.join(out_dir, "kernel_ab_table.md"), "w") as f:
         f.write(tab + "\n")
     return good, tab
 
@@ -694,8 +710,8 @@ def main():
     ap.add_argument("--skip-sweep", action="store_true")
     ap.add_argument("--heaviest-first", action="store_true", help="launch heaviest tiles first (v2 order)")
     ap.add_argument("--explore", action="store_true", help="backward/forward variant A/B only (runs 4-5)")
-    ap.add_argument("--fwd-ab", action="store_true",
-                    help="forward kernel A/B only (FWD_AB: v10 vs the pipelined v11): checks, then times with TF/s")
+    ap.add_argument("--kernel-ab", action="store_true",
+                    help="kernel A/B only (KERNEL_AB, v10 vs v11): checks, then forward and backward times with TF/s")
     ap.add_argument("--triton-fb-only", action="store_true",
                     help="WS dK/dV checks + Triton forward+backward times only (run 8)")
     ap.add_argument("--no-flash-fb", action="store_true",
@@ -723,14 +739,14 @@ def main():
         print(f"correctness {'PASS' if good else 'FAIL'}")
         print(json.dumps(rows))
         return
-    if args.fwd_ab:
-        good, tab = fwd_ab(results, args.out)
+    if args.kernel_ab:
+        good, tab = kernel_ab(results, args.out)
         results["elapsed_s"] = time.time() - T0
         with open(os.path.join(args.out, "attention_results.json"), "w") as f:
             json.dump(results, f, indent=1)
         print()
         print(f"device {results['device']} torch {results['torch']} triton {results['triton']}; "
-              f"bf16 matmul {results['matmul_bf16_tflops']:.0f} TFLOP/s; fwd A/B correctness "
+              f"bf16 matmul {results['matmul_bf16_tflops']:.0f} TFLOP/s; kernel A/B correctness "
               f"{'PASS' if good else 'FAIL'}; elapsed {results['elapsed_s']:.0f} s")
         print(tab)
         return

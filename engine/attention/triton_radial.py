@@ -415,6 +415,7 @@ if HAS_TRITON:
         sgb, sgs, sgh, sgd,
         H, S, SL, qk_scale, sm_scale, ZERO,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr,
+        DP_FIRST: tl.constexpr,
     ):
         # _bwd_dkdv_kernel with Hopper warp specialisation (num_warps=4): a producer group loads the
         # Q / dO tiles through device-side TMA descriptors, two consumer groups hold 64 key rows each.
@@ -448,9 +449,16 @@ if HAS_TRITON:
             lse = tl.load(lse_base + rows, mask=rows < S, other=float("inf"))
             delta = tl.load(delta_base + rows, mask=rows < S, other=0.0)
             qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PREC)
-            pT = tl.math.exp2(qkT * qk_scale - lse[None, :])
-            dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PREC)
-            dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+            # DP_FIRST: dP^T's wgmma is issued before the exp2 of P^T, which then runs under it on the SFU
+            # (issued after, as in v10, the two run in turn); the values are the same
+            if DP_FIRST:
+                dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+                pT = tl.math.exp2(qkT * qk_scale - lse[None, :])
+                dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PREC)
+            else:
+                pT = tl.math.exp2(qkT * qk_scale - lse[None, :])
+                dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PREC)
+                dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
             dsT = pT * (dpT - delta[None, :])
             dk = tl.dot(dsT.to(q.dtype), q, dk, input_precision=DOT_PREC)
         dk = dk * sm_scale
@@ -541,6 +549,7 @@ if HAS_TRITON:
         sgb, sgs, sgh, sgd,
         H, S, SL, qk_scale, sm_scale, ZERO,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr,
+        DP_FIRST: tl.constexpr,
     ):
         # _bwd_dq_kernel with Hopper warp specialisation (num_warps=4): a producer group loads K / V
         # tiles through device-side TMA descriptors, two consumer groups hold 64 query rows each.
@@ -576,8 +585,13 @@ if HAS_TRITON:
             k = k_desc.load([n0, 0])
             v = v_desc.load([n0, 0])
             qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
-            p = tl.math.exp2(qk * qk_scale - lse[:, None])
-            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+            # DP_FIRST: as in _bwd_dkdv_ws_kernel, the exp2 of P under dP's wgmma
+            if DP_FIRST:
+                dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+                p = tl.math.exp2(qk * qk_scale - lse[:, None])
+            else:
+                p = tl.math.exp2(qk * qk_scale - lse[:, None])
+                dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
             ds = p * (dp - delta[:, None])
             dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PREC)
         dq = dq * sm_scale
@@ -748,7 +762,7 @@ def _bwd(do, q, k, v, o, lse, plan: _Plan, sm_scale: float, dlse=None, out=None)
             *_strides(q)[:3], *_strides(k)[:3], *_strides(v)[:3], *_strides(do)[:3], *_strides(dk),
             H, S, SL, sm_scale * _LOG2E, sm_scale, 0,
             HEAD_DIM=D, BLOCK_M=L.tile_m, BLOCK_N=L.tile_n, DOT_PREC=prec,
-            **_launch_kw(CONFIGS["bwd_dkdv_ws"]),
+            DP_FIRST=bool(CONFIGS["bwd_dkdv_ws"].get("DP_FIRST", False)), **_launch_kw(CONFIGS["bwd_dkdv_ws"]),
         )
     else:
         L = plan.lists("bwd_dkdv")
@@ -771,7 +785,7 @@ def _bwd(do, q, k, v, o, lse, plan: _Plan, sm_scale: float, dlse=None, out=None)
             *_strides(q)[:3], *_strides(k)[:3], *_strides(v)[:3], *_strides(do)[:3], *_strides(dq),
             H, S, SL, sm_scale * _LOG2E, sm_scale, 0,
             HEAD_DIM=D, BLOCK_M=L.tile_m, BLOCK_N=L.tile_n, DOT_PREC=prec,
-            **_launch_kw(CONFIGS["bwd_dq_ws"]),
+            DP_FIRST=bool(CONFIGS["bwd_dq_ws"].get("DP_FIRST", False)), **_launch_kw(CONFIGS["bwd_dq_ws"]),
         )
         return dq, dk, dv
     L = plan.lists("bwd_dq")

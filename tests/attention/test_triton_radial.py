@@ -63,15 +63,19 @@ def assert_close(got, want, rtol=1e-4, name=""):
     assert err < rtol and maxerr < 1e3 * rtol * want.abs().max().item() + 1e-6, f"{name}: rel err {err:.2e}"
 
 
-@pytest.fixture(params=["plain", "ws", "ws-pipelined"])
+@pytest.fixture(params=["plain", "ws", "ws-overlap"])
 def ws(request, monkeypatch):
     # plain kernels, or the warp-specialised forward / dK/dV / dQ kernels (which the interpreter runs
     # as ordinary loops: this checks their indexing, descriptors and the handling of rows past S);
-    # ws-pipelined: the forward's software-pipelined loop (PIPELINE, one tile of lag between QK^T and PV)
+    # ws-overlap: the forward's software-pipelined loop (PIPELINE, one tile of lag between QK^T and PV)
+    # and the backward passes' dP-before-exp order (DP_FIRST)
     use_ws = request.param != "plain"
+    overlap = request.param == "ws-overlap"
     for key in ("fwd", "bwd_dkdv", "bwd_dq"):
         monkeypatch.setitem(TR.CONFIGS, key, dict(TR.CONFIGS[key], WS=use_ws))
-    monkeypatch.setitem(TR.CONFIGS, "fwd_ws", dict(TR.CONFIGS["fwd_ws"], PIPELINE=request.param == "ws-pipelined"))
+    monkeypatch.setitem(TR.CONFIGS, "fwd_ws", dict(TR.CONFIGS["fwd_ws"], PIPELINE=overlap))
+    for key in ("bwd_dkdv_ws", "bwd_dq_ws"):
+        monkeypatch.setitem(TR.CONFIGS, key, dict(TR.CONFIGS[key], DP_FIRST=overlap))
     used = []
     ws_kernels = {"_fwd_ws_kernel", "_bwd_dkdv_ws_kernel", "_bwd_dq_ws_kernel"}
     for name in ws_kernels:
