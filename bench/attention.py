@@ -739,25 +739,16 @@ def main():
         print(f"correctness {'PASS' if good else 'FAIL'}")
         print(json.dumps(rows))
         return
-    if args.kernel_ab:
-        good, tab = kernel_ab(results, args.out)
+    for wanted, label, mode in ((args.kernel_ab, "kernel A/B", kernel_ab), (args.explore, "explore", explore)):
+        if not wanted:
+            continue
+        good, tab = mode(results, args.out)
         results["elapsed_s"] = time.time() - T0
         with open(os.path.join(args.out, "attention_results.json"), "w") as f:
             json.dump(results, f, indent=1)
         print()
         print(f"device {results['device']} torch {results['torch']} triton {results['triton']}; "
-              f"bf16 matmul {results['matmul_bf16_tflops']:.0f} TFLOP/s; kernel A/B correctness "
-              f"{'PASS' if good else 'FAIL'}; elapsed {results['elapsed_s']:.0f} s")
-        print(tab)
-        return
-    if args.explore:
-        good, tab = explore(results, args.out)
-        results["elapsed_s"] = time.time() - T0
-        with open(os.path.join(args.out, "attention_results.json"), "w") as f:
-            json.dump(results, f, indent=1)
-        print()
-        print(f"device {results['device']} torch {results['torch']} triton {results['triton']}; "
-              f"bf16 matmul {results['matmul_bf16_tflops']:.0f} TFLOP/s; explore correctness "
+              f"bf16 matmul {results['matmul_bf16_tflops']:.0f} TFLOP/s; {label} correctness "
               f"{'PASS' if good else 'FAIL'}; elapsed {results['elapsed_s']:.0f} s")
         print(tab)
         return
