@@ -483,21 +483,27 @@ KERNEL_AB = [
 ]
 
 
-def kernel_ab(results, out_dir, rounds=2):
+def kernel_ab(results, out_dir, rounds=2, quick=False):
     """KERNEL_AB's kernels: random-mask checks against fp64 SDPA, one-head checks against the fp32 reference
     at two full-size shapes (NaN-poisoned outputs; each variant's output and grads also compared with the
-    first's), then A B A B forward and backward times with TFLOP/s on every row of the main table."""
+    first's), then A B A B forward and backward times with TFLOP/s on every row of the main table.
+    quick: one random-mask case, the 720p-81f check and three rows (a short device lease)."""
+    small = ((torch.float16, 64, 64, 1000, 3), (torch.bfloat16, 128, 128, 777, 2), (torch.bfloat16, 64, 128, 2049, 2))
+    full = ((SHAPES[0], 0.2), (SHAPES[3], 0.2))
+    rows_wanted = [(s, d) for s in SHAPES for d in DECAYS]
+    if quick:
+        small, full = small[1:2], full[1:]
+        rows_wanted = [(SHAPES[2], 0.2), (SHAPES[3], 0.2), (SHAPES[1], 1.0)]
     TR.POISON_OUTPUTS = True
     checks = []
     for vname, cfg in KERNEL_AB:
         _set_variant(cfg)
-        for dtype, Dh, bs, S, H in ((torch.float16, 64, 64, 1000, 3), (torch.bfloat16, 128, 128, 777, 2),
-                                    (torch.bfloat16, 64, 128, 2049, 2)):
+        for dtype, Dh, bs, S, H in small:
             e, finite = random_mask_check(dtype, Dh, bs, S, H)
             checks.append(dict(kind="small", variant=vname, S=S, D=Dh, dtype=str(dtype), err=e,
                                ok=e < 1e-2 and finite))
             log(f"small check {vname} {dtype} D={Dh} bs={bs} S={S}: max rel err {e:.2e}")
-    for (name, H, T, F_), decay in ((SHAPES[0], 0.2), (SHAPES[3], 0.2)):
+    for (name, H, T, F_), decay in full:
         S = T * F_
         blk = cached_block_mask(F_, T, block_size=BS, decay_factor=decay, device="cuda")
         q, k, v = make_qkv(S, H)
@@ -529,9 +535,12 @@ def kernel_ab(results, out_dir, rounds=2):
     scale = 1.0 / math.sqrt(D)
     for name, H, T, F_ in SHAPES:
         S = T * F_
+        decays = [d for (shape, d) in rows_wanted if shape == (name, H, T, F_)]
+        if not decays:
+            continue
         q, k, v = make_qkv(S, H)
         do = torch.randn_like(q)
-        for decay in DECAYS:
+        for decay in decays:
             blk = cached_block_mask(F_, T, block_size=BS, decay_factor=decay, device="cuda")
             fl = 4 * H * D * computed_pairs(blk.cpu(), BS, S)
             for vname, cfg in KERNEL_AB * rounds:  # interleaved rounds: A B A B
@@ -554,17 +563,16 @@ def kernel_ab(results, out_dir, rounds=2):
              + " | ".join(f"{v} bwd ms" for v in names) + " | " + " | ".join(f"{v} f+b TF/s" for v in names)
              + " | fwd: first / last | bwd: first / last |",
              "|" + "---|" * (4 + 3 * len(names))]
-    for name, H, T, F_ in SHAPES:
-        for decay in DECAYS:
-            sub = [r for r in rows if r["shape"] == f"{name} F={F_}" and r["decay"] == decay]
-            m = {(v, key): sum(r[key] for r in sub if r["variant"] == v) / rounds
-                 for v in names for key in ("fwd_ms", "bwd_ms", "fwd_tflops", "fb_tflops")}
-            a, z = names[0], names[-1]
-            lines.append(f"| {name} F={F_} | {decay} | "
-                         + " | ".join(f"{m[v, 'fwd_ms']:.2f} ({m[v, 'fwd_tflops']:.0f})" for v in names) + " | "
-                         + " | ".join(f"{m[v, 'bwd_ms']:.2f}" for v in names) + " | "
-                         + " | ".join(f"{m[v, 'fb_tflops']:.0f}" for v in names) + " | "
-                         + f"{m[a, 'fwd_ms'] / m[z, 'fwd_ms']:.3f}x | {m[a, 'bwd_ms'] / m[z, 'bwd_ms']:.3f}x |")
+    for (name, H, T, F_), decay in rows_wanted:
+        sub = [r for r in rows if r["shape"] == f"{name} F={F_}" and r["decay"] == decay]
+        m = {(v, key): sum(r[key] for r in sub if r["variant"] == v) / rounds
+             for v in names for key in ("fwd_ms", "bwd_ms", "fwd_tflops", "fb_tflops")}
+        a, z = names[0], names[-1]
+        lines.append(f"| {name} F={F_} | {decay} | "
+                     + " | ".join(f"{m[v, 'fwd_ms']:.2f} ({m[v, 'fwd_tflops']:.0f})" for v in names) + " | "
+                     + " | ".join(f"{m[v, 'bwd_ms']:.2f}" for v in names) + " | "
+                     + " | ".join(f"{m[v, 'fb_tflops']:.0f}" for v in names) + " | "
+                     + f"{m[a, 'fwd_ms'] / m[z, 'fwd_ms']:.3f}x | {m[a, 'bwd_ms'] / m[z, 'bwd_ms']:.3f}x |")
     tab = "\n".join(lines)
     with open(os.path.join(out_dir, "kernel_ab_table.md"), "w") as f:
         f.write(tab + "\n")
@@ -712,6 +720,7 @@ def main():
     ap.add_argument("--explore", action="store_true", help="backward/forward variant A/B only (runs 4-5)")
     ap.add_argument("--kernel-ab", action="store_true",
                     help="kernel A/B only (KERNEL_AB, v10 vs v11): checks, then forward and backward times with TF/s")
+    ap.add_argument("--quick", action="store_true", help="with --kernel-ab: fewer checks and three rows")
     ap.add_argument("--triton-fb-only", action="store_true",
                     help="WS dK/dV checks + Triton forward+backward times only (run 8)")
     ap.add_argument("--no-flash-fb", action="store_true",
@@ -742,7 +751,7 @@ def main():
     for wanted, label, mode in ((args.kernel_ab, "kernel A/B", kernel_ab), (args.explore, "explore", explore)):
         if not wanted:
             continue
-        good, tab = mode(results, args.out)
+        good, tab = mode(results, args.out, quick=args.quick) if mode is kernel_ab else mode(results, args.out)
         results["elapsed_s"] = time.time() - T0
         with open(os.path.join(args.out, "attention_results.json"), "w") as f:
             json.dump(results, f, indent=1)
