@@ -76,14 +76,25 @@ def ws(request, monkeypatch):
     monkeypatch.setitem(TR.CONFIGS, "fwd_ws", dict(TR.CONFIGS["fwd_ws"], PIPELINE=overlap))
     for key in ("bwd_dkdv_ws", "bwd_dq_ws"):
         monkeypatch.setitem(TR.CONFIGS, key, dict(TR.CONFIGS[key], DP_FIRST=overlap))
-    used = []
+    used, flags = [], set()
     ws_kernels = {"_fwd_ws_kernel", "_bwd_dkdv_ws_kernel", "_bwd_dq_ws_kernel"}
+
+    def spy(kern, name):
+        def launch(grid):
+            def run(*args, **kw):
+                used.append(name)
+                flags.update(f"{name}:{f}={kw[f]}" for f in ("PIPELINE", "DP_FIRST") if f in kw)
+                return kern[grid](*args, **kw)
+            return run
+        return type("Spy", (), {"__getitem__": lambda self, grid: launch(grid)})()
+
     for name in ws_kernels:
-        kern = getattr(TR, name)
-        monkeypatch.setattr(TR, name, type("Spy", (), {"__getitem__": lambda self, g, k=kern, n=name: (
-            used.append(n), k[g])[1]})())
+        monkeypatch.setattr(TR, name, spy(getattr(TR, name), name))
     yield request.param
     assert (set(used) == ws_kernels) == use_ws
+    if use_ws:  # the launches passed the configured flags on
+        assert flags == {f"_fwd_ws_kernel:PIPELINE={overlap}", f"_bwd_dkdv_ws_kernel:DP_FIRST={overlap}",
+                         f"_bwd_dq_ws_kernel:DP_FIRST={overlap}"}
 
 
 def check(B, S, H, D, bs, p, seed, dtype=torch.float32, rtol=1e-4, blk=None):
