@@ -20,8 +20,8 @@ pairs inside computed blocks (S^2 for dense); forward+backward = 3.5x forward
     PYTHONUNBUFFERED=1 python bench/attention.py --out $OUT
 
 Other modes: --explore (correctness + A/B timing of kernel variants, runs 4-5
-and 9), --kernel-ab (v10 vs v11, KERNEL_AB: checks and A B A B times), --triton-fb-only (WS backward checks + Triton forward+backward times,
-run 8).
+and 9), --kernel-ab (v10 vs v11, KERNEL_AB: checks and A B A B times),
+--triton-fb-only (WS backward checks + Triton forward+backward times, run 8).
 """
 
 from __future__ import annotations
@@ -277,7 +277,7 @@ def small_checks():
 
 def one_head_check(q, k, v, do, blk, T, F_, decay):
     """Head H//2 of [1, S, H, D] tensors as a strided view (no copy): Triton forward + grads vs the chunked
-    fp32 reference. Returns (relative errors of out/dq/dk/dv, the one-head Triton output)."""
+    fp32 reference. Returns (relative errors of out/dq/dk/dv, the one-head Triton (out, dq, dk, dv))."""
     h0 = q.shape[2] // 2
     qs, ks, vs = (t[:, :, h0:h0 + 1].detach().requires_grad_() for t in (q, k, v))
     dos = do[:, :, h0:h0 + 1]
@@ -286,7 +286,7 @@ def one_head_check(q, k, v, do, blk, T, F_, decay):
     ro, rdq, rdk, rdv = chunked_reference(qs.detach(), ks.detach(), vs.detach(), dos, blk, BS)
     errs = dict(out=rel(o1[0, :, 0], ro), dq=rel(qs.grad[0, :, 0], rdq), dk=rel(ks.grad[0, :, 0], rdk),
                 dv=rel(vs.grad[0, :, 0], rdv))
-    return errs, o1.detach()
+    return errs, (o1.detach(), qs.grad, ks.grad, vs.grad)
 
 
 def check(results):
@@ -301,7 +301,7 @@ def check(results):
             q, k, v = make_qkv(S, H)
             do = torch.randn_like(q)
             h0 = H // 2
-            errs, o1 = one_head_check(q, k, v, do, blk, T, F_, decay)
+            errs, (o1, *_) = one_head_check(q, k, v, do, blk, T, F_, decay)
             with torch.no_grad():
                 ofull = tri_fwd(q, k, v, T, F_, decay)
                 errs["full_vs_slice"] = rel(ofull[:, :, h0:h0 + 1], o1.detach())
@@ -508,14 +508,10 @@ def kernel_ab(results, out_dir, rounds=2, quick=False):
         blk = cached_block_mask(F_, T, block_size=BS, decay_factor=decay, device="cuda")
         q, k, v = make_qkv(S, H)
         do = torch.randn_like(q)
-        h0 = H // 2
         first = None
         for vname, cfg in KERNEL_AB:
             _set_variant(cfg)
-            errs, o1 = one_head_check(q, k, v, do, blk, T, F_, decay)
-            qs, ks, vs = (t[:, :, h0:h0 + 1].detach().requires_grad_() for t in (q, k, v))
-            tri_fwd(qs, ks, vs, T, F_, decay).backward(do[:, :, h0:h0 + 1])
-            got = (o1, qs.grad, ks.grad, vs.grad)
+            errs, got = one_head_check(q, k, v, do, blk, T, F_, decay)
             if first is None:
                 first = got
             errs.update(vs_first=max(rel(a, b) for a, b in zip(got, first)),
@@ -523,7 +519,7 @@ def kernel_ab(results, out_dir, rounds=2, quick=False):
             errs["ok"] = max(errs["out"], errs["dq"], errs["dk"], errs["dv"], errs["vs_first"]) < 1e-2
             checks.append(dict(kind="full", variant=vname, shape=f"{name} F={F_}", decay=decay, S=S, **errs))
             log(f"check {vname} {name} F={F_} decay={decay}: {json.dumps(errs)}")
-            del qs, ks, vs, got, o1
+            del got
         del q, k, v, do, first
         torch.cuda.empty_cache()
     TR.POISON_OUTPUTS = False
